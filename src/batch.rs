@@ -1,0 +1,174 @@
+//! A batch: consecutive items of one submission, bound for one worker frame.
+//!
+//! This is the unit the pool's front (`submit`, `map`, `imap`) hands to the
+//! supervisor, and the small internal interface higher layers build on: a
+//! function ([`Call`]), encoded arguments, per-job options, and a [`Sink`]
+//! that receives each item's outcome.
+//!
+//! A `Batch` always describes the items *not yet delivered*: delivering
+//! items advances it, and whatever is left when it is dropped is delivered
+//! as [`JobError::Cancelled`]. So no code path — a crash, a terminate, a
+//! panic in the supervisor — can leave a job unresolved: nothing hangs.
+
+use crate::error::JobError;
+use crate::job::{Call, JobId};
+use crate::wire;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How items of a batch resolved, as delivered to its [`Sink`].
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// `count` consecutive items answered by the worker: `buf` holds their
+    /// records (see [`wire::records`]), already validated.
+    Records { count: u32, buf: Vec<u8> },
+    /// `count` consecutive items failed with the same error.
+    Failed { count: u32, error: JobError },
+}
+
+/// Receives the outcomes of a submission's items.
+pub(crate) trait Sink: Send + Sync {
+    /// Items starting at index `base` of the submission resolved.
+    fn deliver(&self, base: u64, outcome: Outcome);
+
+    /// Called before the supervisor dispatches a batch: false means the
+    /// submission no longer wants its items run (cancelled, or its iterator
+    /// was dropped), and the batch is discarded.
+    fn claim(&self) -> bool {
+        true
+    }
+
+    /// Resolves the (single) job as cancelled right away, ahead of the
+    /// worker's own answer. Returns false if it was already resolved.
+    fn cancel_now(&self) -> bool {
+        false
+    }
+}
+
+/// Per-job options that reach the supervisor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct JobOpts {
+    /// Hard limit per item: the worker is killed past it.
+    pub time_limit: Option<Duration>,
+    /// Soft limit per item: the job is told it is over time.
+    pub soft_time_limit: Option<Duration>,
+}
+
+/// Undelivered items of one submission, with everything needed to run them.
+pub(crate) struct Batch {
+    pub call: Call,
+    /// `[len: u32][bytes]` per item; the first `skip` of them are delivered.
+    items: Vec<u8>,
+    skip: u32,
+    count: u32,
+    /// Index of the first undelivered item within its submission.
+    base: u64,
+    pub sink: Arc<dyn Sink>,
+    pub opts: JobOpts,
+    /// Set for a single cancellable job (`submit`).
+    pub job: Option<JobId>,
+}
+
+impl Batch {
+    pub(crate) fn new(
+        call: Call,
+        items: Vec<u8>,
+        count: u32,
+        base: u64,
+        sink: Arc<dyn Sink>,
+        opts: JobOpts,
+        job: Option<JobId>,
+    ) -> Batch {
+        Batch {
+            call,
+            items,
+            skip: 0,
+            count,
+            base,
+            sink,
+            opts,
+            job,
+        }
+    }
+
+    /// Undelivered items.
+    pub(crate) fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The encoded undelivered items.
+    pub(crate) fn items(&mut self) -> &[u8] {
+        if self.skip > 0 {
+            let off = wire::item_offset(&self.items, self.skip);
+            self.items.drain(..off);
+            self.skip = 0;
+        }
+        &self.items
+    }
+
+    /// Bytes the undelivered items take (an upper bound once some are delivered).
+    pub(crate) fn items_len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn advance(&mut self, n: u32) {
+        debug_assert!(n <= self.count);
+        let n = n.min(self.count);
+        self.skip += n;
+        self.count -= n;
+        self.base += u64::from(n);
+    }
+
+    /// Delivers worker records for the next `n` items.
+    pub(crate) fn deliver_records(&mut self, n: u32, buf: Vec<u8>) {
+        if n > 0 {
+            self.sink
+                .deliver(self.base, Outcome::Records { count: n, buf });
+            self.advance(n);
+        }
+    }
+
+    /// Fails the next `n` items with `error`.
+    pub(crate) fn fail(&mut self, n: u32, error: JobError) {
+        let n = n.min(self.count);
+        if n > 0 {
+            self.sink
+                .deliver(self.base, Outcome::Failed { count: n, error });
+            self.advance(n);
+        }
+    }
+
+    /// Drops the next `n` items without a word to the sink (their outcome
+    /// was already delivered some other way).
+    pub(crate) fn forget(&mut self, n: u32) {
+        self.advance(n.min(self.count));
+    }
+
+    /// Splits off the first `n` undelivered items as their own batch.
+    pub(crate) fn split_front(&mut self, n: u32) -> Batch {
+        let n = n.min(self.count);
+        let items = self.items();
+        let off = wire::item_offset(items, n);
+        let front = items[..off].to_vec();
+        let batch = Batch {
+            call: self.call,
+            items: front,
+            skip: 0,
+            count: n,
+            base: self.base,
+            sink: self.sink.clone(),
+            opts: self.opts,
+            job: self.job,
+        };
+        self.items.drain(..off);
+        self.count -= n;
+        self.base += u64::from(n);
+        batch
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.fail(self.count, JobError::Cancelled);
+    }
+}

@@ -1,0 +1,26 @@
+//! The clock that workers and the supervisor share.
+//!
+//! Time limits compare a start time written by a worker with "now" read by
+//! the supervisor, so both use the same system-wide clock:
+//! `CLOCK_MONOTONIC_COARSE`, which the vDSO answers in a few nanoseconds —
+//! cheap enough to read once per item. Its resolution (one scheduler tick,
+//! 1–4 ms) is far below any sensible time limit.
+
+use std::time::Duration;
+
+/// Nanoseconds on the coarse monotonic clock.
+pub(crate) fn coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a local timespec; it is
+    // async-signal-safe and cannot fail for this clock id.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A duration in nanoseconds, saturating.
+pub(crate) fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,157 @@
+//! Errors: [`JobError`] for one job, [`Error`] for a pool-level call.
+//!
+//! A job's failure never becomes a pool failure: every way a job can go wrong
+//! (its function panicked, its worker died, it ran past its time limit, its
+//! bytes could not be encoded) is a [`JobError`] value delivered for that job
+//! alone. [`Error`] is for the calls that act on the pool as a whole —
+//! building it, shutting it down, or a `map` that reports its lowest failing
+//! item.
+
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+/// Why one job did not produce a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The job's function panicked. The worker caught the panic and lives on.
+    /// `message` is the panic payload followed by where it happened.
+    #[error("job panicked: {message}")]
+    Panicked {
+        /// The panic message and its location (`"boom (at src/main.rs:3:5)"`).
+        message: String,
+    },
+    /// The worker process running the job died: it was killed by `signal`,
+    /// or exited on its own with `exit_code`. Both are `None` only when the
+    /// exit status could not be learned.
+    #[error("worker crashed while running the job ({})", crash_cause(*signal, *exit_code))]
+    Crashed {
+        /// The signal that killed the worker, if it was killed by one.
+        signal: Option<i32>,
+        /// The worker's exit code, if it exited by itself.
+        exit_code: Option<i32>,
+    },
+    /// The job ran past its hard time limit; its worker was killed and replaced.
+    #[error("job ran past its time limit of {limit:?}")]
+    TimedOut {
+        /// The hard limit that was exceeded.
+        limit: Duration,
+    },
+    /// The job was cancelled (by [`JobHandle::cancel`](crate::JobHandle::cancel)
+    /// or because the pool was terminated) before it produced a result.
+    #[error("job was cancelled")]
+    Cancelled,
+    /// The argument or the result could not be (de)serialized.
+    #[error("could not encode or decode the job's data: {0}")]
+    Codec(String),
+    /// The pool was closed before the job was submitted.
+    #[error("the pool is closed and accepts no new jobs")]
+    PoolClosed,
+    /// An argument or result is larger than the pool's message size cap
+    /// ([`PoolBuilder::max_message_size`](crate::PoolBuilder::max_message_size)).
+    #[error("message of {size} bytes exceeds the cap of {limit} bytes")]
+    TooLarge {
+        /// The size of the message that was refused, in bytes.
+        size: u64,
+        /// The cap in force, in bytes.
+        limit: u64,
+    },
+    /// No worker could be started to run the job: the initializer panicked
+    /// or the worker could not be forked, several times in a row.
+    #[error("no worker could be started: {message}")]
+    WorkerStart {
+        /// What went wrong when starting the last worker.
+        message: String,
+    },
+}
+
+fn crash_cause(signal: Option<i32>, exit_code: Option<i32>) -> String {
+    match (signal, exit_code) {
+        (Some(sig), _) => format!("killed by signal {sig} ({})", signal_name(sig)),
+        (None, Some(code)) => format!("exited with code {code}"),
+        (None, None) => "exit status unknown".to_string(),
+    }
+}
+
+/// The conventional name of a signal number, for messages.
+pub(crate) fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSYS => "SIGSYS",
+        _ => "signal",
+    }
+}
+
+/// A pool-level failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call the pool needed failed (creating the fork server,
+    /// a pipe, shared memory, ...).
+    #[error("pool I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// A job of a [`Pool::map`](crate::Pool::map) failed; `index` is the
+    /// lowest failing position in the input.
+    #[error("item {index} failed: {error}")]
+    Job {
+        /// Position of the failing item in the input.
+        index: usize,
+        /// Why it failed.
+        error: JobError,
+    },
+    /// The builder was given settings that cannot work together.
+    #[error("invalid pool configuration: {0}")]
+    InvalidConfig(String),
+    /// The pool was closed: it accepts no new work.
+    #[error("the pool is closed and accepts no new jobs")]
+    PoolClosed,
+}
+
+impl From<nix::Error> for Error {
+    fn from(e: nix::Error) -> Self {
+        Error::Io(io::Error::from(e))
+    }
+}
+
+/// A wait status as the kernel reports it, decoded into the two halves of
+/// [`JobError::Crashed`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ExitStatus(pub i32);
+
+impl ExitStatus {
+    pub(crate) fn signal(self) -> Option<i32> {
+        libc::WIFSIGNALED(self.0).then(|| libc::WTERMSIG(self.0))
+    }
+    pub(crate) fn code(self) -> Option<i32> {
+        libc::WIFEXITED(self.0).then(|| libc::WEXITSTATUS(self.0))
+    }
+    pub(crate) fn crashed(status: Option<Self>) -> JobError {
+        JobError::Crashed {
+            signal: status.and_then(Self::signal),
+            exit_code: status.and_then(Self::code),
+        }
+    }
+}
+
+impl fmt::Debug for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ExitStatus({})", crash_cause(self.signal(), self.code()))
+    }
+}

@@ -1,0 +1,367 @@
+//! Jobs as the caller sees them: [`JobId`], [`JobHandle`], and the
+//! function-pointer trampoline that lets a worker run a plain `fn(A) -> R`.
+//!
+//! # How a function crosses into a worker
+//!
+//! Every worker is a fork of the same program image, so a function pointer
+//! taken in the caller is valid in every worker. A job carries two addresses:
+//! the user's `fn(A) -> R`, and [`trampoline::<A, R>`], a monomorphised shim
+//! that decodes `A`, calls the function and encodes `R`. The worker calls
+//! the shim with the function's address and the argument bytes; no
+//! registration and no macro is needed.
+//!
+//! # Handles
+//!
+//! A submitted job's outcome lands in a [`Slot`] shared by the supervisor
+//! (which fills it once) and the [`JobHandle`] (which waits on it, as a
+//! blocking call or as a `Future`). The result stays encoded until the
+//! caller asks for it, so decoding happens on the caller's thread.
+
+use crate::batch::{Outcome, Sink};
+use crate::codec;
+use crate::error::JobError;
+use crate::pool::Shared;
+use crate::wire::{self, Record, Tag};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Identifies one submitted job within its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub(crate) u64);
+
+impl JobId {
+    /// The id as a number (unique within the pool, increasing).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job-{}", self.0)
+    }
+}
+
+/// The shim a worker calls: decode the argument, run, encode the result
+/// into `out`. Returns the record tag ([`Tag::Ok`] or [`Tag::Codec`], with
+/// the error text in `out`). Panics propagate to the worker's catch.
+pub(crate) type RawCall = unsafe fn(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Tag;
+
+/// A job's function as two addresses valid in every worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Call {
+    pub trampoline: usize,
+    pub func: usize,
+}
+
+impl Call {
+    pub(crate) fn new<A, R>(f: fn(A) -> R) -> Call
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+    {
+        let shim: RawCall = trampoline::<A, R>;
+        Call {
+            trampoline: shim as usize,
+            func: f as usize,
+        }
+    }
+
+    /// Turns the trampoline address back into a callable shim.
+    ///
+    /// # Safety
+    /// `trampoline` must be the address taken by [`Call::new`] in this
+    /// program image (a worker is a fork of it, so the caller's addresses
+    /// hold there too).
+    pub(crate) unsafe fn shim(trampoline: usize) -> RawCall {
+        // SAFETY: per the contract, this is a RawCall's own address.
+        unsafe { std::mem::transmute::<usize, RawCall>(trampoline) }
+    }
+}
+
+/// # Safety
+/// `func` must be the address of an `fn(A) -> R`, as stored by [`Call::new`]
+/// next to this very instantiation.
+unsafe fn trampoline<A, R>(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Tag
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    // SAFETY: Call::new stores `f as usize` beside `trampoline::<A, R>`, so
+    // `func` is a valid `fn(A) -> R` of the same image.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
+    let arg = match codec::decode::<A>(arg) {
+        Ok(a) => a,
+        Err(e) => {
+            out.extend_from_slice(format!("argument: {e}").as_bytes());
+            return Tag::Codec;
+        }
+    };
+    let result = f(arg);
+    if let Err(e) = codec::encode_into(out, &result) {
+        out.clear();
+        out.extend_from_slice(format!("result: {e}").as_bytes());
+        return Tag::Codec;
+    }
+    Tag::Ok
+}
+
+/// What one item record means for its job.
+pub(crate) fn outcome(rec: Record<'_>) -> Result<&[u8], JobError> {
+    let text = || String::from_utf8_lossy(rec.body).into_owned();
+    match rec.tag {
+        Tag::Ok => Ok(rec.body),
+        Tag::Panic => Err(JobError::Panicked { message: text() }),
+        Tag::Codec => Err(JobError::Codec(text())),
+        Tag::Skipped => Err(JobError::Cancelled),
+        Tag::TooLarge => {
+            let n = |i: usize| {
+                rec.body
+                    .get(i..i + 8)
+                    .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()))
+            };
+            Err(JobError::TooLarge {
+                size: n(0),
+                limit: n(8),
+            })
+        }
+        other => Err(JobError::Codec(format!("unexpected record {other:?}"))),
+    }
+}
+
+/// Decodes a job's result from the bytes of its record.
+pub(crate) fn decode_result<R: DeserializeOwned>(rec: Record<'_>) -> Result<R, JobError> {
+    codec::decode(outcome(rec)?).map_err(|e| JobError::Codec(format!("result: {e}")))
+}
+
+const PENDING: u8 = 0;
+const DISPATCHED: u8 = 1;
+const RESOLVED: u8 = 2;
+const CANCELLED: u8 = 3;
+
+/// Where one job's outcome lands.
+pub(crate) struct Slot {
+    pub(crate) id: JobId,
+    state: AtomicU8,
+    inner: Mutex<SlotInner>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct SlotInner {
+    /// The job's record (header and body), or its failure.
+    result: Option<Result<Vec<u8>, JobError>>,
+    waker: Option<Waker>,
+}
+
+impl Slot {
+    pub(crate) fn new(id: JobId) -> Slot {
+        Slot {
+            id,
+            state: AtomicU8::new(PENDING),
+            inner: Mutex::new(SlotInner::default()),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores the outcome unless one is already there. Returns whether it did.
+    pub(crate) fn resolve(&self, result: Result<Vec<u8>, JobError>) -> bool {
+        let mut inner = self.lock();
+        if inner.result.is_some() {
+            return false;
+        }
+        inner.result = Some(result);
+        let _ =
+            self.state
+                .compare_exchange(DISPATCHED, RESOLVED, Ordering::AcqRel, Ordering::Relaxed);
+        let _ = self
+            .state
+            .compare_exchange(PENDING, RESOLVED, Ordering::AcqRel, Ordering::Relaxed);
+        let waker = inner.waker.take();
+        drop(inner);
+        self.ready.notify_all();
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// Cancels a job the supervisor has not dispatched yet. Returns false if
+    /// it already has (then only the supervisor can cancel it).
+    pub(crate) fn cancel_pending(&self) -> bool {
+        self.state
+            .compare_exchange(PENDING, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            && self.resolve(Err(JobError::Cancelled))
+    }
+
+    pub(crate) fn is_dispatched(&self) -> bool {
+        self.state.load(Ordering::Acquire) == DISPATCHED
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.lock().result.is_some()
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let mut inner = self.lock();
+        while inner.result.is_none() {
+            match deadline {
+                None => inner = self.ready.wait(inner).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    inner = self
+                        .ready
+                        .wait_timeout(inner, d - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+        true
+    }
+
+    fn take(&self) -> Result<Vec<u8>, JobError> {
+        self.lock()
+            .result
+            .take()
+            .unwrap_or(Err(JobError::Cancelled))
+    }
+}
+
+impl Sink for Slot {
+    fn deliver(&self, _base: u64, outcome: Outcome) {
+        match outcome {
+            Outcome::Records { buf, .. } => self.resolve(Ok(buf)),
+            Outcome::Failed { error, .. } => self.resolve(Err(error)),
+        };
+    }
+
+    fn claim(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(PENDING, DISPATCHED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state == DISPATCHED,
+        }
+    }
+
+    fn cancel_now(&self) -> bool {
+        self.resolve(Err(JobError::Cancelled))
+    }
+}
+
+/// A submitted job: wait for it, poll it, await it, or cancel it.
+///
+/// ```
+/// # fn main() -> Result<(), forkpool::Error> {
+/// let pool = forkpool::Pool::new(2)?;
+/// fn double(x: u32) -> u32 { x * 2 }
+/// let handle = pool.submit(double, 21);
+/// assert_eq!(handle.get(), Ok(42));
+/// # Ok(()) }
+/// ```
+#[must_use = "a job handle does nothing unless waited on; drop it to ignore the result"]
+pub struct JobHandle<R> {
+    slot: Arc<Slot>,
+    /// The pool, for cancelling; a handle does not keep its pool alive.
+    pool: Weak<Shared>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for JobHandle<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("id", &self.slot.id)
+            .field("ready", &self.slot.is_ready())
+            .finish()
+    }
+}
+
+impl<R: DeserializeOwned> JobHandle<R> {
+    pub(crate) fn new(slot: Arc<Slot>, pool: Weak<Shared>) -> Self {
+        JobHandle {
+            slot,
+            pool,
+            _result: PhantomData,
+        }
+    }
+
+    /// Blocks until the job is done and returns its result.
+    pub fn get(self) -> Result<R, JobError> {
+        self.slot.wait_until(None);
+        Self::decode(self.slot.take())
+    }
+
+    fn decode(raw: Result<Vec<u8>, JobError>) -> Result<R, JobError> {
+        let buf = raw?;
+        match wire::records(&buf).next() {
+            Some(rec) => decode_result(rec),
+            None => Err(JobError::Codec("empty result record".into())),
+        }
+    }
+
+    /// Waits up to `timeout` for the job to finish; true when it has.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.slot.wait_until(Some(Instant::now() + timeout))
+    }
+
+    /// Whether the job has finished (with a result or an error).
+    pub fn is_ready(&self) -> bool {
+        self.slot.is_ready()
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        self.slot.id
+    }
+
+    /// Cancels the job. A job that has not started never runs; a running
+    /// job's worker is killed and replaced. Either way [`get`](Self::get)
+    /// then returns `Err(JobError::Cancelled)`, and this returns true. It
+    /// returns false when the job had already finished.
+    pub fn cancel(&self) -> bool {
+        let pool = self.pool.upgrade();
+        if self.slot.cancel_pending() {
+            if let Some(p) = &pool {
+                p.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+            return true;
+        }
+        match pool {
+            Some(p) if self.slot.is_dispatched() => p.cancel_dispatched(self.slot.id),
+            _ => false,
+        }
+    }
+}
+
+impl<R: DeserializeOwned> Future for JobHandle<R> {
+    type Output = Result<R, JobError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut inner = self.slot.lock();
+        match inner.result.take() {
+            Some(raw) => Poll::Ready(Self::decode(raw)),
+            None => {
+                inner.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! forkpool: a process pool for Rust, in the spirit of Python's
+//! `multiprocessing.Pool` and hardened like Celery's worker pool.
+//!
+//! `pool.map(f, items)` runs `f` in forked child processes. A crash, a hang
+//! or a leak in a job costs that job, never the caller: a panic comes back
+//! as [`JobError::Panicked`], a worker that segfaults or aborts as
+//! [`JobError::Crashed`], a job past its time limit as
+//! [`JobError::TimedOut`] — and the pool replaces the worker and goes on.
+//!
+//! ```
+//! use forkpool::{JobError, Pool};
+//! use std::time::Duration;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn explode(_: ()) {
+//!     panic!("boom");
+//! }
+//!
+//! fn main() -> Result<(), forkpool::Error> {
+//!     let pool = Pool::builder().workers(2).time_limit(Duration::from_secs(5)).build()?;
+//!
+//!     let squares = pool.map(square, 0..1000u64)?;
+//!     assert_eq!(squares[999], 999 * 999);
+//!
+//!     let one = pool.submit(square, 7); // a JobHandle<u64>
+//!     assert_eq!(one.get(), Ok(49));
+//!
+//!     match pool.apply(explode, ()) {
+//!         Err(JobError::Panicked { message }) => assert!(message.contains("boom")),
+//!         other => panic!("expected a panic, got {other:?}"),
+//!     }
+//!     assert_eq!(pool.apply(square, 3), Ok(9)); // the pool keeps serving
+//!     pool.join()
+//! }
+//! ```
+//!
+//! # How it works
+//!
+//! Building a pool forks a single-threaded *fork server* (zygote) from the
+//! caller; every worker is forked from it, so workers see the caller's
+//! memory as it was at `build()`. A job is a plain `fn(A) -> R` — a
+//! non-capturing closure coerces to it — with its argument and result
+//! encoded by serde (bincode). Because every worker is a fork of the same
+//! program, the function pointer itself is valid in the worker: nothing
+//! needs registering.
+//!
+//! Jobs and results travel through per-worker shared-memory rings; a
+//! supervisor thread in the caller dispatches, collects, enforces time
+//! limits and replaces workers. See `DESIGN.md` in the repository.
+//!
+//! # What a job must not do
+//!
+//! Workers are forks of a process that may have had other threads. Locks
+//! held by those threads at `build()` stay locked forever in the workers.
+//! forkpool makes printing safe (it holds the `stdout`/`stderr` locks across
+//! the fork) and the system allocator handles fork itself, but a job must
+//! not take a lock of your own (a `Mutex` in a `static`, say) that another
+//! thread might have held while the pool was built, and must not rely on
+//! threads started before `build()` — they do not exist in the worker. A
+//! time limit turns such a deadlock into a `TimedOut` rather than a hang.
+//!
+//! # Platform
+//!
+//! Linux only (it relies on `fork`, `memfd_create`, `epoll` and pidfds).
+
+#![warn(missing_docs)]
+
+mod batch;
+mod bell;
+mod clock;
+mod codec;
+mod error;
+mod job;
+mod map;
+mod pool;
+mod ring;
+mod shm;
+mod stats;
+mod supervisor;
+mod wire;
+mod worker;
+mod zygote;
+
+pub use error::{Error, JobError};
+pub use job::{JobHandle, JobId};
+pub use map::{Imap, ImapUnordered};
+pub use pool::{Pool, PoolBuilder};
+pub use stats::Stats;
+pub use worker::soft_time_limit_exceeded;

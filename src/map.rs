@@ -1,0 +1,466 @@
+//! Many items of one function: `map`, `imap` and `imap_unordered`.
+//!
+//! Items are encoded on the caller's thread into batches of consecutive
+//! items, each sent to the supervisor as soon as it is full, so workers
+//! start while the input is still being read. Results come back per batch
+//! through a channel and are decoded on the caller's thread, too.
+//!
+//! `map` reads its whole input. The `imap`s read lazily: they keep at most
+//! a window of items in flight and pull more input only as results are
+//! taken, so an endless input runs in flat memory.
+
+use crate::batch::{Batch, JobOpts, Outcome, Sink};
+use crate::codec;
+use crate::error::{Error, JobError};
+use crate::job::{Call, decode_result};
+use crate::pool::Pool;
+use crate::wire;
+use crossbeam_channel::{Receiver, Sender};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::VecDeque;
+use std::fmt;
+use std::iter::Fuse;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Close a batch once its encoded items reach this size.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Largest batch `map` chooses by itself.
+const MAX_AUTO_CHUNK: usize = 4096;
+
+/// Receives the outcomes of a map's batches.
+pub(crate) struct StreamSink {
+    tx: Sender<(u64, Outcome)>,
+    abandoned: AtomicBool,
+}
+
+impl Sink for StreamSink {
+    fn deliver(&self, base: u64, outcome: Outcome) {
+        let _ = self.tx.send((base, outcome));
+    }
+
+    fn claim(&self) -> bool {
+        !self.abandoned.load(Ordering::Relaxed)
+    }
+}
+
+fn stream() -> (Arc<StreamSink>, Receiver<(u64, Outcome)>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    (
+        Arc::new(StreamSink {
+            tx,
+            abandoned: AtomicBool::new(false),
+        }),
+        rx,
+    )
+}
+
+/// `map`'s batch size when the user did not choose one: about four batches
+/// per worker, as Python does, within bounds.
+fn auto_chunk(items: usize, workers: usize) -> usize {
+    items.div_ceil(4 * workers).clamp(1, MAX_AUTO_CHUNK)
+}
+
+/// Groups consecutive items into batches.
+struct Batcher {
+    call: Call,
+    sink: Arc<StreamSink>,
+    opts: JobOpts,
+    chunk: u32,
+    cap: u64,
+    items: Vec<u8>,
+    count: u32,
+    base: u64,
+}
+
+impl Batcher {
+    fn new(pool: &Pool, call: Call, sink: Arc<StreamSink>, chunk: usize) -> Batcher {
+        let config = &pool.shared.config;
+        Batcher {
+            call,
+            sink,
+            opts: config.job_opts(),
+            chunk: chunk.clamp(1, u32::MAX as usize) as u32,
+            cap: config.max_message_size,
+            items: Vec::new(),
+            count: 0,
+            base: 0,
+        }
+    }
+
+    /// Adds item number `index`, which must follow the batch's last one
+    /// (after a failed push, call [`take`](Self::take) first).
+    fn push<A: Serialize>(&mut self, index: u64, item: &A) -> Result<(), JobError> {
+        if self.count == 0 {
+            self.base = index;
+        }
+        debug_assert_eq!(self.base + u64::from(self.count), index);
+        let len = wire::push_item(&mut self.items, |v| codec::encode_into(v, item))
+            .map_err(|e| JobError::Codec(format!("argument: {e}")))?;
+        if len as u64 > self.cap {
+            self.items.truncate(self.items.len() - len - 4);
+            return Err(JobError::TooLarge {
+                size: len as u64,
+                limit: self.cap,
+            });
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    fn is_full(&self) -> bool {
+        self.count >= self.chunk || self.items.len() >= MAX_BATCH_BYTES
+    }
+
+    fn take(&mut self) -> Option<Batch> {
+        if self.count == 0 {
+            return None;
+        }
+        let items = std::mem::take(&mut self.items);
+        let batch = Batch::new(
+            self.call,
+            items,
+            self.count,
+            self.base,
+            self.sink.clone(),
+            self.opts,
+            None,
+        );
+        self.count = 0;
+        Some(batch)
+    }
+}
+
+/// Counts an item that failed before it could be sent.
+fn refused(pool: &Pool, error: &JobError) {
+    let c = &pool.shared.counters;
+    c.submitted.fetch_add(1, Ordering::Relaxed);
+    c.count_error(error, 1);
+}
+
+/// Decodes one delivery into `(index, result)` pairs.
+fn unpack<R: DeserializeOwned>(
+    base: u64,
+    outcome: Outcome,
+    mut each: impl FnMut(u64, Result<R, JobError>),
+) -> u64 {
+    match outcome {
+        Outcome::Records { count, buf } => {
+            for (i, rec) in wire::records(&buf).enumerate() {
+                each(base + i as u64, decode_result(rec));
+            }
+            u64::from(count)
+        }
+        Outcome::Failed { count, error } => {
+            for i in 0..u64::from(count) {
+                each(base + i, Err(error.clone()));
+            }
+            u64::from(count)
+        }
+    }
+}
+
+pub(crate) fn map<A, R, I>(pool: &Pool, f: fn(A) -> R, items: I) -> Result<Vec<R>, Error>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+    I: IntoIterator<Item = A>,
+{
+    let shared = &pool.shared;
+    if shared.is_closed() {
+        return Err(Error::PoolClosed);
+    }
+    let input = items.into_iter();
+    let (lo, hi) = input.size_hint();
+    let estimate = hi.unwrap_or(lo).max(lo);
+    let chunk = shared
+        .config
+        .chunk_size
+        .unwrap_or_else(|| auto_chunk(estimate, shared.config.workers));
+    let (sink, rx) = stream();
+    let mut batcher = Batcher::new(pool, Call::new(f), sink, chunk);
+    let mut out = Collector::with_capacity(estimate);
+    let mut total = 0u64;
+    for item in input {
+        let index = total;
+        total += 1;
+        match batcher.push(index, &item) {
+            Err(e) => {
+                if let Some(b) = batcher.take() {
+                    shared.submit_batch(b);
+                }
+                refused(pool, &e);
+                out.accept(index, Outcome::Failed { count: 1, error: e });
+            }
+            Ok(()) if batcher.is_full() => shared.submit_batch(batcher.take().expect("full batch")),
+            Ok(()) => {}
+        }
+        while let Ok((base, outcome)) = rx.try_recv() {
+            out.accept(base, outcome);
+        }
+    }
+    if let Some(b) = batcher.take() {
+        shared.submit_batch(b);
+    }
+    drop(batcher);
+    while out.resolved < total {
+        // Every batch resolves exactly once (see `batch`), so this ends.
+        let Ok((base, outcome)) = rx.recv() else {
+            break;
+        };
+        out.accept(base, outcome);
+    }
+    out.finish(total)
+}
+
+/// `map`'s results as they arrive, and its lowest failure.
+struct Collector<R> {
+    results: Vec<Option<R>>,
+    first_err: Option<(u64, JobError)>,
+    resolved: u64,
+}
+
+impl<R: DeserializeOwned> Collector<R> {
+    fn with_capacity(n: usize) -> Self {
+        Collector {
+            results: Vec::with_capacity(n),
+            first_err: None,
+            resolved: 0,
+        }
+    }
+
+    fn accept(&mut self, base: u64, outcome: Outcome) {
+        let Collector {
+            results, first_err, ..
+        } = self;
+        self.resolved += unpack(base, outcome, |i, r| match r {
+            Ok(v) => {
+                if results.len() <= i as usize {
+                    results.resize_with(i as usize + 1, || None);
+                }
+                results[i as usize] = Some(v);
+            }
+            Err(e) => {
+                if first_err.as_ref().is_none_or(|(j, _)| i < *j) {
+                    *first_err = Some((i, e));
+                }
+            }
+        });
+    }
+
+    fn finish(mut self, total: u64) -> Result<Vec<R>, Error> {
+        if let Some((index, error)) = self.first_err {
+            return Err(Error::Job {
+                index: index as usize,
+                error,
+            });
+        }
+        self.results.resize_with(total as usize, || None);
+        Ok(self
+            .results
+            .into_iter()
+            .map(|r| r.expect("every item resolved"))
+            .collect())
+    }
+}
+
+/// The machinery behind both `imap`s.
+struct Stream<I: Iterator, R> {
+    pool: Pool,
+    input: Option<Fuse<I>>,
+    batcher: Batcher,
+    rx: Receiver<(u64, Outcome)>,
+    ordered: bool,
+    /// Items pulled from the input.
+    pulled: u64,
+    /// Results handed out.
+    yielded: u64,
+    window: u64,
+    /// Ordered: results for indices `yielded..`, in order, as they arrive.
+    slots: VecDeque<Option<Result<R, JobError>>>,
+    /// Unordered: results in arrival order.
+    ready: VecDeque<Result<R, JobError>>,
+    closed: bool,
+    _input: PhantomData<fn(I::Item)>,
+}
+
+impl<I, R> Stream<I, R>
+where
+    I: Iterator,
+    I::Item: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn new(pool: Pool, f: fn(I::Item) -> R, input: I, ordered: bool) -> Self {
+        let config = &pool.shared.config;
+        let chunk = config.chunk_size.unwrap_or(1);
+        let window = (4 * config.workers * chunk).max(64) as u64;
+        let (sink, rx) = stream();
+        let batcher = Batcher::new(&pool, Call::new(f), sink, chunk);
+        let closed = pool.shared.is_closed();
+        Stream {
+            pool,
+            input: Some(input.fuse()),
+            batcher,
+            rx,
+            ordered,
+            pulled: 0,
+            yielded: 0,
+            window,
+            slots: VecDeque::new(),
+            ready: VecDeque::new(),
+            closed,
+            _input: PhantomData,
+        }
+    }
+
+    fn place(&mut self, index: u64, result: Result<R, JobError>) {
+        if self.ordered {
+            let at = (index - self.yielded) as usize;
+            if self.slots.len() <= at {
+                self.slots.resize_with(at + 1, || None);
+            }
+            self.slots[at] = Some(result);
+        } else {
+            self.ready.push_back(result);
+        }
+    }
+
+    /// Pulls input until the window is full, and sends what was pulled.
+    fn fill(&mut self) {
+        while self.pulled - self.yielded < self.window {
+            let Some(item) = self.input.as_mut().and_then(Iterator::next) else {
+                self.input = None;
+                break;
+            };
+            let index = self.pulled;
+            self.pulled += 1;
+            match self.batcher.push(index, &item) {
+                Err(e) => {
+                    if let Some(b) = self.batcher.take() {
+                        self.pool.shared.submit_batch(b);
+                    }
+                    refused(&self.pool, &e);
+                    self.place(index, Err(e));
+                }
+                Ok(()) if self.batcher.is_full() => self
+                    .pool
+                    .shared
+                    .submit_batch(self.batcher.take().expect("full batch")),
+                Ok(()) => {}
+            }
+        }
+        // About to wait: a partial batch must not sit here.
+        if let Some(b) = self.batcher.take() {
+            self.pool.shared.submit_batch(b);
+        }
+    }
+
+    fn next_result(&mut self) -> Option<Result<R, JobError>> {
+        if self.closed {
+            self.closed = false;
+            self.input = None;
+            return Some(Err(JobError::PoolClosed));
+        }
+        loop {
+            let next = if self.ordered {
+                match self.slots.front() {
+                    Some(Some(_)) => self.slots.pop_front().flatten(),
+                    _ => None,
+                }
+            } else {
+                self.ready.pop_front()
+            };
+            if let Some(r) = next {
+                self.yielded += 1;
+                return Some(r);
+            }
+            self.fill();
+            if self.pulled == self.yielded {
+                return None;
+            }
+            let (base, outcome) = self.rx.recv().ok()?;
+            let mut got = Vec::new();
+            unpack(base, outcome, |i, r| got.push((i, r)));
+            for (i, r) in got {
+                self.place(i, r);
+            }
+        }
+    }
+}
+
+impl<I: Iterator, R> Drop for Stream<I, R> {
+    fn drop(&mut self) {
+        // Batches not yet started are discarded by the supervisor.
+        self.batcher.sink.abandoned.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Results of [`Pool::imap`], in input order.
+pub struct Imap<I: Iterator, R>(Stream<I, R>);
+
+/// Results of [`Pool::imap_unordered`], in the order they finish.
+pub struct ImapUnordered<I: Iterator, R>(Stream<I, R>);
+
+impl<I, R> Imap<I, R>
+where
+    I: Iterator,
+    I::Item: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    pub(crate) fn new(pool: Pool, f: fn(I::Item) -> R, input: I) -> Self {
+        Imap(Stream::new(pool, f, input, true))
+    }
+}
+
+impl<I, R> ImapUnordered<I, R>
+where
+    I: Iterator,
+    I::Item: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    pub(crate) fn new(pool: Pool, f: fn(I::Item) -> R, input: I) -> Self {
+        ImapUnordered(Stream::new(pool, f, input, false))
+    }
+}
+
+impl<I, R> Iterator for Imap<I, R>
+where
+    I: Iterator,
+    I::Item: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    type Item = Result<R, JobError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next_result()
+    }
+}
+
+impl<I, R> Iterator for ImapUnordered<I, R>
+where
+    I: Iterator,
+    I::Item: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    type Item = Result<R, JobError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next_result()
+    }
+}
+
+impl<I: Iterator, R> fmt::Debug for Imap<I, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Imap")
+            .field("in_flight", &(self.0.pulled - self.0.yielded))
+            .finish()
+    }
+}
+
+impl<I: Iterator, R> fmt::Debug for ImapUnordered<I, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImapUnordered")
+            .field("in_flight", &(self.0.pulled - self.0.yielded))
+            .finish()
+    }
+}

@@ -1,0 +1,447 @@
+//! [`Pool`] and [`PoolBuilder`]: the calls a user makes.
+//!
+//! A `Pool` is a cheap handle (clone it, share it across threads); the last
+//! handle to go terminates the pool. Building one forks the fork server and
+//! starts the supervisor thread; the workers come up in the background and
+//! jobs submitted meanwhile wait for them.
+
+use crate::batch::{Batch, JobOpts};
+use crate::codec;
+use crate::error::{Error, JobError};
+use crate::job::{Call, JobHandle, JobId, Slot};
+use crate::map::{self, Imap, ImapUnordered};
+use crate::shm;
+use crate::stats::{Counters, Stats};
+use crate::supervisor::{self, Command, Submitter};
+use crate::wire;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Settings shared by the supervisor, the zygote and every worker (which
+/// inherit them with the rest of the caller's memory).
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub workers: usize,
+    pub time_limit: Option<Duration>,
+    pub soft_time_limit: Option<Duration>,
+    pub max_tasks_per_worker: Option<usize>,
+    pub max_memory_per_worker: Option<u64>,
+    pub initializer: Option<fn()>,
+    pub chunk_size: Option<usize>,
+    pub max_message_size: u64,
+    pub ring_size: usize,
+}
+
+impl Config {
+    pub(crate) fn job_opts(&self) -> JobOpts {
+        JobOpts {
+            time_limit: self.time_limit,
+            soft_time_limit: self.soft_time_limit,
+        }
+    }
+}
+
+/// Configures and builds a [`Pool`].
+///
+/// ```
+/// use std::time::Duration;
+/// # fn main() -> Result<(), forkpool::Error> {
+/// let pool = forkpool::Pool::builder()
+///     .workers(2)
+///     .time_limit(Duration::from_secs(30))
+///     .max_tasks_per_worker(1000)
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+#[must_use = "a builder does nothing until .build() is called"]
+pub struct PoolBuilder {
+    workers: Option<usize>,
+    time_limit: Option<Duration>,
+    soft_time_limit: Option<Duration>,
+    max_tasks_per_worker: Option<usize>,
+    max_memory_per_worker: Option<u64>,
+    initializer: Option<fn()>,
+    chunk_size: Option<usize>,
+    max_message_size: u64,
+}
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("workers", &self.workers)
+            .field("time_limit", &self.time_limit)
+            .field("soft_time_limit", &self.soft_time_limit)
+            .field("max_tasks_per_worker", &self.max_tasks_per_worker)
+            .field("max_memory_per_worker", &self.max_memory_per_worker)
+            .field("initializer", &self.initializer.is_some())
+            .field("chunk_size", &self.chunk_size)
+            .field("max_message_size", &self.max_message_size)
+            .finish()
+    }
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            workers: None,
+            time_limit: None,
+            soft_time_limit: None,
+            max_tasks_per_worker: None,
+            max_memory_per_worker: None,
+            initializer: None,
+            chunk_size: None,
+            max_message_size: wire::DEFAULT_MAX_MESSAGE,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// Number of worker processes. Default: the number of CPUs.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Hard time limit per job (per item of a `map`): past it the worker is
+    /// killed and replaced, and the job fails with [`JobError::TimedOut`].
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
+        self
+    }
+
+    /// Soft time limit per job: past it,
+    /// [`soft_time_limit_exceeded`](crate::soft_time_limit_exceeded) turns
+    /// true inside the job so it can stop cleanly. Must not exceed the hard limit.
+    pub fn soft_time_limit(mut self, limit: Duration) -> Self {
+        self.soft_time_limit = Some(limit);
+        self
+    }
+
+    /// Replace each worker after it has run this many jobs (map items count
+    /// one each), like `maxtasksperchild`. `1` runs every job in a fresh process.
+    pub fn max_tasks_per_worker(mut self, n: usize) -> Self {
+        self.max_tasks_per_worker = Some(n);
+        self
+    }
+
+    /// Replace a worker whose resident memory is above `bytes` after a job:
+    /// the job's result is delivered first.
+    pub fn max_memory_per_worker(mut self, bytes: u64) -> Self {
+        self.max_memory_per_worker = Some(bytes);
+        self
+    }
+
+    /// A function every worker runs once when it starts (replacements too),
+    /// before its first job.
+    pub fn initializer(mut self, init: fn()) -> Self {
+        self.initializer = Some(init);
+        self
+    }
+
+    /// Items per batch for `map`, `imap` and `imap_unordered`. Default:
+    /// automatic (about four batches per worker for `map`, one item for the
+    /// `imap`s).
+    pub fn chunk_size(mut self, n: usize) -> Self {
+        self.chunk_size = Some(n);
+        self
+    }
+
+    /// Largest encoded argument or result accepted, in bytes (default 1 GiB).
+    /// A bigger one fails its job alone with [`JobError::TooLarge`].
+    pub fn max_message_size(mut self, bytes: u64) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Forks the fork server and starts the pool.
+    pub fn build(self) -> Result<Pool, Error> {
+        let config = self.validate()?;
+        Pool::start(config)
+    }
+
+    fn validate(self) -> Result<Config, Error> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        let workers = self.workers.unwrap_or_else(num_cpus::get);
+        if workers == 0 {
+            return bad("workers must be at least 1".into());
+        }
+        if self.time_limit == Some(Duration::ZERO) || self.soft_time_limit == Some(Duration::ZERO) {
+            return bad("time limits must be above zero".into());
+        }
+        if let (Some(soft), Some(hard)) = (self.soft_time_limit, self.time_limit)
+            && soft > hard
+        {
+            return bad(format!(
+                "soft_time_limit ({soft:?}) is above time_limit ({hard:?})"
+            ));
+        }
+        if self.max_tasks_per_worker == Some(0) {
+            return bad("max_tasks_per_worker must be at least 1".into());
+        }
+        if self.max_memory_per_worker == Some(0) {
+            return bad("max_memory_per_worker must be above zero".into());
+        }
+        if self.chunk_size == Some(0) {
+            return bad("chunk_size must be at least 1".into());
+        }
+        let cap_max = u64::from(u32::MAX) - 64;
+        if !(1024..=cap_max).contains(&self.max_message_size) {
+            return bad(format!(
+                "max_message_size must be between 1 KiB and {cap_max} bytes"
+            ));
+        }
+        Ok(Config {
+            workers,
+            time_limit: self.time_limit,
+            soft_time_limit: self.soft_time_limit,
+            max_tasks_per_worker: self.max_tasks_per_worker,
+            max_memory_per_worker: self.max_memory_per_worker,
+            initializer: self.initializer,
+            chunk_size: self.chunk_size,
+            max_message_size: self.max_message_size,
+            ring_size: shm::DEFAULT_RING,
+        })
+    }
+}
+
+/// A pool of forked worker processes.
+///
+/// Cloning gives another handle to the same pool; the pool is terminated
+/// when the last handle is dropped (or by [`terminate`](Pool::terminate) /
+/// [`join`](Pool::join) on any of them). `Pool` is `Send + Sync`.
+#[derive(Clone)]
+pub struct Pool {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.shared.config.workers)
+            .field("closed", &self.shared.is_closed())
+            .finish()
+    }
+}
+
+/// State shared by every handle of one pool.
+pub(crate) struct Shared {
+    submitter: Submitter,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) config: Arc<Config>,
+    closed: AtomicBool,
+    next_id: AtomicU64,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Shared {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Queues a batch; if the supervisor is gone, its items resolve as cancelled.
+    pub(crate) fn submit_batch(&self, batch: Batch) {
+        let n = u64::from(batch.count());
+        self.counters.submitted.fetch_add(n, Ordering::Relaxed);
+        if self.submitter.send(Command::Submit(batch)).is_err() {
+            self.counters.cancelled.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Asks the supervisor to cancel a job already handed to it.
+    pub(crate) fn cancel_dispatched(&self, id: JobId) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self
+            .submitter
+            .send(Command::Cancel { id, reply: tx })
+            .is_err()
+        {
+            return false;
+        }
+        rx.recv().unwrap_or(false)
+    }
+
+    /// Sends `cmd` (Join or Terminate) and waits for the supervisor to end.
+    /// False if it ended by panicking.
+    fn shutdown(&self, cmd: Command) -> bool {
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(handle) = handle else { return true };
+        let _ = self.submitter.send(cmd);
+        handle.join().is_ok()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        self.shutdown(Command::Terminate);
+    }
+}
+
+impl Pool {
+    /// A pool of `workers` processes with default settings.
+    pub fn new(workers: usize) -> Result<Pool, Error> {
+        Pool::builder().workers(workers).build()
+    }
+
+    /// A builder for a pool with more settings.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    fn start(config: Config) -> Result<Pool, Error> {
+        let config = Arc::new(config);
+        let counters = Arc::new(Counters::default());
+        let (submitter, thread) = supervisor::start(config.clone(), counters.clone())?;
+        Ok(Pool {
+            shared: Arc::new(Shared {
+                submitter,
+                counters,
+                config,
+                closed: AtomicBool::new(false),
+                next_id: AtomicU64::new(1),
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Number of workers the pool keeps running.
+    pub fn workers(&self) -> usize {
+        self.shared.config.workers
+    }
+
+    /// Runs `f(arg)` in a worker; returns at once with a handle to the result.
+    ///
+    /// Submitting to a closed pool gives a handle that resolves to
+    /// [`JobError::PoolClosed`].
+    pub fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> JobHandle<R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let shared = &self.shared;
+        let id = JobId(shared.next_id.fetch_add(1, Ordering::Relaxed));
+        let slot = Arc::new(Slot::new(id));
+        let handle = JobHandle::new(slot.clone(), Arc::downgrade(shared));
+        if shared.is_closed() {
+            slot.resolve(Err(JobError::PoolClosed));
+            return handle;
+        }
+        let mut items = Vec::new();
+        let encoded = wire::push_item(&mut items, |v| codec::encode_into(v, &arg));
+        let cap = shared.config.max_message_size;
+        let refused = match encoded {
+            Err(e) => Some(JobError::Codec(format!("argument: {e}"))),
+            Ok(len) if len as u64 > cap => Some(JobError::TooLarge {
+                size: len as u64,
+                limit: cap,
+            }),
+            Ok(_) => None,
+        };
+        if let Some(error) = refused {
+            shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
+            shared.counters.count_error(&error, 1);
+            slot.resolve(Err(error));
+            return handle;
+        }
+        let batch = Batch::new(
+            Call::new(f),
+            items,
+            1,
+            0,
+            slot,
+            shared.config.job_opts(),
+            Some(id),
+        );
+        shared.submit_batch(batch);
+        handle
+    }
+
+    /// Runs `f(arg)` in a worker and waits for the result.
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, JobError>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.submit(f, arg).get()
+    }
+
+    /// Runs `f` on every item, in parallel, and returns the results in
+    /// input order.
+    ///
+    /// Every item runs even if some fail; then the lowest failing item is
+    /// reported as [`Error::Job`]. Items are sent in batches
+    /// ([`PoolBuilder::chunk_size`]), but each one succeeds or fails alone:
+    /// if a worker dies mid-batch, the items it finished keep their
+    /// results, the one it was running is charged, and the rest run on
+    /// another worker.
+    pub fn map<A, R, I>(&self, f: fn(A) -> R, items: I) -> Result<Vec<R>, Error>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        map::map(self, f, items)
+    }
+
+    /// Like [`map`](Pool::map), but lazy: an iterator of each item's result,
+    /// in input order. It pulls input only as results are consumed, with a
+    /// bounded number of items in flight, so an endless input runs in flat
+    /// memory. Dropping the iterator cancels the items not yet started.
+    pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<I::IntoIter, R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        Imap::new(self.clone(), f, items.into_iter())
+    }
+
+    /// Like [`imap`](Pool::imap), but results come in the order they finish.
+    pub fn imap_unordered<A, R, I>(&self, f: fn(A) -> R, items: I) -> ImapUnordered<I::IntoIter, R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        ImapUnordered::new(self.clone(), f, items.into_iter())
+    }
+
+    /// Stops accepting jobs. Jobs already submitted still run; submitting
+    /// afterwards gives [`JobError::PoolClosed`].
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        let _ = self.shared.submitter.send(Command::Close);
+    }
+
+    /// Closes the pool, waits for every submitted job to finish, then for
+    /// the workers to exit.
+    pub fn join(self) -> Result<(), Error> {
+        self.close();
+        if self.shared.shutdown(Command::Join) {
+            Ok(())
+        } else {
+            Err(Error::Io(std::io::Error::other(
+                "the pool's supervisor thread panicked",
+            )))
+        }
+    }
+
+    /// Kills every worker now. Every job not finished resolves to
+    /// [`JobError::Cancelled`]; nothing waits. Dropping the last handle of a
+    /// pool does the same.
+    pub fn terminate(self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.shutdown(Command::Terminate);
+    }
+
+    /// A snapshot of the pool's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+}

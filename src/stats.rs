@@ -1,0 +1,111 @@
+//! Counters the pool keeps about its jobs and workers, and the [`Stats`]
+//! snapshot a user reads.
+//!
+//! Every job is counted once in `submitted` and, when it resolves, exactly
+//! once in `completed`, `failed` or `cancelled`; `panicked`, `crashed`,
+//! `timed_out` and `codec_errors` break `failed` down. So at any moment
+//! `submitted == completed + failed + cancelled + (jobs still in progress)`.
+
+use crate::error::JobError;
+use crate::wire::Tag;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A snapshot of a pool's counters, from [`Pool::stats`](crate::Pool::stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Worker processes alive now (started and not known to have died).
+    pub live_workers: u64,
+    /// Jobs (map items count one each) accepted by the pool.
+    pub submitted: u64,
+    /// Jobs that returned a result.
+    pub completed: u64,
+    /// Jobs that resolved to an error other than cancellation.
+    pub failed: u64,
+    /// Failed jobs whose function panicked.
+    pub panicked: u64,
+    /// Failed jobs whose worker died under them.
+    pub crashed: u64,
+    /// Failed jobs that ran past their hard time limit.
+    pub timed_out: u64,
+    /// Failed jobs whose argument or result could not be encoded, or was too large.
+    pub codec_errors: u64,
+    /// Jobs cancelled before they produced a result.
+    pub cancelled: u64,
+    /// Workers started to replace one that exited (crash, time limit,
+    /// task or memory limit, cancellation).
+    pub worker_restarts: u64,
+}
+
+/// The live counters behind [`Stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub live_workers: AtomicU64,
+    pub submitted: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub panicked: AtomicU64,
+    pub crashed: AtomicU64,
+    pub timed_out: AtomicU64,
+    pub codec_errors: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub worker_restarts: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            live_workers: self.live_workers.load(Relaxed),
+            submitted: self.submitted.load(Relaxed),
+            completed: self.completed.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            panicked: self.panicked.load(Relaxed),
+            crashed: self.crashed.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+            codec_errors: self.codec_errors.load(Relaxed),
+            cancelled: self.cancelled.load(Relaxed),
+            worker_restarts: self.worker_restarts.load(Relaxed),
+        }
+    }
+
+    /// Counts `n` jobs that resolved with `error`.
+    pub(crate) fn count_error(&self, error: &JobError, n: u64) {
+        let kind = match error {
+            JobError::Cancelled => return add(&self.cancelled, n),
+            JobError::Panicked { .. } => Some(&self.panicked),
+            JobError::Crashed { .. } => Some(&self.crashed),
+            JobError::TimedOut { .. } => Some(&self.timed_out),
+            JobError::Codec(_) | JobError::TooLarge { .. } => Some(&self.codec_errors),
+            _ => None,
+        };
+        if let Some(c) = kind {
+            add(c, n);
+        }
+        add(&self.failed, n);
+    }
+}
+
+impl Counters {
+    /// Counts a job answered by its worker with a record of `tag`.
+    pub(crate) fn count_record(&self, tag: Tag) {
+        match tag {
+            Tag::Ok => add(&self.completed, 1),
+            Tag::Panic => {
+                add(&self.panicked, 1);
+                add(&self.failed, 1);
+            }
+            Tag::Codec | Tag::TooLarge => {
+                add(&self.codec_errors, 1);
+                add(&self.failed, 1);
+            }
+            // A skipped job was counted when it was cancelled.
+            _ => {}
+        }
+    }
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    if n > 0 {
+        c.fetch_add(n, Relaxed);
+    }
+}

@@ -1,0 +1,591 @@
+//! The supervisor: one thread per pool that owns the workers.
+//!
+//! It takes [`Command`]s from the pool's callers, hands batches to workers
+//! (idle ones first, a few queued per worker when jobs are small), collects
+//! their answers, enforces time limits, and replaces workers that die or
+//! retire. It is the only thread that touches a worker's shared memory or
+//! the fork server.
+//!
+//! Its loop never blocks on one worker: it sleeps in `epoll` over the
+//! command wake-up, the fork server, and every worker's doorbell and pidfd,
+//! with a timeout set by the nearest time limit. Workers only ring when it
+//! has announced that it sleeps, so a busy pool runs without wake-up
+//! system calls.
+//!
+//! Promises: every batch it receives is resolved exactly once per item — by
+//! a worker's answer, a charged failure, or `Cancelled` when the pool is
+//! terminated or the supervisor itself fails — and when the thread ends, no
+//! worker or fork server of this pool is left running.
+
+mod conn;
+
+use crate::batch::Batch;
+use crate::bell::Drained;
+use crate::clock;
+use crate::error::{Error, JobError};
+use crate::job::JobId;
+use crate::pool::Config;
+use crate::stats::Counters;
+use crate::zygote::{Event, Polled, ZygoteLink};
+use conn::{Conn, Ctx};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsFd;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Most batches of several items queued at one worker.
+const PREFETCH_BATCHES: usize = 2;
+/// Most single-item batches queued at one worker.
+const PREFETCH_SINGLES: usize = 32;
+/// Consecutive failed worker starts after which queued jobs fail.
+const START_FAILURES: u32 = 3;
+
+/// What the pool's callers ask of the supervisor.
+pub(crate) enum Command {
+    Submit(Batch),
+    Cancel {
+        id: JobId,
+        reply: Sender<bool>,
+    },
+    /// Accept no new work (callers check; this stops replacements when idle).
+    Close,
+    /// Finish all work, let the workers exit, then end.
+    Join,
+    /// Kill everything now.
+    Terminate,
+}
+
+/// Wakes the supervisor when it sleeps.
+pub(crate) struct Wake {
+    fd: EventFd,
+    sleeping: AtomicBool,
+}
+
+impl Wake {
+    fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
+            let _ = self.fd.write(1);
+        }
+    }
+}
+
+/// A caller's handle for sending commands.
+#[derive(Clone)]
+pub(crate) struct Submitter {
+    tx: Sender<Command>,
+    wake: Arc<Wake>,
+}
+
+impl Submitter {
+    /// Sends a command; gives it back if the supervisor is gone.
+    pub(crate) fn send(&self, cmd: Command) -> Result<(), Command> {
+        self.tx.send(cmd).map_err(|e| e.0)?;
+        self.wake.notify();
+        Ok(())
+    }
+}
+
+/// Forks the zygote and starts the supervisor thread.
+pub(crate) fn start(
+    config: Arc<Config>,
+    counters: Arc<Counters>,
+) -> Result<(Submitter, JoinHandle<()>), Error> {
+    let zygote = ZygoteLink::start(&config)?;
+    let wake = Arc::new(Wake {
+        fd: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+        sleeping: AtomicBool::new(false),
+    });
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    epoll.add(
+        wake.fd.as_fd(),
+        EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE),
+    )?;
+    epoll.add(
+        zygote.fd(),
+        EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_ZYGOTE),
+    )?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let sup = Supervisor {
+        config,
+        counters,
+        cmds: rx,
+        wake: wake.clone(),
+        epoll,
+        zygote: Some(zygote),
+        conns: Vec::new(),
+        next_key: 1,
+        spawned: 0,
+        pending: VecDeque::new(),
+        dispatched_jobs: HashMap::new(),
+        done_jobs: Vec::new(),
+        closing: false,
+        joining: false,
+        start_failures: 0,
+        last_start_error: String::new(),
+        spawn_after: 0,
+    };
+    let handle = std::thread::Builder::new()
+        .name("forkpool-supervisor".into())
+        .spawn(move || sup.run())
+        .map_err(Error::Io)?;
+    Ok((Submitter { tx, wake }, handle))
+}
+
+const TOKEN_WAKE: u64 = 0;
+const TOKEN_ZYGOTE: u64 = 1;
+const KIND_BELL: u64 = 2;
+const KIND_PIDFD: u64 = 3;
+
+fn token(key: u64, kind: u64) -> u64 {
+    key << 2 | kind
+}
+
+struct Supervisor {
+    config: Arc<Config>,
+    counters: Arc<Counters>,
+    cmds: Receiver<Command>,
+    wake: Arc<Wake>,
+    epoll: Epoll,
+    zygote: Option<ZygoteLink>,
+    conns: Vec<Conn>,
+    next_key: u64,
+    /// Workers ever asked for; those past the first N are restarts.
+    spawned: u64,
+    /// Batches waiting for a worker, oldest first.
+    pending: VecDeque<Batch>,
+    /// Cancellable jobs sent to a worker: job → worker key.
+    dispatched_jobs: HashMap<JobId, u64>,
+    done_jobs: Vec<JobId>,
+    closing: bool,
+    joining: bool,
+    start_failures: u32,
+    last_start_error: String,
+    /// No spawn before this coarse-clock instant (backoff after failures).
+    spawn_after: u64,
+}
+
+impl Supervisor {
+    fn run(mut self) {
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.main_loop()));
+        if outcome.is_err() {
+            eprintln!("forkpool: the supervisor thread panicked; the pool is terminated");
+        }
+        self.shutdown();
+    }
+
+    fn main_loop(&mut self) {
+        let mut events = vec![EpollEvent::empty(); 64];
+        loop {
+            if !self.commands() {
+                return;
+            }
+            self.zygote_events();
+            self.service_workers();
+            self.dispatch();
+            let next_deadline = self.deadlines();
+            self.maintain();
+            if self.joining && self.pending.is_empty() && !self.conns.iter().any(Conn::busy) {
+                if self.conns.is_empty() {
+                    return;
+                }
+                self.conns.iter_mut().for_each(Conn::request_exit);
+            }
+            for c in &mut self.conns {
+                c.publish();
+            }
+            self.update_live();
+            self.sleep(&mut events, next_deadline);
+        }
+    }
+
+    /// Takes every queued command. False means terminate.
+    fn commands(&mut self) -> bool {
+        loop {
+            match self.cmds.try_recv() {
+                Ok(Command::Submit(batch)) => self.pending.push_back(batch),
+                Ok(Command::Cancel { id, reply }) => {
+                    let done = self.cancel(id);
+                    let _ = reply.send(done);
+                }
+                Ok(Command::Close) => self.closing = true,
+                Ok(Command::Join) => {
+                    self.closing = true;
+                    self.joining = true;
+                }
+                Ok(Command::Terminate) => return false,
+                Err(TryRecvError::Empty) => return true,
+                // Every caller handle is gone without a word: nothing can
+                // wait on the remaining work.
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    fn cancel(&mut self, id: JobId) -> bool {
+        if let Some(pos) = self.pending.iter().position(|b| b.job == Some(id)) {
+            let mut batch = self.pending.remove(pos).expect("position is valid");
+            if batch.sink.cancel_now() {
+                self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+            batch.forget(batch.count());
+            return true;
+        }
+        let Some(&key) = self.dispatched_jobs.get(&id) else {
+            return false;
+        };
+        let Some(conn) = self.conns.iter_mut().find(|c| c.key == key) else {
+            return false;
+        };
+        let mut ctx = Ctx {
+            counters: &self.counters,
+            done_jobs: &mut self.done_jobs,
+        };
+        conn.cancel(id, &mut ctx)
+    }
+
+    fn zygote_events(&mut self) {
+        loop {
+            let Some(z) = &self.zygote else { return };
+            match z.poll() {
+                Polled::Empty => return,
+                Polled::Closed => {
+                    // The fork server died. Running workers keep serving;
+                    // none can be replaced.
+                    let _ = self.epoll.delete(z.fd());
+                    self.zygote = None;
+                    return;
+                }
+                Polled::Event(Event::Spawned { key, pid, pidfd }) => {
+                    if let Some(c) = self.conns.iter_mut().find(|c| c.key == key) {
+                        c.spawned(pid, pidfd);
+                        if let Some(fd) = c.pidfd() {
+                            let ev = EpollEvent::new(EpollFlags::EPOLLIN, token(key, KIND_PIDFD));
+                            c.pidfd_registered = self.epoll.add(fd, ev).is_ok();
+                        }
+                    }
+                }
+                Polled::Event(Event::SpawnFailed { key, error }) => {
+                    if let Some(c) = self.conns.iter_mut().find(|c| c.key == key) {
+                        c.spawn_failed = true;
+                    }
+                    self.start_failed(format!("fork failed: {error}"));
+                }
+                Polled::Event(Event::Exited { key, status }) => {
+                    if let Some(c) = self.conns.iter_mut().find(|c| c.key == key) {
+                        c.status = Some(status);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes in answers, continues streaming frames, and closes the books
+    /// of workers that died.
+    fn service_workers(&mut self) {
+        let zygote_alive = self.zygote.is_some();
+        let mut i = 0;
+        while i < self.conns.len() {
+            let mut ctx = Ctx {
+                counters: &self.counters,
+                done_jobs: &mut self.done_jobs,
+            };
+            let c = &mut self.conns[i];
+            c.pump_rx(&mut ctx);
+            c.pump_tx();
+            if c.is_ready() {
+                self.start_failures = 0;
+            }
+            if !c.finished(zygote_alive) {
+                i += 1;
+                continue;
+            }
+            let mut c = self.conns.swap_remove(i);
+            let requeue = c.finalize(&mut ctx);
+            if let Some(why) = c.violation() {
+                eprintln!(
+                    "forkpool: worker {} broke the protocol ({why}); treated as crashed",
+                    c.pid().unwrap_or(0)
+                );
+            }
+            for batch in requeue.into_iter().rev() {
+                self.pending.push_front(batch);
+            }
+            if c.bell_registered {
+                let _ = self.epoll.delete(c.bell_fd());
+            }
+            if c.pidfd_registered
+                && let Some(fd) = c.pidfd()
+            {
+                let _ = self.epoll.delete(fd);
+            }
+            if !c.is_ready() && !c.ended_on_purpose() && !c.spawn_failed {
+                let why = match c.init_failure() {
+                    Some(msg) => msg.to_string(),
+                    None => format!(
+                        "worker {} exited before it was ready ({:?})",
+                        c.pid().unwrap_or(0),
+                        c.status
+                    ),
+                };
+                self.start_failed(why);
+            }
+        }
+        for id in self.done_jobs.drain(..) {
+            self.dispatched_jobs.remove(&id);
+        }
+    }
+
+    fn start_failed(&mut self, why: String) {
+        self.start_failures += 1;
+        self.last_start_error = why;
+        let backoff = 50_000_000u64 << self.start_failures.min(5);
+        self.spawn_after = clock::coarse_ns() + backoff;
+        if self.start_failures >= START_FAILURES && !self.conns.iter().any(Conn::is_ready) {
+            let error = JobError::WorkerStart {
+                message: self.last_start_error.clone(),
+            };
+            for mut batch in self.pending.drain(..) {
+                self.counters.count_error(&error, u64::from(batch.count()));
+                batch.fail(batch.count(), error.clone());
+            }
+        }
+    }
+
+    /// Enforces time limits; returns the nearest deadline.
+    fn deadlines(&mut self) -> Option<u64> {
+        let now = clock::coarse_ns();
+        self.conns
+            .iter_mut()
+            .filter_map(|c| c.check_deadlines(now))
+            .min()
+    }
+
+    /// Hands pending batches to workers.
+    fn dispatch(&mut self) {
+        while let Some(front) = self.pending.front() {
+            if !front.sink.claim() {
+                let mut batch = self.pending.pop_front().expect("front exists");
+                batch.forget(batch.count());
+                continue;
+            }
+            let Some(i) = self.pick(front) else { return };
+            let mut batch = self.pending.pop_front().expect("front exists");
+            if let Some(left) = self.conns[i].tasks_left()
+                && left < u64::from(batch.count())
+            {
+                let front_part = batch.split_front(left as u32);
+                self.pending.push_front(batch);
+                batch = front_part;
+            }
+            let job = batch.job;
+            let key = self.conns[i].key;
+            match self.conns[i].try_send(batch) {
+                Ok(()) => {
+                    if let Some(id) = job {
+                        self.dispatched_jobs.insert(id, key);
+                    }
+                    if self.conns[i].tasks_left() == Some(0) {
+                        self.conns[i].request_exit();
+                    }
+                }
+                Err(batch) => {
+                    self.pending.push_front(batch);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The worker to send `batch` to: the least loaded that may take it,
+    /// preferring workers that are already up.
+    fn pick(&self, batch: &Batch) -> Option<usize> {
+        let single = batch.count() == 1;
+        let queue_limit = if single {
+            PREFETCH_SINGLES
+        } else {
+            PREFETCH_BATCHES
+        };
+        self.conns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.accepts(batch.job.is_some()) && c.inflight_batches() < queue_limit)
+            .min_by_key(|(_, c)| (c.inflight_items(), !c.is_ready()))
+            .map(|(i, _)| i)
+    }
+
+    /// Starts workers until the pool is at strength.
+    fn maintain(&mut self) {
+        if self.zygote.is_none() {
+            if !self.pending.is_empty() && !self.conns.iter().any(Conn::counts_toward_strength) {
+                let error = JobError::WorkerStart {
+                    message: "the fork server died and no worker is left".into(),
+                };
+                for mut batch in self.pending.drain(..) {
+                    self.counters.count_error(&error, u64::from(batch.count()));
+                    batch.fail(batch.count(), error.clone());
+                }
+            }
+            return;
+        }
+        let want = if self.closing && self.pending.is_empty() {
+            0
+        } else {
+            self.config.workers
+        };
+        let mut have = self
+            .conns
+            .iter()
+            .filter(|c| c.counts_toward_strength())
+            .count();
+        while have < want && clock::coarse_ns() >= self.spawn_after {
+            if !self.spawn_one() {
+                return;
+            }
+            have += 1;
+        }
+    }
+
+    fn spawn_one(&mut self) -> bool {
+        let key = self.next_key;
+        self.next_key += 1;
+        let tasks = self.config.max_tasks_per_worker.map(|t| t as u64);
+        let (mut conn, fds) = match Conn::new(
+            key,
+            self.config.ring_size,
+            self.config.max_message_size,
+            tasks,
+        ) {
+            Ok(x) => x,
+            Err(e) => {
+                self.start_failed(format!("could not set up a worker: {e}"));
+                return false;
+            }
+        };
+        let Some(z) = &self.zygote else { return false };
+        if let Err(e) = z.spawn(key, fds.borrow()) {
+            self.start_failed(format!("could not reach the fork server: {e}"));
+            return false;
+        }
+        drop(fds);
+        let ev = EpollEvent::new(EpollFlags::EPOLLIN, token(key, KIND_BELL));
+        conn.bell_registered = self.epoll.add(conn.bell_fd(), ev).is_ok();
+        if self.spawned >= self.config.workers as u64 {
+            self.counters
+                .worker_restarts
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.spawned += 1;
+        self.conns.push(conn);
+        true
+    }
+
+    fn update_live(&self) {
+        let live = self
+            .conns
+            .iter()
+            .filter(|c| c.pid().is_some() && c.status.is_none() && !c.gone)
+            .count();
+        self.counters
+            .live_workers
+            .store(live as u64, Ordering::Relaxed);
+    }
+
+    /// Sleeps until a command, a worker, the fork server or a deadline needs us.
+    fn sleep(&mut self, events: &mut [EpollEvent], deadline: Option<u64>) {
+        self.wake.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let room = self.pending.front().map_or(0, |b| b.items_len() + 64);
+        let mut idle = self.cmds.is_empty();
+        for c in &mut self.conns {
+            idle &= c.prepare_sleep(room);
+        }
+        let mut timeout_ms =
+            deadline.map(|d| d.saturating_sub(clock::coarse_ns()).div_ceil(1_000_000));
+        if self.spawn_after > 0 && self.conns.len() < self.config.workers {
+            let wait = self
+                .spawn_after
+                .saturating_sub(clock::coarse_ns())
+                .div_ceil(1_000_000);
+            timeout_ms = Some(timeout_ms.map_or(wait, |t| t.min(wait)));
+        }
+        let n = if idle {
+            let timeout = match timeout_ms {
+                None => EpollTimeout::NONE,
+                Some(ms) => EpollTimeout::try_from(Duration::from_millis(ms.clamp(1, 60_000)))
+                    .unwrap_or(EpollTimeout::NONE),
+            };
+            self.epoll.wait(events, timeout).unwrap_or(0)
+        } else {
+            0
+        };
+        self.wake.sleeping.store(false, Ordering::Relaxed);
+        for c in &self.conns {
+            c.awake();
+        }
+        for ev in &events[..n] {
+            let t = ev.data();
+            match t {
+                TOKEN_WAKE => {
+                    let _ = self.wake.fd.read();
+                }
+                TOKEN_ZYGOTE => {}
+                _ => {
+                    let (key, kind) = (t >> 2, t & 3);
+                    let Some(c) = self.conns.iter_mut().find(|c| c.key == key) else {
+                        continue;
+                    };
+                    if kind == KIND_BELL {
+                        if c.drain_bell() == Drained::Eof {
+                            let _ = self.epoll.delete(c.bell_fd());
+                            c.bell_registered = false;
+                        }
+                    } else if kind == KIND_PIDFD {
+                        c.gone = true;
+                        if let Some(fd) = c.pidfd() {
+                            let _ = self.epoll.delete(fd);
+                        }
+                        c.pidfd_registered = false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the pool: kills every worker, resolves every job left as
+    /// cancelled, and waits for the fork server to reap everything.
+    fn shutdown(&mut self) {
+        let mut ctx = Ctx {
+            counters: &self.counters,
+            done_jobs: &mut self.done_jobs,
+        };
+        for c in &mut self.conns {
+            c.abandon(&mut ctx);
+        }
+        let left: u64 = self.pending.iter().map(|b| u64::from(b.count())).sum();
+        self.counters.cancelled.fetch_add(left, Ordering::Relaxed);
+        self.pending.clear();
+        self.conns.clear();
+        self.zygote = None;
+        while let Ok(cmd) = self.cmds.try_recv() {
+            match cmd {
+                Command::Submit(batch) => {
+                    self.counters
+                        .cancelled
+                        .fetch_add(u64::from(batch.count()), Ordering::Relaxed);
+                }
+                Command::Cancel { reply, .. } => {
+                    let _ = reply.send(false);
+                }
+                _ => {}
+            }
+        }
+        self.counters.live_workers.store(0, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,478 @@
+//! Frames: what the supervisor and a worker say to each other, byte for byte.
+//!
+//! Every message is a frame `[len: u32 LE][tag: u8][body: len bytes]`.
+//! Frames travel through the per-worker shared-memory rings (see
+//! [`crate::ring`]); the pipes only carry wake-ups.
+//!
+//! - Supervisor → worker: [`Tag::Batch`] (a header, then `count` items each
+//!   `[len: u32][argument bytes]`) and [`Tag::Exit`].
+//! - Worker → supervisor: one *record* per item, in the order the items were
+//!   sent ([`Tag::Ok`], [`Tag::Panic`], ...), and a few control records
+//!   ([`Tag::Ready`], [`Tag::InitFailed`], [`Tag::Retire`]).
+//!
+//! What this module promises: [`RecordReader`] — the supervisor's decoder
+//! for bytes that come from a worker and therefore cannot be trusted —
+//! rejects an unknown tag or a length above the cap as soon as the 5 header
+//! bytes are in, never allocates more than the bytes it was actually given,
+//! and never panics, whatever the input.
+
+use std::fmt;
+
+/// Bytes in a frame header: length (4) and tag (1).
+pub(crate) const HEADER: usize = 5;
+
+/// Default cap on one frame's body: 1 GiB.
+pub(crate) const DEFAULT_MAX_MESSAGE: u64 = 1 << 30;
+
+/// Control records carry short bodies; anything longer is a protocol error.
+const CONTROL_MAX: u32 = 64 * 1024;
+
+/// What a frame is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Tag {
+    /// Supervisor → worker: a batch of items to run.
+    Batch = 0x01,
+    /// Supervisor → worker: finish what you have, then exit.
+    Exit = 0x02,
+    /// Item succeeded; body is the encoded result.
+    Ok = 0x10,
+    /// Item panicked; body is the UTF-8 message.
+    Panic = 0x11,
+    /// Item's argument or result failed to (de)serialize; body is UTF-8.
+    Codec = 0x12,
+    /// Item was cancelled before it started; empty body.
+    Skipped = 0x13,
+    /// Item's result exceeded the message cap; body is its size as u64.
+    TooLarge = 0x14,
+    /// Worker finished its initializer; body is its pid as u32.
+    Ready = 0x20,
+    /// Worker's initializer panicked; body is the UTF-8 message.
+    InitFailed = 0x21,
+    /// Worker is above its memory limit and exits; body is its RSS as u64.
+    Retire = 0x22,
+}
+
+impl Tag {
+    fn from_u8(b: u8) -> Option<Tag> {
+        Some(match b {
+            0x01 => Tag::Batch,
+            0x02 => Tag::Exit,
+            0x10 => Tag::Ok,
+            0x11 => Tag::Panic,
+            0x12 => Tag::Codec,
+            0x13 => Tag::Skipped,
+            0x14 => Tag::TooLarge,
+            0x20 => Tag::Ready,
+            0x21 => Tag::InitFailed,
+            0x22 => Tag::Retire,
+            _ => return None,
+        })
+    }
+
+    /// Whether this record answers one item of a batch.
+    pub(crate) fn is_item(self) -> bool {
+        matches!(
+            self,
+            Tag::Ok | Tag::Panic | Tag::Codec | Tag::Skipped | Tag::TooLarge
+        )
+    }
+
+    fn sent_by_worker(self) -> bool {
+        !matches!(self, Tag::Batch | Tag::Exit)
+    }
+}
+
+/// Why bytes from a worker were refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WireError {
+    /// The tag byte names no message a worker may send.
+    UnknownTag(u8),
+    /// The length prefix is above the cap for this tag.
+    TooLong { len: u64, cap: u64 },
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::UnknownTag(t) => write!(f, "unknown frame tag {t:#04x}"),
+            WireError::TooLong { len, cap } => {
+                write!(f, "frame length {len} exceeds the cap of {cap} bytes")
+            }
+        }
+    }
+}
+
+/// The 5 header bytes of a frame with `tag` and a body of `len` bytes.
+pub(crate) fn header(tag: Tag, len: u32) -> [u8; HEADER] {
+    let l = len.to_le_bytes();
+    [l[0], l[1], l[2], l[3], tag as u8]
+}
+
+/// Splits the 5 header bytes into (length, raw tag).
+pub(crate) fn split_header(h: [u8; HEADER]) -> (u32, u8) {
+    (u32::from_le_bytes([h[0], h[1], h[2], h[3]]), h[4])
+}
+
+/// Validates a header that came from a worker.
+pub(crate) fn check_worker_header(h: [u8; HEADER], cap: u64) -> Result<(u32, Tag), WireError> {
+    let (len, raw) = split_header(h);
+    let tag = Tag::from_u8(raw)
+        .filter(|t| t.sent_by_worker())
+        .ok_or(WireError::UnknownTag(raw))?;
+    let limit = if tag.is_item() {
+        cap
+    } else {
+        u64::from(CONTROL_MAX)
+    };
+    if u64::from(len) > limit {
+        return Err(WireError::TooLong {
+            len: len.into(),
+            cap: limit,
+        });
+    }
+    Ok((len, tag))
+}
+
+/// Bytes in a batch header, after the frame header.
+pub(crate) const BATCH_HEADER: usize = 48;
+
+/// Batch flag: the worker records start times (the batch has a time limit).
+pub(crate) const FLAG_TIMED: u32 = 1;
+/// Batch flag: the supervisor may kill the worker over this batch (time
+/// limit or cancellation), so item completion is claimed with a CAS.
+pub(crate) const FLAG_KILLABLE: u32 = 2;
+/// Batch flag: one cancellable job, with a cancel slot in the status page.
+pub(crate) const FLAG_CANCELLABLE: u32 = 4;
+
+/// The fixed part of a batch frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BatchHeader {
+    /// Per-worker sequence number of the first item.
+    pub seq0: u64,
+    /// Number of items.
+    pub count: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Address of the monomorphised trampoline (see [`crate::job::Call`]).
+    pub trampoline: u64,
+    /// Address of the user's function.
+    pub func: u64,
+    /// Job id, for a cancellable job.
+    pub job_id: u64,
+    /// Index of the cancel slot, for a cancellable job.
+    pub cancel_slot: u32,
+}
+
+impl BatchHeader {
+    /// Frame header plus batch header for a batch whose items take `items_len` bytes.
+    pub(crate) fn encode(&self, items_len: usize) -> [u8; HEADER + BATCH_HEADER] {
+        let mut out = [0u8; HEADER + BATCH_HEADER];
+        let body = (BATCH_HEADER + items_len) as u32;
+        out[..HEADER].copy_from_slice(&header(Tag::Batch, body));
+        let b = &mut out[HEADER..];
+        b[0..8].copy_from_slice(&self.seq0.to_le_bytes());
+        b[8..12].copy_from_slice(&self.count.to_le_bytes());
+        b[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        b[16..24].copy_from_slice(&self.trampoline.to_le_bytes());
+        b[24..32].copy_from_slice(&self.func.to_le_bytes());
+        b[32..40].copy_from_slice(&self.job_id.to_le_bytes());
+        b[40..44].copy_from_slice(&self.cancel_slot.to_le_bytes());
+        out
+    }
+
+    /// Reads a batch header from the start of a batch body.
+    pub(crate) fn decode(b: &[u8]) -> Option<BatchHeader> {
+        let b = b.get(..BATCH_HEADER)?;
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        Some(BatchHeader {
+            seq0: u64_at(0),
+            count: u32_at(8),
+            flags: u32_at(12),
+            trampoline: u64_at(16),
+            func: u64_at(24),
+            job_id: u64_at(32),
+            cancel_slot: u32_at(40),
+        })
+    }
+}
+
+/// Appends one item `[len: u32][bytes]` whose bytes `encode` writes.
+pub(crate) fn push_item(
+    items: &mut Vec<u8>,
+    encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+) -> Result<usize, String> {
+    let start = items.len();
+    items.extend_from_slice(&[0; 4]);
+    if let Err(e) = encode(items) {
+        items.truncate(start);
+        return Err(e);
+    }
+    let len = items.len() - start - 4;
+    let Ok(len32) = u32::try_from(len) else {
+        items.truncate(start);
+        return Err(format!("item of {len} bytes does not fit a frame"));
+    };
+    items[start..start + 4].copy_from_slice(&len32.to_le_bytes());
+    Ok(len)
+}
+
+/// Iterates the `[len: u32][bytes]` items of a batch body.
+pub(crate) struct Items<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Items<'a> {
+    pub(crate) fn new(items: &'a [u8]) -> Self {
+        Items { rest: items }
+    }
+    /// The bytes not yet iterated.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.rest
+    }
+}
+
+impl<'a> Iterator for Items<'a> {
+    type Item = &'a [u8];
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let len = u32::from_le_bytes(self.rest.get(..4)?.try_into().ok()?) as usize;
+        let item = self.rest.get(4..4 + len)?;
+        self.rest = &self.rest[4 + len..];
+        Some(item)
+    }
+}
+
+/// Byte offset, within an items buffer, of item number `n`.
+pub(crate) fn item_offset(items: &[u8], n: u32) -> usize {
+    let mut it = Items::new(items);
+    for _ in 0..n {
+        if it.next().is_none() {
+            break;
+        }
+    }
+    items.len() - it.rest().len()
+}
+
+/// A complete record taken from a [`RecordReader`] or a delivery buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Record<'a> {
+    pub tag: Tag,
+    pub body: &'a [u8],
+}
+
+/// Iterates records in a buffer the supervisor already validated.
+pub(crate) fn records(buf: &[u8]) -> impl Iterator<Item = Record<'_>> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let h: [u8; HEADER] = rest.get(..HEADER)?.try_into().ok()?;
+        let (len, raw) = split_header(h);
+        let tag = Tag::from_u8(raw)?;
+        let body = rest.get(HEADER..HEADER + len as usize)?;
+        rest = &rest[HEADER + len as usize..];
+        Some(Record { tag, body })
+    })
+}
+
+/// Incremental decoder for the untrusted byte stream coming from a worker.
+///
+/// Bytes are appended with [`RecordReader::extend`] as they arrive; complete
+/// records come out of [`RecordReader::next`]. Its buffer only ever holds
+/// bytes that were actually received, so a length prefix claiming gigabytes
+/// costs nothing until the bytes are there — and a prefix above the cap is
+/// refused as soon as the header is complete.
+#[derive(Debug)]
+pub(crate) struct RecordReader {
+    buf: Vec<u8>,
+    start: usize,
+    cap: u64,
+    /// Set once the stream has been found corrupt; every later call fails.
+    broken: Option<WireError>,
+}
+
+impl RecordReader {
+    pub(crate) fn new(cap: u64) -> Self {
+        RecordReader {
+            buf: Vec::new(),
+            start: 0,
+            cap,
+            broken: None,
+        }
+    }
+
+    /// Appends received bytes, making room by dropping consumed ones first.
+    pub(crate) fn extend_with(&mut self, n: usize, fill: impl FnOnce(&mut [u8])) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > 64 * 1024 && self.start * 2 > self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + n, 0);
+        fill(&mut self.buf[old..]);
+    }
+
+    /// Appends received bytes.
+    #[cfg(test)]
+    pub(crate) fn extend(&mut self, bytes: &[u8]) {
+        self.extend_with(bytes.len(), |dst| dst.copy_from_slice(bytes));
+    }
+
+    /// Bytes received but not yet returned as records.
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    fn peek_header(&self) -> Option<Result<(u32, Tag), WireError>> {
+        let h: [u8; HEADER] = self
+            .buf
+            .get(self.start..self.start + HEADER)?
+            .try_into()
+            .ok()?;
+        Some(check_worker_header(h, self.cap))
+    }
+
+    /// The next complete record, `Ok(None)` if more bytes are needed, or
+    /// the reason the stream is corrupt.
+    pub(crate) fn next(&mut self) -> Result<Option<Record<'_>>, WireError> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        let (len, tag) = match self.peek_header() {
+            None => return Ok(None),
+            Some(Err(e)) => {
+                self.broken = Some(e.clone());
+                return Err(e);
+            }
+            Some(Ok(h)) => h,
+        };
+        let end = self.start + HEADER + len as usize;
+        if self.buf.len() < end {
+            return Ok(None);
+        }
+        let body = &self.buf[self.start + HEADER..end];
+        self.start = end;
+        Ok(Some(Record { tag, body }))
+    }
+
+    /// The buffer's allocated size, for tests that check allocation bounds.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(tag: Tag, body: &[u8]) -> Vec<u8> {
+        let mut v = header(tag, body.len() as u32).to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn records_arrive_in_pieces() {
+        let mut stream = rec(Tag::Ok, b"hello");
+        stream.extend(rec(Tag::Panic, b"boom"));
+        let mut r = RecordReader::new(1024);
+        for b in &stream[..7] {
+            r.extend(&[*b]);
+        }
+        assert_eq!(r.next(), Ok(None));
+        r.extend(&stream[7..]);
+        assert_eq!(
+            r.next().unwrap().unwrap(),
+            Record {
+                tag: Tag::Ok,
+                body: b"hello"
+            }
+        );
+        assert_eq!(
+            r.next().unwrap().unwrap(),
+            Record {
+                tag: Tag::Panic,
+                body: b"boom"
+            }
+        );
+        assert_eq!(r.next(), Ok(None));
+        assert_eq!(r.buffered(), 0);
+    }
+
+    #[test]
+    fn oversized_length_is_refused_without_allocating_it() {
+        let mut r = RecordReader::new(1 << 20);
+        let h = header(Tag::Ok, u32::MAX);
+        r.extend(&h);
+        assert_eq!(
+            r.next(),
+            Err(WireError::TooLong {
+                len: u32::MAX as u64,
+                cap: 1 << 20
+            })
+        );
+        assert!(r.capacity() < 4096, "allocated {} bytes", r.capacity());
+        // Once broken, always broken: no later byte is believed.
+        r.extend(&rec(Tag::Ok, b"x"));
+        assert!(r.next().is_err());
+    }
+
+    #[test]
+    fn unknown_and_wrong_direction_tags_are_refused() {
+        let mut r = RecordReader::new(1024);
+        r.extend(&[1, 0, 0, 0, 0x7f, 0]);
+        assert_eq!(r.next(), Err(WireError::UnknownTag(0x7f)));
+        let mut r = RecordReader::new(1024);
+        r.extend(&rec(Tag::Batch, b""));
+        assert_eq!(r.next(), Err(WireError::UnknownTag(Tag::Batch as u8)));
+    }
+
+    #[test]
+    fn control_records_have_a_small_cap() {
+        let mut r = RecordReader::new(1 << 30);
+        r.extend(&header(Tag::Ready, CONTROL_MAX + 1));
+        assert!(matches!(r.next(), Err(WireError::TooLong { .. })));
+    }
+
+    #[test]
+    fn batch_header_round_trip_and_items() {
+        let h = BatchHeader {
+            seq0: 9,
+            count: 3,
+            flags: FLAG_TIMED,
+            trampoline: 0xdead,
+            func: 0xbeef,
+            job_id: 77,
+            cancel_slot: 5,
+        };
+        let bytes = h.encode(10);
+        assert_eq!(
+            split_header(bytes[..HEADER].try_into().unwrap()).0 as usize,
+            BATCH_HEADER + 10
+        );
+        assert_eq!(BatchHeader::decode(&bytes[HEADER..]), Some(h));
+        let mut items = Vec::new();
+        for s in ["a", "bc", ""] {
+            push_item(&mut items, |v| {
+                v.extend_from_slice(s.as_bytes());
+                Ok(())
+            })
+            .unwrap();
+        }
+        let got: Vec<&[u8]> = Items::new(&items).collect();
+        assert_eq!(got, vec![&b"a"[..], b"bc", b""]);
+        assert_eq!(item_offset(&items, 1), 5);
+        assert_eq!(item_offset(&items, 3), items.len());
+        let failed = push_item(&mut items, |_| Err("no".into()));
+        assert!(failed.is_err());
+        assert_eq!(
+            Items::new(&items).count(),
+            3,
+            "a failed encode leaves no trace"
+        );
+    }
+}

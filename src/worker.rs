@@ -1,0 +1,449 @@
+//! The worker: a child process that runs jobs until told to stop.
+//!
+//! A worker reads batch frames from its inbox ring, runs each item under
+//! `catch_unwind`, and writes one record per item to its outbox ring. For
+//! every item it first publishes, in its status page, which item it is on
+//! (and when it started, if the batch has a time limit), and afterwards
+//! where its results end. That is what lets the supervisor
+//!
+//! - kill it past a hard limit and charge exactly the item that overran,
+//! - tell a job its soft limit passed ([`soft_time_limit_exceeded`]),
+//! - recover the results of items that finished just before a crash, even
+//!   ones not yet published, and charge only the item that was running.
+//!
+//! A worker exits when its doorbell pipe reaches end-of-file (the supervisor
+//! is gone), when it is sent an `Exit` frame, or — after reporting its
+//! last result — when it is above its memory limit. It never runs the
+//! caller's `atexit` handlers or destructors.
+
+use crate::bell;
+use crate::clock;
+use crate::job::{Call, RawCall};
+use crate::pool::Config;
+use crate::ring::{Consumer, Producer};
+use crate::shm::{DONE, RUNNING, Region, SLOT_QUEUED, SLOT_TAKEN, StatusPage};
+use crate::wire::{self, BatchHeader, HEADER, Items, Tag};
+use crate::zygote::{WORKER_BELL_IN, WORKER_BELL_OUT};
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::io::Write;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+/// This worker's status page, once it runs (null in the caller).
+static PAGE: AtomicPtr<StatusPage> = AtomicPtr::new(std::ptr::null_mut());
+/// `seq + 1` of the item running now, 0 between items.
+static CURRENT: AtomicU64 = AtomicU64::new(0);
+
+/// Exit code for a broken frame from the supervisor (a bug, not a job's fault).
+const EXIT_PROTOCOL: i32 = 70;
+/// Exit code after the initializer panicked.
+const EXIT_INIT_FAILED: i32 = 1;
+
+/// Publish results at least this often while a batch runs.
+const PUBLISH_ITEMS: u32 = 64;
+const PUBLISH_BYTES: u64 = 64 * 1024;
+const PUBLISH_NS: u64 = 1_000_000;
+
+/// Whether the soft time limit of the running job has passed.
+///
+/// A job with a soft limit ([`PoolBuilder::soft_time_limit`](crate::PoolBuilder::soft_time_limit))
+/// polls this to stop cleanly before the hard limit kills its worker. When
+/// the soft limit passes, the worker also receives `SIGUSR1`, which
+/// interrupts a blocking system call (it returns `EINTR`) so the job gets
+/// to look. Outside a pool job this is always false.
+///
+/// ```
+/// fn crunch(n: u64) -> u64 {
+///     let mut acc = 0u64;
+///     for i in 0..n {
+///         if i % 1024 == 0 && forkpool::soft_time_limit_exceeded() {
+///             break; // return what we have
+///         }
+///         acc = acc.wrapping_add(i * i);
+///     }
+///     acc
+/// }
+/// assert_eq!(crunch(4), 14);
+/// ```
+pub fn soft_time_limit_exceeded() -> bool {
+    let page = PAGE.load(Ordering::Acquire);
+    let cur = CURRENT.load(Ordering::Relaxed);
+    if page.is_null() || cur == 0 {
+        return false;
+    }
+    // SAFETY: PAGE is only set in a worker, to its leaked, never-unmapped region.
+    unsafe { &*page }.soft_expired.0.load(Ordering::Acquire) == cur
+}
+
+thread_local! {
+    /// True while this thread runs user code whose panics we report.
+    static IN_JOB: Cell<bool> = const { Cell::new(false) };
+    /// The last panic message the hook captured on this thread.
+    static PANIC_TEXT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+fn payload_text(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+/// Panics inside jobs are captured (message and location) instead of
+/// printed: the caller receives them as `JobError::Panicked`.
+fn install_panic_hook() {
+    panic::set_hook(Box::new(|info| {
+        let msg = payload_text(info.payload());
+        let text = match info.location() {
+            Some(l) => format!("{msg} (at {}:{}:{})", l.file(), l.line(), l.column()),
+            None => msg,
+        };
+        if IN_JOB.get() {
+            PANIC_TEXT.set(Some(text));
+        } else {
+            eprintln!("forkpool worker {}: panic: {text}", std::process::id());
+        }
+    }));
+}
+
+/// Runs `f` as user code: a panic comes back as its message.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    IN_JOB.set(true);
+    let r = panic::catch_unwind(AssertUnwindSafe(f));
+    IN_JOB.set(false);
+    r.map_err(|payload| {
+        let text = PANIC_TEXT.take().unwrap_or_else(|| payload_text(&*payload));
+        // Dropping a payload runs user code too.
+        let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+        text
+    })
+}
+
+/// Ends the worker: flush what jobs printed, then leave without running
+/// the caller's exit handlers.
+fn exit(code: i32) -> ! {
+    let _ = std::io::stdout().flush();
+    // SAFETY: _exit ends the process immediately.
+    unsafe { libc::_exit(code) }
+}
+
+struct Worker {
+    page: &'static StatusPage,
+    inbox: Consumer,
+    outbox: Producer,
+    config: &'static Config,
+    next_seq: u64,
+    scratch: Vec<u8>,
+    /// Items finished since the last publish, and when that was.
+    unpublished_items: u32,
+    published_at: u64,
+}
+
+/// The worker's main: called by the zygote's child right after fork, with
+/// the shared memory mapped and descriptors in place. Never returns.
+pub(crate) fn run(region: Region, config: &Config) -> ! {
+    // The worker is its own process: its region and config live until exit.
+    let region: &'static Region = Box::leak(Box::new(region));
+    // SAFETY: `config` lives in memory copied from the caller at fork and is
+    // never freed in this process.
+    let config: &'static Config = unsafe { &*(config as *const Config) };
+    let page = region.page();
+    PAGE.store((page as *const StatusPage).cast_mut(), Ordering::Release);
+    install_panic_hook();
+    let size = region.ring_size();
+    // SAFETY: the region is leaked (mapped for the process lifetime); this
+    // process is the only consumer of the inbox and producer of the outbox.
+    let (inbox, outbox) = unsafe {
+        (
+            Consumer::new(&page.to_worker, region.ring_data(true), size),
+            Producer::new(&page.to_supervisor, region.ring_data(false), size),
+        )
+    };
+    let mut w = Worker {
+        page,
+        inbox,
+        outbox,
+        config,
+        next_seq: 0,
+        scratch: Vec::new(),
+        unpublished_items: 0,
+        published_at: 0,
+    };
+    if let Some(init) = config.initializer
+        && let Err(text) = guarded(init)
+    {
+        w.record(
+            Tag::InitFailed,
+            format!("initializer panicked: {text}").as_bytes(),
+        );
+        w.flush();
+        exit(EXIT_INIT_FAILED);
+    }
+    w.record(Tag::Ready, &std::process::id().to_le_bytes());
+    w.flush();
+    loop {
+        w.next_frame();
+    }
+}
+
+impl Worker {
+    /// Publishes finished records and wakes the supervisor if it sleeps.
+    fn flush(&mut self) {
+        if self.outbox.publish() {
+            bell::ring(WORKER_BELL_OUT);
+        }
+        self.unpublished_items = 0;
+    }
+
+    /// Sleeps until the doorbell rings; exits if the supervisor is gone.
+    fn sleep(&mut self) {
+        if !bell::wait(WORKER_BELL_IN) {
+            exit(0);
+        }
+    }
+
+    /// Waits until at least `need` bytes are in the inbox; returns how many.
+    fn wait_for(&mut self, need: usize) -> usize {
+        loop {
+            let avail = self
+                .inbox
+                .available()
+                .unwrap_or_else(|_| exit(EXIT_PROTOCOL));
+            if avail >= need {
+                return avail;
+            }
+            self.flush();
+            for _ in 0..200 {
+                std::hint::spin_loop();
+                if self.inbox.available().unwrap_or(0) >= need {
+                    break;
+                }
+            }
+            match self.inbox.prepare_sleep(need) {
+                Ok(true) => {
+                    self.sleep();
+                    self.inbox.awake();
+                }
+                Ok(false) => {}
+                Err(_) => exit(EXIT_PROTOCOL),
+            }
+        }
+    }
+
+    /// Waits until the outbox has `need` free bytes (at most its size).
+    fn reserve(&mut self, need: usize) {
+        loop {
+            if self.outbox.free().unwrap_or_else(|_| exit(EXIT_PROTOCOL)) >= need {
+                return;
+            }
+            self.flush();
+            match self.outbox.request_space(need) {
+                Ok(true) => self.sleep(),
+                Ok(false) => {}
+                Err(_) => exit(EXIT_PROTOCOL),
+            }
+        }
+    }
+
+    /// Writes one record, streaming it through the ring if it is larger
+    /// than the ring. A body over the message cap becomes `TooLarge`.
+    fn record(&mut self, tag: Tag, body: &[u8]) {
+        let cap = self.config.max_message_size;
+        let mut too_large = [0u8; 16];
+        let (tag, body) = if body.len() as u64 > cap {
+            too_large[..8].copy_from_slice(&(body.len() as u64).to_le_bytes());
+            too_large[8..].copy_from_slice(&cap.to_le_bytes());
+            (Tag::TooLarge, &too_large[..])
+        } else {
+            (tag, body)
+        };
+        let head = wire::header(tag, body.len() as u32);
+        let size = self.outbox.size();
+        if HEADER + body.len() <= size {
+            self.reserve(HEADER + body.len());
+            self.outbox.put(&head);
+            self.outbox.put(body);
+            return;
+        }
+        self.reserve(HEADER);
+        self.outbox.put(&head);
+        let mut rest = body;
+        while !rest.is_empty() {
+            self.reserve(1);
+            let n = self.outbox.free().unwrap_or(0).min(rest.len());
+            self.outbox.put(&rest[..n]);
+            rest = &rest[n..];
+            self.flush();
+        }
+    }
+
+    fn next_frame(&mut self) {
+        self.wait_for(HEADER);
+        let mut head = [0u8; HEADER];
+        self.inbox.copy_out(0, &mut head);
+        let (len, tag) = wire::split_header(head);
+        let total = HEADER + len as usize;
+        match tag {
+            t if t == Tag::Exit as u8 => {
+                self.inbox.consume(HEADER);
+                self.flush();
+                exit(0);
+            }
+            t if t == Tag::Batch as u8 => {}
+            _ => exit(EXIT_PROTOCOL),
+        }
+        if total <= self.inbox.size() {
+            self.wait_for(total);
+            // SAFETY: the supervisor is the trusted producer: it never writes
+            // to bytes it published until we consume them, which happens
+            // only after run_batch is done with the slice.
+            let body: &[u8] = unsafe { &*(self.inbox.slice(HEADER, len as usize) as *const [u8]) };
+            self.run_batch(body);
+            if self.inbox.consume(total) {
+                bell::ring(WORKER_BELL_OUT);
+            }
+        } else {
+            // A frame larger than the ring arrives in pieces.
+            self.inbox.consume(HEADER);
+            let mut body = Vec::with_capacity(len as usize);
+            while body.len() < len as usize {
+                let avail = self.wait_for(1);
+                let n = avail.min(len as usize - body.len());
+                let old = body.len();
+                body.resize(old + n, 0);
+                self.inbox.copy_out(0, &mut body[old..]);
+                if self.inbox.consume(n) {
+                    bell::ring(WORKER_BELL_OUT);
+                }
+            }
+            self.run_batch(&body);
+        }
+        self.flush();
+        self.check_memory();
+    }
+
+    fn run_batch(&mut self, body: &[u8]) {
+        let Some(h) = BatchHeader::decode(body) else {
+            exit(EXIT_PROTOCOL)
+        };
+        if h.seq0 != self.next_seq || h.cancel_slot as usize >= self.page.cancel.len() {
+            exit(EXIT_PROTOCOL);
+        }
+        // SAFETY: the trampoline address comes from Call::new in the caller,
+        // of which this process is a fork.
+        let shim: RawCall = unsafe { Call::shim(h.trampoline as usize) };
+        let timed = h.flags & wire::FLAG_TIMED != 0;
+        let killable = h.flags & wire::FLAG_KILLABLE != 0;
+        let cancellable = h.flags & wire::FLAG_CANCELLABLE != 0;
+        let mut items = Items::new(&body[wire::BATCH_HEADER..]);
+        let mut out = std::mem::take(&mut self.scratch);
+        for left in (0..h.count).rev() {
+            let Some(arg) = items.next() else {
+                exit(EXIT_PROTOCOL)
+            };
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let status = &self.page.worker;
+            if timed {
+                status
+                    .started_ns
+                    .store(clock::coarse_ns(), Ordering::Relaxed);
+            }
+            status.current.store(seq << 2 | RUNNING, Ordering::Release);
+            let taken = !cancellable || {
+                let slot = &self.page.cancel[h.cancel_slot as usize];
+                let queued = h.job_id << 2 | SLOT_QUEUED;
+                slot.compare_exchange(
+                    queued,
+                    h.job_id << 2 | SLOT_TAKEN,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            };
+            out.clear();
+            let tag = if taken {
+                CURRENT.store(seq + 1, Ordering::Relaxed);
+                // SAFETY: shim and func were paired by Call::new.
+                let r = guarded(|| unsafe { shim(h.func as usize, arg, &mut out) });
+                CURRENT.store(0, Ordering::Relaxed);
+                r.unwrap_or_else(|text| {
+                    out.clear();
+                    out.extend_from_slice(text.as_bytes());
+                    Tag::Panic
+                })
+            } else {
+                Tag::Skipped
+            };
+            self.record(tag, &out);
+            self.finish(seq, killable);
+            if left > 0 {
+                self.maybe_publish();
+            }
+        }
+        self.scratch = out;
+    }
+
+    /// Marks item `seq` done. If the supervisor claimed it first (to kill
+    /// this worker over it), wait for the kill rather than run anything else.
+    fn finish(&mut self, seq: u64, killable: bool) {
+        let status = &self.page.worker;
+        status.tail.store(self.outbox.position(), Ordering::Release);
+        if !killable {
+            status.current.store(seq << 2 | DONE, Ordering::Release);
+        } else if status
+            .current
+            .compare_exchange(
+                seq << 2 | RUNNING,
+                seq << 2 | DONE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            loop {
+                // SAFETY: pause just waits for a signal; SIGKILL is coming.
+                unsafe { libc::pause() };
+            }
+        }
+        self.unpublished_items += 1;
+    }
+
+    /// Publishes mid-batch when enough results or time have piled up.
+    fn maybe_publish(&mut self) {
+        let now = clock::coarse_ns();
+        if self.unpublished_items >= PUBLISH_ITEMS
+            || self.outbox.unpublished() >= PUBLISH_BYTES
+            || now.saturating_sub(self.published_at) >= PUBLISH_NS
+        {
+            self.flush();
+            self.published_at = now;
+        }
+    }
+
+    /// Retires the worker if its resident memory is above the limit.
+    fn check_memory(&mut self) {
+        let Some(limit) = self.config.max_memory_per_worker else {
+            return;
+        };
+        let Some(rss) = resident_bytes() else { return };
+        if rss > limit {
+            self.record(Tag::Retire, &rss.to_le_bytes());
+            self.flush();
+            exit(0);
+        }
+    }
+}
+
+/// This process's resident set size, from `/proc/self/statm`.
+fn resident_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(1) as u64)
+}

@@ -1,0 +1,225 @@
+//! The fork server's loop: fork workers on request, report their exits,
+//! and take them all down when the caller goes away.
+//!
+//! The zygote is a single-threaded copy of the caller taken at
+//! `Pool::build()`. It keeps one descriptor (its socket to the supervisor)
+//! plus one pidfd per live worker, and uses only system calls and the
+//! fixed-size [`Table`] allocated before it was forked.
+
+use super::msg::{self, EXITED, Msg, SPAWN, SPAWN_FAILED, SPAWNED};
+use super::postfork;
+use crate::pool::Config;
+use crate::shm::Region;
+use crate::worker;
+use std::os::fd::RawFd;
+
+/// The zygote's socket, after `install_fds`.
+const SOCK: RawFd = 3;
+
+/// Live children, in storage allocated before the zygote was forked.
+pub(crate) struct Table {
+    keys: Vec<u64>,
+    pids: Vec<libc::pid_t>,
+    pidfds: Vec<RawFd>,
+    polls: Vec<libc::pollfd>,
+    len: usize,
+}
+
+impl Table {
+    /// Room for `capacity` simultaneous children. Allocates: call before fork.
+    pub(crate) fn with_capacity(capacity: usize) -> Table {
+        Table {
+            keys: vec![0; capacity],
+            pids: vec![0; capacity],
+            pidfds: vec![-1; capacity],
+            polls: vec![
+                libc::pollfd {
+                    fd: -1,
+                    events: 0,
+                    revents: 0
+                };
+                capacity + 1
+            ],
+            len: 0,
+        }
+    }
+
+    fn remove(&mut self, i: usize) {
+        if self.pidfds[i] >= 0 {
+            // SAFETY: closing our own pidfd for a reaped child.
+            unsafe { libc::close(self.pidfds[i]) };
+        }
+        let last = self.len - 1;
+        self.keys[i] = self.keys[last];
+        self.pids[i] = self.pids[last];
+        self.pidfds[i] = self.pidfds[last];
+        self.len = last;
+    }
+}
+
+/// Runs the fork server in the freshly forked zygote. Never returns.
+pub(crate) fn serve(sock: RawFd, mut table: Table, config: &Config) -> ! {
+    if !postfork::install_fds(&[sock]) {
+        postfork::exit(70);
+    }
+    postfork::reset_signals(false);
+    loop {
+        table.polls[0] = libc::pollfd {
+            fd: SOCK,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let mut n = 1;
+        let mut blind = false;
+        for i in 0..table.len {
+            if table.pidfds[i] >= 0 {
+                table.polls[n] = libc::pollfd {
+                    fd: table.pidfds[i],
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                n += 1;
+            } else {
+                blind = true;
+            }
+        }
+        // Without pidfds (old kernels), look for exits every 50 ms.
+        let timeout = if blind { 50 } else { -1 };
+        // SAFETY: polls has at least n initialised entries.
+        let r = unsafe { libc::poll(table.polls.as_mut_ptr(), n as libc::nfds_t, timeout) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            shutdown(&mut table);
+        }
+        reap(&mut table);
+        if table.polls[0].revents != 0 {
+            serve_request(&mut table, config);
+        }
+    }
+}
+
+/// Reports and forgets every child that has exited.
+fn reap(table: &mut Table) {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes the status into a local.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return;
+        }
+        let Some(i) = (0..table.len).find(|&i| table.pids[i] == pid) else {
+            continue;
+        };
+        let m = Msg {
+            kind: EXITED,
+            pid,
+            key: table.keys[i],
+            value: status as i64,
+        };
+        table.remove(i);
+        if msg::send(SOCK, &m, &[]).is_err() {
+            shutdown(table);
+        }
+    }
+}
+
+fn serve_request(table: &mut Table, config: &Config) {
+    let req = match msg::recv(SOCK, true) {
+        Ok(Some(req)) => req,
+        Ok(None) => shutdown(table),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+        Err(_) => shutdown(table),
+    };
+    let key = req.msg.key;
+    let fail = |table: &mut Table, errno: i32| {
+        for fd in &req.fds[..req.nfds] {
+            // SAFETY: closing descriptors we received and own.
+            unsafe { libc::close(*fd) };
+        }
+        let m = Msg {
+            kind: SPAWN_FAILED,
+            pid: 0,
+            key,
+            value: errno as i64,
+        };
+        if msg::send(SOCK, &m, &[]).is_err() {
+            shutdown(table);
+        }
+    };
+    if req.msg.kind != SPAWN || req.nfds != 3 {
+        return fail(table, libc::EINVAL);
+    }
+    if table.len == table.keys.len() {
+        return fail(table, libc::EAGAIN);
+    }
+    // SAFETY: the zygote is single-threaded; the child only runs
+    // `become_worker`, which stays async-signal-safe until the worker loop.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        let e = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EAGAIN);
+        return fail(table, e);
+    }
+    if pid == 0 {
+        become_worker(req.fds, config);
+    }
+    for fd in &req.fds[..req.nfds] {
+        // SAFETY: the worker has its copies; ours are closed.
+        unsafe { libc::close(*fd) };
+    }
+    let pidfd = postfork::pidfd_open(pid);
+    let i = table.len;
+    table.keys[i] = key;
+    table.pids[i] = pid;
+    table.pidfds[i] = pidfd;
+    table.len += 1;
+    let m = Msg {
+        kind: SPAWNED,
+        pid,
+        key,
+        value: 0,
+    };
+    let fds = [pidfd];
+    let sent = msg::send(SOCK, &m, if pidfd >= 0 { &fds } else { &[] });
+    if sent.is_err() {
+        shutdown(table);
+    }
+}
+
+/// Worker-side descriptors after `install_fds`.
+pub(crate) const WORKER_BELL_IN: RawFd = 3;
+pub(crate) const WORKER_BELL_OUT: RawFd = 4;
+const WORKER_SHM: RawFd = 5;
+
+/// Turns the freshly forked child into a worker. Never returns.
+fn become_worker(fds: [RawFd; 3], config: &Config) -> ! {
+    if !postfork::install_fds(&fds) {
+        postfork::exit(70);
+    }
+    postfork::set_cloexec(WORKER_BELL_IN);
+    postfork::set_cloexec(WORKER_BELL_OUT);
+    postfork::reset_signals(true);
+    let region = match Region::map(WORKER_SHM, config.ring_size) {
+        Ok(r) => r,
+        Err(_) => postfork::exit(71),
+    };
+    // SAFETY: the mapping holds its own reference to the file.
+    unsafe { libc::close(WORKER_SHM) };
+    worker::run(region, config)
+}
+
+/// Kills and reaps every child, then exits: the caller is gone (or asked).
+fn shutdown(table: &mut Table) -> ! {
+    for i in 0..table.len {
+        // SAFETY: our unreaped children, so the pids cannot be recycled.
+        unsafe { libc::kill(table.pids[i], libc::SIGKILL) };
+    }
+    for i in 0..table.len {
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        while unsafe { libc::waitpid(table.pids[i], &mut status, 0) } < 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+        {}
+    }
+    postfork::exit(0)
+}
