@@ -106,7 +106,8 @@ impl Batch {
         &self.items
     }
 
-    /// Bytes the undelivered items take (an upper bound once some are delivered).
+    /// Bytes the items take: exact until some are delivered, an upper
+    /// bound after (use `items().len()` for the exact figure).
     pub(crate) fn items_len(&self) -> usize {
         self.items.len()
     }

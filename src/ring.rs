@@ -114,6 +114,7 @@ impl Producer {
 
     /// Makes everything written visible to the consumer. Returns true when
     /// the consumer was asleep and its doorbell must be rung.
+    #[must_use = "a sleeping consumer must be woken"]
     pub(crate) fn publish(&mut self) -> bool {
         if self.local == self.published {
             return false;
@@ -166,10 +167,11 @@ impl Consumer {
     }
 
     /// Bytes between the read position and `end`, a write position learned
-    /// some other way (the dead worker's `tail`), checked like a published one.
+    /// some other way (the dead worker's `tail`). An `end` already behind the
+    /// read position means nothing more; one beyond the ring is corrupt.
     pub(crate) fn available_until(&self, end: u64) -> Result<usize, Corrupt> {
-        match end.checked_sub(self.local) {
-            Some(n) if n <= self.size => Ok(n as usize),
+        match end.saturating_sub(self.local) {
+            n if n <= self.size => Ok(n as usize),
             _ => Err(Corrupt),
         }
     }
@@ -200,6 +202,7 @@ impl Consumer {
 
     /// Releases `n` bytes to the producer. Returns true when the producer
     /// was waiting for space and its doorbell must be rung.
+    #[must_use = "a producer waiting for space must be woken"]
     pub(crate) fn consume(&mut self, n: usize) -> bool {
         self.local += n as u64;
         let ctl = self.ctl();
@@ -256,7 +259,7 @@ mod tests {
             assert_eq!(out, chunk);
             // SAFETY: this test is the trusted producer.
             assert_eq!(unsafe { c.slice(0, chunk.len()) }, &chunk[..]);
-            c.consume(chunk.len());
+            assert!(!c.consume(chunk.len()), "nobody waits for space");
             if round == 2 {
                 assert!(c.prepare_sleep(1).unwrap());
             }
@@ -264,7 +267,7 @@ mod tests {
         // Producer waiting for space is told when the consumer frees it.
         assert!(p.free().unwrap() >= chunk.len());
         p.put(&chunk);
-        p.publish();
+        assert!(!p.publish(), "the consumer is awake");
         assert!(p.request_space(size).unwrap());
         assert!(c.consume(chunk.len()));
         assert!(!p.request_space(size).unwrap());

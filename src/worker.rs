@@ -206,6 +206,13 @@ impl Worker {
         }
     }
 
+    /// Releases `n` inbox bytes, waking the supervisor if it waits for room.
+    fn consume(&mut self, n: usize) {
+        if self.inbox.consume(n) {
+            bell::ring(WORKER_BELL_OUT);
+        }
+    }
+
     /// Waits until at least `need` bytes are in the inbox; returns how many.
     fn wait_for(&mut self, need: usize) -> usize {
         loop {
@@ -289,7 +296,7 @@ impl Worker {
         let total = HEADER + len as usize;
         match tag {
             t if t == Tag::Exit as u8 => {
-                self.inbox.consume(HEADER);
+                self.consume(HEADER);
                 self.flush();
                 exit(0);
             }
@@ -303,12 +310,10 @@ impl Worker {
             // only after run_batch is done with the slice.
             let body: &[u8] = unsafe { &*(self.inbox.slice(HEADER, len as usize) as *const [u8]) };
             self.run_batch(body);
-            if self.inbox.consume(total) {
-                bell::ring(WORKER_BELL_OUT);
-            }
+            self.consume(total);
         } else {
             // A frame larger than the ring arrives in pieces.
-            self.inbox.consume(HEADER);
+            self.consume(HEADER);
             let mut body = Vec::with_capacity(len as usize);
             while body.len() < len as usize {
                 let avail = self.wait_for(1);
@@ -316,9 +321,7 @@ impl Worker {
                 let old = body.len();
                 body.resize(old + n, 0);
                 self.inbox.copy_out(0, &mut body[old..]);
-                if self.inbox.consume(n) {
-                    bell::ring(WORKER_BELL_OUT);
-                }
+                self.consume(n);
             }
             self.run_batch(&body);
         }

@@ -18,7 +18,7 @@ use crate::clock;
 use crate::error::{ExitStatus, JobError};
 use crate::job::JobId;
 use crate::ring::{Consumer, Producer};
-use crate::shm::{KILL, RUNNING, Region, SLOT_CANCELLED, SLOT_QUEUED, StatusPage};
+use crate::shm::{DONE, KILL, RUNNING, Region, SLOT_CANCELLED, SLOT_QUEUED, StatusPage};
 use crate::stats::Counters;
 use crate::wire::{self, BATCH_HEADER, BatchHeader, HEADER, Record, RecordReader, Tag};
 use std::collections::VecDeque;
@@ -399,8 +399,8 @@ impl Conn {
     }
 
     /// Sends `batch`, or gives it back when the ring has no room for it.
-    pub(super) fn try_send(&mut self, batch: Batch) -> Result<(), Batch> {
-        let items_len = batch.items_len();
+    pub(super) fn try_send(&mut self, mut batch: Batch) -> Result<(), Batch> {
+        let items_len = batch.items().len();
         let frame = HEADER + BATCH_HEADER + items_len;
         let Ok(free) = self.tx.free() else {
             self.violate("moved its inbox read position impossibly");
@@ -540,15 +540,25 @@ impl Conn {
                 return false;
             }
         }
-        let need = if self.streaming.is_some() {
+        let Ok(free) = self.tx.free() else {
+            self.violate("moved its inbox read position impossibly");
+            return false;
+        };
+        // Something of ours still to write: free space means work, not sleep.
+        let owed = if self.streaming.is_some() {
             1
         } else if self.exit == ExitRequest::Wanted {
             HEADER
         } else {
-            room.min(self.tx.size())
+            0
         };
-        if need > 0 && self.tx.free().is_ok_and(|f| f < need) {
-            return self.tx.request_space(need).unwrap_or(true);
+        if owed > 0 {
+            return free < owed && self.tx.request_space(owed).unwrap_or(false);
+        }
+        // A batch waits for room here: be woken when there is.
+        let room = room.min(self.tx.size());
+        if room > free {
+            return self.tx.request_space(room).unwrap_or(false);
         }
         true
     }
@@ -744,7 +754,11 @@ impl Conn {
             && let Some(first) = self.book.first_undelivered()
         {
             // Results of items that finished after the last publish.
-            let done_through = if was_running { cseq } else { cseq + 1 };
+            let done_through = match cstate {
+                DONE => cseq + 1,
+                _ if was_running => cseq,
+                _ => 0, // never started an item
+            };
             let limit = done_through.saturating_sub(first);
             if limit > 0 {
                 let tail = self.page().worker.tail.load(Ordering::Acquire);

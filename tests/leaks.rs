@@ -1,0 +1,53 @@
+//! Nothing outlives a pool: no child process, no zombie, no descriptor.
+//! This file holds a single test because it counts process-wide resources.
+
+mod common;
+
+use common::{children_of, descendants, open_fds};
+use forkpool::{JobError, Pool};
+
+fn double(x: u64) -> u64 {
+    2 * x
+}
+
+fn abort(_: ()) -> u64 {
+    std::process::abort()
+}
+
+#[test]
+fn fifty_pools_leave_no_process_and_no_descriptor_behind() {
+    let me = std::process::id() as i32;
+    // Warm up lazily-opened descriptors of the runtime.
+    Pool::new(1).unwrap().join().unwrap();
+    let fds_before = open_fds();
+    assert!(
+        children_of(me).is_empty(),
+        "test process starts with children"
+    );
+    for i in 0..50u64 {
+        let pool = Pool::new(2).unwrap();
+        assert_eq!(pool.apply(double, i), Ok(2 * i));
+        if i % 5 == 0 {
+            assert!(matches!(
+                pool.apply(abort, ()),
+                Err(JobError::Crashed { .. })
+            ));
+        }
+        let _busy = pool.submit(double, 1);
+        assert!(
+            descendants(me).len() >= 2,
+            "zygote and workers exist while the pool does"
+        );
+        match i % 3 {
+            0 => drop(pool),
+            1 => pool.terminate(),
+            _ => pool.join().unwrap(),
+        }
+        let left = descendants(me);
+        assert!(
+            left.is_empty(),
+            "cycle {i}: processes left behind: {left:?}"
+        );
+        assert_eq!(open_fds(), fds_before, "cycle {i}: descriptors leaked");
+    }
+}

@@ -1,0 +1,121 @@
+//! map / imap / imap_unordered results, laziness, and many threads on one pool.
+
+use forkpool::{JobError, Pool};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[test]
+fn map_returns_results_in_input_order() {
+    let pool = Pool::new(2).unwrap();
+    let got = pool.map(square, 0..100_000u64).unwrap();
+    let want: Vec<u64> = (0..100_000u64).map(|x| x * x).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn map_of_nothing_is_empty() {
+    let pool = Pool::new(2).unwrap();
+    let got: Vec<u64> = pool.map(square, Vec::<u64>::new()).unwrap();
+    assert!(got.is_empty());
+    // An iterator of unknown length works too.
+    let odd = pool
+        .map(square, (0..1000u64).filter(|x| x % 2 == 1))
+        .unwrap();
+    assert_eq!(odd.len(), 500);
+    assert_eq!(odd[1], 9);
+}
+
+#[test]
+fn map_with_chunk_size_one_and_strings() {
+    fn shout(s: String) -> String {
+        s.to_uppercase()
+    }
+    let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+    let words: Vec<String> = (0..300).map(|i| format!("word{i}")).collect();
+    let got = pool.map(shout, words.clone()).unwrap();
+    assert_eq!(
+        got,
+        words.iter().map(|w| w.to_uppercase()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn imap_is_ordered_and_imap_unordered_has_everything() {
+    fn jitter(x: u64) -> u64 {
+        std::thread::sleep(std::time::Duration::from_micros((x * 7919) % 500));
+        x
+    }
+    let pool = Pool::new(2).unwrap();
+    let ordered: Vec<u64> = pool.imap(jitter, 0..200u64).map(Result::unwrap).collect();
+    assert_eq!(ordered, (0..200).collect::<Vec<_>>());
+    let mut unordered: Vec<u64> = pool
+        .imap_unordered(jitter, 0..200u64)
+        .map(Result::unwrap)
+        .collect();
+    unordered.sort();
+    assert_eq!(unordered, (0..200).collect::<Vec<_>>());
+}
+
+#[test]
+fn imap_over_an_endless_input_pulls_lazily() {
+    let pool = Pool::new(2).unwrap();
+    let pulled = Arc::new(AtomicU64::new(0));
+    let counter = pulled.clone();
+    let endless = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    let mut it = pool.imap(square, endless);
+    for i in 0..5_000u64 {
+        assert_eq!(it.next(), Some(Ok(i * i)));
+    }
+    let n = pulled.load(Ordering::Relaxed);
+    assert!(
+        (5_000..=5_000 + 1_000).contains(&n),
+        "pulled {n} items for 5000 results"
+    );
+    drop(it);
+    // The pool is still fine after the iterator is dropped mid-stream.
+    assert_eq!(pool.apply(square, 12), Ok(144));
+}
+
+#[test]
+fn eight_threads_share_one_pool() {
+    let pool = Pool::new(2).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let pool = &pool;
+            s.spawn(move || {
+                let base = t * 1_000_000;
+                let handles: Vec<_> = (0..10_000u64)
+                    .map(|i| pool.submit(square, base + i))
+                    .collect();
+                for (i, h) in handles.into_iter().enumerate() {
+                    let x = base + i as u64;
+                    assert_eq!(h.get(), Ok(x * x));
+                }
+            });
+        }
+    });
+    let stats = pool.stats();
+    assert_eq!(stats.submitted, 80_000);
+    assert_eq!(stats.completed, 80_000);
+}
+
+#[test]
+fn closed_pool_refuses_work() {
+    let pool = Pool::new(1).unwrap();
+    pool.close();
+    assert_eq!(pool.apply(square, 2), Err(JobError::PoolClosed));
+    assert!(matches!(
+        pool.map(square, 0..3u64),
+        Err(forkpool::Error::PoolClosed)
+    ));
+    let mut it = pool.imap(square, 0..3u64);
+    assert_eq!(it.next(), Some(Err(JobError::PoolClosed)));
+    assert_eq!(it.next(), None);
+    pool.join().unwrap();
+}
