@@ -174,7 +174,7 @@ fn dropping_the_pool_resolves_outstanding_handles() {
 #[test]
 fn stats_add_up() {
     fn maybe_panic(x: u64) -> u64 {
-        if x % 10 == 0 {
+        if x.is_multiple_of(10) {
             panic!("multiple of ten");
         }
         x
