@@ -59,18 +59,25 @@ fn sigkill_self(_: ()) -> u32 {
 #[test]
 fn dead_workers_are_reported_and_replaced() {
     let pool = Pool::new(2).unwrap();
-    let cases: [(fn(()) -> u32, Option<i32>, Option<i32>); 5] = [
-        (abort, Some(libc::SIGABRT), None),
-        (segfault, Some(libc::SIGSEGV), None),
-        (raise_segv, Some(libc::SIGSEGV), None),
-        (exit3, None, Some(3)),
-        (sigkill_self, Some(libc::SIGKILL), None),
+    let killed = |sig| JobError::Crashed {
+        signal: Some(sig),
+        exit_code: None,
+    };
+    let cases: [(fn(()) -> u32, JobError); 5] = [
+        (abort, killed(libc::SIGABRT)),
+        (segfault, killed(libc::SIGSEGV)),
+        (raise_segv, killed(libc::SIGSEGV)),
+        (
+            exit3,
+            JobError::Crashed {
+                signal: None,
+                exit_code: Some(3),
+            },
+        ),
+        (sigkill_self, killed(libc::SIGKILL)),
     ];
-    for (f, signal, exit_code) in cases {
-        assert_eq!(
-            pool.apply(f, ()),
-            Err(JobError::Crashed { signal, exit_code })
-        );
+    for (f, expected) in cases {
+        assert_eq!(pool.apply(f, ()), Err(expected));
         assert!(
             wait_until(Duration::from_secs(10), || pool.stats().live_workers == 2),
             "pool back to full strength: {:?}",
