@@ -63,7 +63,8 @@ fn dead_workers_are_reported_and_replaced() {
         signal: Some(sig),
         exit_code: None,
     };
-    let cases: [(fn(()) -> u32, JobError); 5] = [
+    type Job = fn(()) -> u32;
+    let cases: [(Job, JobError); 5] = [
         (abort, killed(libc::SIGABRT)),
         (segfault, killed(libc::SIGSEGV)),
         (raise_segv, killed(libc::SIGSEGV)),
