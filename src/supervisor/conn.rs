@@ -750,10 +750,19 @@ impl Conn {
         let cur = self.page().worker.current.load(Ordering::Acquire);
         let (cseq, cstate) = (cur >> 2, cur & 3);
         let was_running = cstate == RUNNING || cstate == KILL;
-        if self.violated.is_none()
-            && let Some(first) = self.book.first_undelivered()
-        {
-            // Results of items that finished after the last publish.
+        // Items it started: those before `cseq`, and `cseq` itself unless
+        // the word is still the initial "nothing started". A position past
+        // what was sent is a lie; it cannot make us charge more than that.
+        let started_through = match cstate {
+            DONE | RUNNING | KILL => cseq.saturating_add(1),
+            _ => 0,
+        }
+        .min(self.next_seq);
+        if let Some(first) = self.book.first_undelivered() {
+            // Results of items that finished after the last publish. A
+            // worker caught breaking the protocol still gets its finished
+            // items' well-formed records delivered: only the item it was
+            // running when caught is not believed.
             let done_through = match cstate {
                 DONE => cseq + 1,
                 _ if was_running => cseq,
@@ -766,9 +775,7 @@ impl Conn {
                     Ok(n) => self.pull(n),
                     Err(_) => self.violate("left an impossible result position"),
                 }
-                if self.violated.is_none()
-                    && let Err(e) = self.parse(ctx, limit)
-                {
+                if let Err(e) = self.parse(ctx, limit) {
                     self.violate(e);
                 }
             }
@@ -776,26 +783,26 @@ impl Conn {
         if !self.book.inflight.is_empty() {
             self.book.flush_out(ctx);
         }
-        if let Some(first) = self.book.first_undelivered() {
-            let kill = self.book.kill.take().filter(|k| k.seq == first);
-            let charge = if let Some(k) = kill {
-                Some(k.reason)
-            } else if self.violated.is_some() || (was_running && cseq >= first) {
-                Some(ExitStatus::crashed(self.status))
-            } else {
-                None
+        // Every item it started and did not answer is charged: the running
+        // one with what killed it, any earlier one whose result could not
+        // be recovered with the crash too — it ran, so it must not run
+        // again. Items it never started go back to the queue.
+        while let Some(first) = self.book.first_undelivered()
+            && first < started_through
+        {
+            let error = match self.book.kill.take_if(|k| k.seq == first) {
+                Some(k) => k.reason,
+                None => ExitStatus::crashed(self.status),
             };
-            if let Some(error) = charge {
-                let front = self.book.inflight.front_mut().expect("first item exists");
-                if error == JobError::Cancelled {
-                    front.batch.forget(1); // resolved and counted when cancelled
-                } else {
-                    ctx.counters.count_error(&error, 1);
-                    front.batch.fail(1, error);
-                }
-                front.seq0 += 1;
-                self.book.pop_finished(ctx);
+            let front = self.book.inflight.front_mut().expect("first item exists");
+            if error == JobError::Cancelled {
+                front.batch.forget(1); // resolved and counted when cancelled
+            } else {
+                ctx.counters.count_error(&error, 1);
+                front.batch.fail(1, error);
             }
+            front.seq0 += 1;
+            self.book.pop_finished(ctx);
         }
         let page = self.region.page();
         let mut requeue = Vec::new();
