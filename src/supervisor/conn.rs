@@ -196,6 +196,9 @@ pub(super) struct Conn {
     pub gone: bool,
     /// The zygote could not fork it.
     pub spawn_failed: bool,
+    /// Its fork server died: it is nobody's child of ours any more, so its
+    /// exit status cannot be learned (see `supervisor::restart`).
+    pub orphaned: bool,
     /// Its wait status, once the zygote reaped it.
     pub status: Option<ExitStatus>,
     /// Items it may still be given (`max_tasks_per_worker`).
@@ -257,6 +260,7 @@ impl Conn {
             hup: false,
             gone: false,
             spawn_failed: false,
+            orphaned: false,
             status: None,
             tasks_left: tasks,
             region,
@@ -323,7 +327,10 @@ impl Conn {
 
     /// Whether a new batch may be sent now (room in the ring aside).
     pub(super) fn accepts(&self, cancellable: bool) -> bool {
+        // Not before the fork server has said it forked the worker: if the
+        // fork server dies first, an unconfirmed worker holds no job.
         self.counts_toward_strength()
+            && self.pid.is_some()
             && self.streaming.is_none()
             && (!cancellable || self.book.cancel_used != u64::MAX)
     }
@@ -372,7 +379,8 @@ impl Conn {
                 )
             };
         } else if let Some(pid) = self.pid {
-            if self.status.is_none() {
+            // An orphan's pid may already be reaped (by init) and reused.
+            if self.status.is_none() && !self.orphaned {
                 // SAFETY: plain kill of a worker not yet known to be reaped.
                 unsafe { libc::kill(pid, sig) };
             }
@@ -738,8 +746,11 @@ impl Conn {
     }
 
     /// Whether the process is known to be dead and its books can be closed.
-    pub(super) fn finished(&self, zygote_alive: bool) -> bool {
-        self.spawn_failed || self.status.is_some() || (!zygote_alive && (self.gone || self.hup))
+    /// An orphan's death is seen by its pidfd (or, without one, its pipe).
+    pub(super) fn finished(&self) -> bool {
+        self.spawn_failed
+            || self.status.is_some()
+            || (self.orphaned && (self.gone || (self.hup && !self.pidfd_registered)))
     }
 
     /// Closes the books of a dead worker: delivers every result it left,

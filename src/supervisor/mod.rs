@@ -18,6 +18,7 @@
 //! worker or fork server of this pool is left running.
 
 mod conn;
+mod restart;
 
 use crate::batch::Batch;
 use crate::bell::Drained;
@@ -31,6 +32,7 @@ use conn::{Conn, Ctx};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use restart::Restart;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
@@ -119,6 +121,7 @@ pub(crate) fn start(
         wake: wake.clone(),
         epoll,
         zygote: Some(zygote),
+        restart: None,
         conns: Vec::new(),
         next_key: 1,
         spawned: 0,
@@ -154,6 +157,8 @@ struct Supervisor {
     wake: Arc<Wake>,
     epoll: Epoll,
     zygote: Option<ZygoteLink>,
+    /// A new fork server being forked after the last one died.
+    restart: Option<Restart>,
     conns: Vec<Conn>,
     next_key: u64,
     /// Workers ever asked for; those past the first N are restarts.
@@ -251,17 +256,12 @@ impl Supervisor {
     }
 
     fn zygote_events(&mut self) {
+        self.restarted();
         loop {
             let Some(z) = &self.zygote else { return };
             match z.poll() {
                 Polled::Empty => return,
-                Polled::Closed => {
-                    // The fork server died. Running workers keep serving;
-                    // none can be replaced.
-                    let _ = self.epoll.delete(z.fd());
-                    self.zygote = None;
-                    return;
-                }
+                Polled::Closed => return self.zygote_lost(),
                 Polled::Event(Event::Spawned { key, pid, pidfd }) => {
                     if let Some(c) = self.conns.iter_mut().find(|c| c.key == key) {
                         c.spawned(pid, pidfd);
@@ -286,10 +286,49 @@ impl Supervisor {
         }
     }
 
+    /// The fork server died (or broke the protocol). Its workers keep
+    /// serving as orphans; one it may have forked without saying so holds
+    /// no job (see `Conn::accepts`) and is let go. `maintain` forks a new
+    /// fork server.
+    fn zygote_lost(&mut self) {
+        if let Some(z) = self.zygote.take() {
+            let _ = self.epoll.delete(z.fd());
+            drop(z); // reaps it (or, if it lives, stops it and then reaps it)
+        }
+        for c in &mut self.conns {
+            if c.pid().is_none() {
+                c.spawn_failed = true;
+            } else {
+                c.orphaned = true;
+            }
+        }
+    }
+
+    /// Installs the new fork server once the helper has forked it.
+    fn restarted(&mut self) {
+        let Some(result) = self.restart.as_ref().and_then(Restart::poll) else {
+            return;
+        };
+        self.restart = None;
+        let registered = result.and_then(|link| {
+            let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_ZYGOTE);
+            self.epoll.add(link.fd(), ev)?;
+            Ok(link)
+        });
+        match registered {
+            Ok(link) => {
+                self.zygote = Some(link);
+                self.counters
+                    .fork_server_restarts
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.start_failed(format!("could not restart the fork server: {e}")),
+        }
+    }
+
     /// Takes in answers, continues streaming frames, and closes the books
     /// of workers that died.
     fn service_workers(&mut self) {
-        let zygote_alive = self.zygote.is_some();
         let mut i = 0;
         while i < self.conns.len() {
             let mut ctx = Ctx {
@@ -302,7 +341,7 @@ impl Supervisor {
             if c.is_ready() {
                 self.start_failures = 0;
             }
-            if !c.finished(zygote_alive) {
+            if !c.finished() {
                 i += 1;
                 continue;
             }
@@ -423,13 +462,13 @@ impl Supervisor {
     /// Starts workers until the pool is at strength.
     fn maintain(&mut self) {
         if self.zygote.is_none() {
-            if !self.pending.is_empty() && !self.conns.iter().any(Conn::counts_toward_strength) {
-                let error = JobError::WorkerStart {
-                    message: "the fork server died and no worker is left".into(),
-                };
-                for mut batch in self.pending.drain(..) {
-                    self.counters.count_error(&error, u64::from(batch.count()));
-                    batch.fail(batch.count(), error.clone());
+            // Jobs wait for it; if forking it keeps failing, `start_failed`
+            // fails them rather than let them hang.
+            let idle = self.closing && self.pending.is_empty();
+            if self.restart.is_none() && !idle && clock::coarse_ns() >= self.spawn_after {
+                match Restart::begin(self.config.clone(), self.wake.clone()) {
+                    Ok(r) => self.restart = Some(r),
+                    Err(e) => self.start_failed(format!("could not restart the fork server: {e}")),
                 }
             }
             return;
@@ -573,6 +612,9 @@ impl Supervisor {
         self.pending.clear();
         self.conns.clear();
         self.zygote = None;
+        if let Some(r) = self.restart.take() {
+            r.abandon();
+        }
         while let Ok(cmd) = self.cmds.try_recv() {
             match cmd {
                 Command::Submit(batch) => {
