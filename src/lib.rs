@@ -73,6 +73,7 @@ mod bell;
 mod clock;
 mod codec;
 mod error;
+mod gate;
 mod job;
 mod map;
 mod pool;
@@ -84,7 +85,7 @@ mod wire;
 mod worker;
 mod zygote;
 
-pub use error::{Error, JobError};
+pub use error::{Error, JobError, TrySubmitError};
 pub use job::{JobHandle, JobId};
 pub use map::{Imap, ImapUnordered};
 pub use pool::{Pool, PoolBuilder};

@@ -24,6 +24,9 @@ pub(crate) const HEADER: usize = 5;
 /// Default cap on one frame's body: 1 GiB.
 pub(crate) const DEFAULT_MAX_MESSAGE: u64 = 1 << 30;
 
+/// Buffer a [`RecordReader`] keeps between records (see `release_idle`).
+const RETAIN: usize = 16 << 20;
+
 /// Control records carry short bodies; anything longer is a protocol error.
 const CONTROL_MAX: u32 = 64 * 1024;
 
@@ -314,6 +317,17 @@ impl RecordReader {
         fill(&mut self.buf[old..]);
     }
 
+    /// Frees the buffer if it is large and everything in it was consumed,
+    /// so that one big record does not keep its size allocated for the
+    /// life of the stream. Above `RETAIN`, which is more than the
+    /// supervisor pulls at once, so ordinary traffic never churns.
+    pub(crate) fn release_idle(&mut self) {
+        if self.start == self.buf.len() && self.buf.capacity() > RETAIN {
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+    }
+
     /// Appends received bytes.
     #[cfg(test)]
     pub(crate) fn extend(&mut self, bytes: &[u8]) {
@@ -419,6 +433,19 @@ mod tests {
         // Once broken, always broken: no later byte is believed.
         r.extend(&rec(Tag::Ok, b"x"));
         assert!(r.next().is_err());
+    }
+
+    #[test]
+    fn a_big_record_does_not_pin_its_buffer() {
+        let mut r = RecordReader::new(1 << 30);
+        r.extend(&rec(Tag::Ok, &vec![7; RETAIN + 1]));
+        assert_eq!(r.next().unwrap().unwrap().body.len(), RETAIN + 1);
+        r.release_idle();
+        assert_eq!(r.capacity(), 0);
+        r.extend(&rec(Tag::Ok, b"small"));
+        r.release_idle();
+        assert!(r.capacity() > 0, "unconsumed bytes are kept");
+        assert_eq!(r.next().unwrap().unwrap().body, b"small");
     }
 
     #[test]

@@ -40,6 +40,9 @@ const EXIT_PROTOCOL: i32 = 70;
 /// Exit code after the initializer panicked.
 const EXIT_INIT_FAILED: i32 = 1;
 
+/// Result buffer a worker keeps between frames.
+const SCRATCH_RETAIN: usize = 16 << 20;
+
 /// Publish results at least this often while a batch runs.
 const PUBLISH_ITEMS: u32 = 64;
 const PUBLISH_BYTES: u64 = 64 * 1024;
@@ -326,6 +329,7 @@ impl Worker {
             self.run_batch(&body);
         }
         self.flush();
+        self.trim_scratch();
         self.check_memory();
     }
 
@@ -425,6 +429,15 @@ impl Worker {
         {
             self.flush();
             self.published_at = now;
+        }
+    }
+
+    /// Frees the result buffer after a big result: its capacity would
+    /// otherwise stay resident (and count against the memory limit) for the
+    /// worker's lifetime.
+    fn trim_scratch(&mut self) {
+        if self.scratch.capacity() > SCRATCH_RETAIN {
+            self.scratch = Vec::new();
         }
     }
 

@@ -327,10 +327,7 @@ impl Conn {
 
     /// Whether a new batch may be sent now (room in the ring aside).
     pub(super) fn accepts(&self, cancellable: bool) -> bool {
-        // Not before the fork server has said it forked the worker: if the
-        // fork server dies first, an unconfirmed worker holds no job.
         self.counts_toward_strength()
-            && self.pid.is_some()
             && self.streaming.is_none()
             && (!cancellable || self.book.cancel_used != u64::MAX)
     }
@@ -622,6 +619,8 @@ impl Conn {
                 Err(e) => return Err(e.to_string()),
             }
         }
+        // One big result must not pin its size for the worker's lifetime.
+        self.reader.release_idle();
         Ok(())
     }
 

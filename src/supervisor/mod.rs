@@ -287,16 +287,18 @@ impl Supervisor {
     }
 
     /// The fork server died (or broke the protocol). Its workers keep
-    /// serving as orphans; one it may have forked without saying so holds
-    /// no job (see `Conn::accepts`) and is let go. `maintain` forks a new
-    /// fork server.
+    /// serving as orphans; `maintain` forks a new fork server. A worker it
+    /// was asked for but never confirmed is let go if it holds no job (if
+    /// it exists, it exits on its doorbell's end-of-file); one that holds
+    /// jobs is kept as an orphan known only by its pipe, whose end-of-file
+    /// closes its books.
     fn zygote_lost(&mut self) {
         if let Some(z) = self.zygote.take() {
             let _ = self.epoll.delete(z.fd());
             drop(z); // reaps it (or, if it lives, stops it and then reaps it)
         }
         for c in &mut self.conns {
-            if c.pid().is_none() {
+            if c.pid().is_none() && !c.busy() {
                 c.spawn_failed = true;
             } else {
                 c.orphaned = true;
@@ -425,8 +427,11 @@ impl Supervisor {
             }
             let job = batch.job;
             let key = self.conns[i].key;
+            // Handed to a worker, the items leave the bounded queue.
+            let ticket = batch.ticket.take();
             match self.conns[i].try_send(batch) {
                 Ok(()) => {
+                    drop(ticket);
                     if let Some(id) = job {
                         self.dispatched_jobs.insert(id, key);
                     }
@@ -434,7 +439,8 @@ impl Supervisor {
                         self.conns[i].request_exit();
                     }
                 }
-                Err(batch) => {
+                Err(mut batch) => {
+                    batch.ticket = ticket;
                     self.pending.push_front(batch);
                     return;
                 }
