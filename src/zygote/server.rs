@@ -62,6 +62,9 @@ pub(crate) fn serve(sock: RawFd, mut table: Table, config: &Config) -> ! {
     if !postfork::install_fds(&[sock]) {
         postfork::exit(70);
     }
+    // dup2 cleared close-on-exec; the zygote never execs, but nothing of
+    // the pool's may leak into a program started by a descendant.
+    postfork::set_cloexec(SOCK);
     postfork::reset_signals(false);
     loop {
         table.polls[0] = libc::pollfd {
