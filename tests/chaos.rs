@@ -22,13 +22,25 @@ mod common;
 use common::{children_of, descendants, open_fds, wait_until};
 use forkpool::{JobError, Pool};
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const TIME_LIMIT: Duration = Duration::from_secs(2);
-/// What a leaking job leaves behind, above the worker's memory limit.
-const LEAK: usize = 160 << 20;
+
+/// Room above the caller's size at the start for the memory limit. The
+/// limit is on a worker's resident size, and workers forked by a fork
+/// server re-forked mid-run start as big as the caller was then (which
+/// grows with the jobs it tracks): the limit must stay above that, or
+/// every such worker would be replaced after each batch.
+fn memory_headroom(n: usize) -> usize {
+    (96 << 20) + n * 256
+}
+
+/// What a leaking job leaves behind: enough to cross the limit.
+static LEAK: AtomicUsize = AtomicUsize::new(0);
 
 /// Per-job run counters, in memory shared with every worker.
 static RUNS: AtomicPtr<AtomicU8> = AtomicPtr::new(std::ptr::null_mut());
@@ -102,7 +114,7 @@ fn chaos_job(job: Job) -> u64 {
         // SAFETY: none: a null write on purpose.
         Kind::Segfault => unsafe { std::ptr::null_mut::<u64>().write_volatile(1) },
         Kind::Exit => std::process::exit(exit_code(job.id)),
-        Kind::Leak => std::mem::forget(vec![1u8; LEAK]),
+        Kind::Leak => std::mem::forget(vec![1u8; LEAK.load(Ordering::Relaxed)]),
         Kind::Hang => {
             let me = std::process::id() as i32;
             hanging()[job.id as usize % HANG_SLOTS].store(me, Ordering::SeqCst);
@@ -235,10 +247,11 @@ fn run_chaos(n: usize, seed: u64) {
     Pool::new(1).unwrap().join().unwrap(); // warm up lazily opened descriptors
     let fds_before = open_fds();
     let workers = 3;
+    LEAK.store(memory_headroom(n) + (64 << 20), Ordering::SeqCst);
     let pool = Pool::builder()
         .workers(workers)
         .time_limit(TIME_LIMIT)
-        .max_memory_per_worker(resident_bytes() + (96 << 20))
+        .max_memory_per_worker(resident_bytes() + memory_headroom(n) as u64)
         .chunk_size(8)
         .build()
         .unwrap();
