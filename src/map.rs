@@ -22,13 +22,14 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::iter::Fuse;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Close a batch once its encoded items reach this size.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Largest batch `map` chooses by itself.
-const MAX_AUTO_CHUNK: usize = 4096;
+const MAX_AUTO_CHUNK: usize = 16384;
 
 /// Receives the outcomes of a map's batches.
 pub(crate) struct StreamSink {
@@ -183,6 +184,7 @@ where
     let mut batcher = Batcher::new(pool, Call::new(f), sink, chunk);
     let mut out = Collector::with_capacity(estimate);
     let mut total = 0u64;
+    let mut sent = false;
     for item in input {
         let index = total;
         total += 1;
@@ -194,11 +196,18 @@ where
                 refused(pool, &e);
                 out.accept(index, Outcome::Failed { count: 1, error: e });
             }
-            Ok(()) if batcher.is_full() => shared.submit_batch(batcher.take().expect("full batch")),
+            Ok(()) if batcher.is_full() => {
+                shared.submit_batch(batcher.take().expect("full batch"));
+                sent = true;
+            }
             Ok(()) => {}
         }
-        while let Ok((base, outcome)) = rx.try_recv() {
-            out.accept(base, outcome);
+        // Decode what came back while the input is still being read.
+        if sent {
+            sent = false;
+            while let Ok((base, outcome)) = rx.try_recv() {
+                out.accept(base, outcome);
+            }
         }
     }
     if let Some(b) = batcher.take() {
@@ -216,53 +225,115 @@ where
 }
 
 /// `map`'s results as they arrive, and its lowest failure.
+///
+/// Results land in place, in any order: each index is delivered exactly
+/// once, and a bitmap records which slots hold a value.
 struct Collector<R> {
-    results: Vec<Option<R>>,
+    slots: Vec<MaybeUninit<R>>,
+    filled: Vec<u64>,
     first_err: Option<(u64, JobError)>,
     resolved: u64,
 }
 
-impl<R: DeserializeOwned> Collector<R> {
+impl<R> Collector<R> {
     fn with_capacity(n: usize) -> Self {
         Collector {
-            results: Vec::with_capacity(n),
+            slots: Vec::with_capacity(n),
+            filled: Vec::new(),
             first_err: None,
             resolved: 0,
         }
     }
 
-    fn accept(&mut self, base: u64, outcome: Outcome) {
-        let Collector {
-            results, first_err, ..
-        } = self;
-        self.resolved += unpack(base, outcome, |i, r| match r {
-            Ok(v) => {
-                if results.len() <= i as usize {
-                    results.resize_with(i as usize + 1, || None);
-                }
-                results[i as usize] = Some(v);
-            }
-            Err(e) => {
-                if first_err.as_ref().is_none_or(|(j, _)| i < *j) {
-                    *first_err = Some((i, e));
-                }
-            }
-        });
+    fn is_filled(&self, i: usize) -> bool {
+        self.filled
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn fail(&mut self, i: u64, error: JobError) {
+        if self.first_err.as_ref().is_none_or(|(j, _)| i < *j) {
+            self.first_err = Some((i, error));
+        }
     }
 
     fn finish(mut self, total: u64) -> Result<Vec<R>, Error> {
-        if let Some((index, error)) = self.first_err {
+        if let Some((index, error)) = self.first_err.take() {
             return Err(Error::Job {
                 index: index as usize,
                 error,
             });
         }
-        self.results.resize_with(total as usize, || None);
-        Ok(self
-            .results
-            .into_iter()
-            .map(|r| r.expect("every item resolved"))
-            .collect())
+        let total = total as usize;
+        if self.slots.len() != total || (0..total).any(|i| !self.is_filled(i)) {
+            // Cannot happen either (every item resolves); refuse rather than
+            // hand out uninitialised values.
+            let missing = (0..total).find(|&i| !self.is_filled(i)).unwrap_or(total);
+            return Err(Error::Job {
+                index: missing,
+                error: JobError::Cancelled,
+            });
+        }
+        let slots = std::mem::take(&mut self.slots);
+        self.filled.clear();
+        let mut slots = std::mem::ManuallyDrop::new(slots);
+        // SAFETY: every one of the `total` slots was written (checked just
+        // above), and MaybeUninit<R> has the layout of R, so the buffer is a
+        // valid Vec<R> of the same length and capacity.
+        Ok(unsafe {
+            Vec::from_raw_parts(
+                slots.as_mut_ptr().cast::<R>(),
+                slots.len(),
+                slots.capacity(),
+            )
+        })
+    }
+}
+
+impl<R: DeserializeOwned> Collector<R> {
+    fn accept(&mut self, base: u64, outcome: Outcome) {
+        let Outcome::Records { count, buf } = outcome else {
+            self.resolved += unpack(base, outcome, |i, r: Result<R, JobError>| {
+                if let Err(e) = r {
+                    self.fail(i, e)
+                }
+            });
+            return;
+        };
+        // The hot loop of `map`: decode each record straight into its slot.
+        let first = base as usize;
+        let end = first + count as usize;
+        if self.slots.len() < end {
+            self.slots.resize_with(end, MaybeUninit::uninit);
+            self.filled.resize(end.div_ceil(64), 0);
+        }
+        for (i, rec) in (first..end).zip(wire::records(&buf)) {
+            let decoded = if rec.tag == wire::Tag::Ok {
+                codec::decode::<R>(rec.body).map_err(|e| JobError::Codec(format!("result: {e}")))
+            } else {
+                decode_result::<R>(rec)
+            };
+            match decoded {
+                Ok(v) if !self.is_filled(i) => {
+                    self.slots[i].write(v);
+                    self.filled[i / 64] |= 1 << (i % 64);
+                }
+                Ok(_) => debug_assert!(false, "item {i} delivered twice"),
+                Err(e) => self.fail(i as u64, e),
+            }
+        }
+        self.resolved += u64::from(count);
+    }
+}
+
+impl<R> Drop for Collector<R> {
+    fn drop(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.is_filled(i) {
+                // SAFETY: the bitmap says slot i holds a value not yet moved out.
+                unsafe { self.slots[i].assume_init_drop() };
+            }
+        }
     }
 }
 

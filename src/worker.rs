@@ -4,12 +4,17 @@
 //! `catch_unwind`, and writes one record per item to its outbox ring. For
 //! every item it first publishes, in its status page, which item it is on
 //! (and when it started, if the batch has a time limit), and afterwards
-//! where its results end. That is what lets the supervisor
+//! commits the item's record to the ring before marking the item done.
+//! That is what lets the supervisor
 //!
 //! - kill it past a hard limit and charge exactly the item that overran,
 //! - tell a job its soft limit passed ([`soft_time_limit_exceeded`]),
-//! - recover the results of items that finished just before a crash, even
-//!   ones not yet published, and charge only the item that was running.
+//! - recover the results of items that finished just before a crash, and
+//!   charge only the item that was running.
+//!
+//! Committing a record is a plain store; the worker only pays for a fence
+//! and, maybe, a doorbell (`flush`) at the end of a batch, or when the
+//! supervisor has announced that it sleeps.
 //!
 //! A worker exits when its doorbell pipe reaches end-of-file (the supervisor
 //! is gone), when it is sent an `Exit` frame, or — after reporting its
@@ -39,11 +44,6 @@ static CURRENT: AtomicU64 = AtomicU64::new(0);
 const EXIT_PROTOCOL: i32 = 70;
 /// Exit code after the initializer panicked.
 const EXIT_INIT_FAILED: i32 = 1;
-
-/// Publish results at least this often while a batch runs.
-const PUBLISH_ITEMS: u32 = 64;
-const PUBLISH_BYTES: u64 = 64 * 1024;
-const PUBLISH_NS: u64 = 1_000_000;
 
 /// Whether the soft time limit of the running job has passed.
 ///
@@ -131,6 +131,16 @@ fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// A batch being run: what is left of it, and which item's user code is
+/// running (so that a panic can be charged to it).
+struct Running<'a> {
+    shim: RawCall,
+    header: BatchHeader,
+    items: Items<'a>,
+    left: u32,
+    current: Option<u64>,
+}
+
 struct Worker {
     page: &'static StatusPage,
     inbox: Consumer,
@@ -138,9 +148,6 @@ struct Worker {
     config: &'static Config,
     next_seq: u64,
     scratch: Vec<u8>,
-    /// Items finished since the last publish, and when that was.
-    unpublished_items: u32,
-    published_at: u64,
 }
 
 /// The worker's main: called by the zygote's child right after fork, with
@@ -170,8 +177,6 @@ pub(crate) fn run(region: Region, config: &Config) -> ! {
         config,
         next_seq: 0,
         scratch: Vec::new(),
-        unpublished_items: 0,
-        published_at: 0,
     };
     if let Some(init) = config.initializer
         && let Err(text) = guarded(init)
@@ -196,7 +201,6 @@ impl Worker {
         if self.outbox.publish() {
             bell::ring(WORKER_BELL_OUT);
         }
-        self.unpublished_items = 0;
     }
 
     /// Sleeps until the doorbell rings; exits if the supervisor is gone.
@@ -269,6 +273,9 @@ impl Worker {
             (tag, body)
         };
         let head = wire::header(tag, body.len() as u32);
+        if self.outbox.try_put(&head, body) {
+            return;
+        }
         let size = self.outbox.size();
         if HEADER + body.len() <= size {
             self.reserve(HEADER + body.len());
@@ -336,16 +343,46 @@ impl Worker {
         if h.seq0 != self.next_seq || h.cancel_slot as usize >= self.page.cancel.len() {
             exit(EXIT_PROTOCOL);
         }
-        // SAFETY: the trampoline address comes from Call::new in the caller,
-        // of which this process is a fork.
-        let shim: RawCall = unsafe { Call::shim(h.trampoline as usize) };
+        let mut batch = Running {
+            // SAFETY: the trampoline address comes from Call::new in the
+            // caller, of which this process is a fork.
+            shim: unsafe { Call::shim(h.trampoline as usize) },
+            header: h,
+            items: Items::new(&body[wire::BATCH_HEADER..]),
+            left: h.count,
+            current: None,
+        };
+        // The whole batch runs under one unwind guard (cheaper than one per
+        // item); when an item panics, it is answered and the loop resumes
+        // with the next one.
+        while batch.left > 0 {
+            let outcome = guarded(|| self.run_items(&mut batch));
+            if let Err(text) = outcome {
+                let Some(seq) = batch.current.take() else {
+                    // A panic outside user code is a bug of ours.
+                    exit(EXIT_PROTOCOL)
+                };
+                let mut out = std::mem::take(&mut self.scratch);
+                out.clear();
+                out.extend_from_slice(text.as_bytes());
+                self.record(Tag::Panic, &out);
+                self.scratch = out;
+                self.finish(seq, h.flags);
+                batch.left -= 1;
+            }
+        }
+        CURRENT.store(0, Ordering::Relaxed);
+    }
+
+    /// Runs the batch's remaining items; a panic unwinds out of here with
+    /// `batch.current` naming the item.
+    fn run_items(&mut self, batch: &mut Running<'_>) {
+        let h = batch.header;
         let timed = h.flags & wire::FLAG_TIMED != 0;
-        let killable = h.flags & wire::FLAG_KILLABLE != 0;
         let cancellable = h.flags & wire::FLAG_CANCELLABLE != 0;
-        let mut items = Items::new(&body[wire::BATCH_HEADER..]);
         let mut out = std::mem::take(&mut self.scratch);
-        for left in (0..h.count).rev() {
-            let Some(arg) = items.next() else {
+        while batch.left > 0 {
+            let Some(arg) = batch.items.next() else {
                 exit(EXIT_PROTOCOL)
             };
             let seq = self.next_seq;
@@ -355,6 +392,7 @@ impl Worker {
                 status
                     .started_ns
                     .store(clock::coarse_ns(), Ordering::Relaxed);
+                CURRENT.store(seq + 1, Ordering::Relaxed);
             }
             status.current.store(seq << 2 | RUNNING, Ordering::Release);
             let taken = !cancellable || {
@@ -370,61 +408,51 @@ impl Worker {
             };
             out.clear();
             let tag = if taken {
-                CURRENT.store(seq + 1, Ordering::Relaxed);
+                batch.current = Some(seq);
                 // SAFETY: shim and func were paired by Call::new.
-                let r = guarded(|| unsafe { shim(h.func as usize, arg, &mut out) });
-                CURRENT.store(0, Ordering::Relaxed);
-                r.unwrap_or_else(|text| {
-                    out.clear();
-                    out.extend_from_slice(text.as_bytes());
-                    Tag::Panic
-                })
+                let tag = unsafe { (batch.shim)(h.func as usize, arg, &mut out) };
+                batch.current = None;
+                tag
             } else {
                 Tag::Skipped
             };
             self.record(tag, &out);
-            self.finish(seq, killable);
-            if left > 0 {
-                self.maybe_publish();
-            }
+            self.finish(seq, h.flags);
+            batch.left -= 1;
         }
         self.scratch = out;
     }
 
-    /// Marks item `seq` done. If the supervisor claimed it first (to kill
-    /// this worker over it), wait for the kill rather than run anything else.
-    fn finish(&mut self, seq: u64, killable: bool) {
+    /// Marks item `seq` done: its record is committed first, so a crash
+    /// from here on cannot lose it. If the supervisor claimed the item first
+    /// (to kill this worker over it), wait for the kill rather than run
+    /// anything else.
+    fn finish(&mut self, seq: u64, flags: u32) {
+        self.outbox.commit();
         let status = &self.page.worker;
-        status.tail.store(self.outbox.position(), Ordering::Release);
-        if !killable {
-            status.current.store(seq << 2 | DONE, Ordering::Release);
-        } else if status
-            .current
-            .compare_exchange(
+        if flags & wire::FLAG_KILLABLE != 0 {
+            let claimed = status.current.compare_exchange(
                 seq << 2 | RUNNING,
                 seq << 2 | DONE,
                 Ordering::AcqRel,
                 Ordering::Acquire,
-            )
-            .is_err()
-        {
-            loop {
-                // SAFETY: pause just waits for a signal; SIGKILL is coming.
-                unsafe { libc::pause() };
+            );
+            if claimed.is_err() {
+                loop {
+                    // SAFETY: pause just waits for a signal; SIGKILL is coming.
+                    unsafe { libc::pause() };
+                }
             }
+        } else if flags & wire::FLAG_TIMED != 0 {
+            // So that the supervisor's limit checks see the item is over.
+            status.current.store(seq << 2 | DONE, Ordering::Release);
         }
-        self.unpublished_items += 1;
-    }
-
-    /// Publishes mid-batch when enough results or time have piled up.
-    fn maybe_publish(&mut self) {
-        let now = clock::coarse_ns();
-        if self.unpublished_items >= PUBLISH_ITEMS
-            || self.outbox.unpublished() >= PUBLISH_BYTES
-            || now.saturating_sub(self.published_at) >= PUBLISH_NS
-        {
+        // Otherwise `RUNNING` plus the committed record tell the supervisor
+        // all it needs, and the store is saved.
+        // A supervisor with nothing else to do sleeps: wake it for this
+        // result now rather than at the end of the batch.
+        if self.outbox.consumer_asleep() {
             self.flush();
-            self.published_at = now;
         }
     }
 
