@@ -207,6 +207,12 @@ impl Slot {
             && self.resolve(Err(JobError::Cancelled))
     }
 
+    /// Whether an outcome is in (or about to be): a lock-free check for
+    /// spinning.
+    fn is_done(&self) -> bool {
+        matches!(self.state.load(Ordering::Acquire), RESOLVED | CANCELLED)
+    }
+
     pub(crate) fn is_dispatched(&self) -> bool {
         self.state.load(Ordering::Acquire) == DISPATCHED
     }
@@ -304,7 +310,16 @@ impl<R: DeserializeOwned> JobHandle<R> {
     }
 
     /// Blocks until the job is done and returns its result.
+    ///
+    /// While it waits, the calling thread first helps the pool for a short,
+    /// adaptive while — handing jobs to workers and collecting answers
+    /// itself — so a quick job's result arrives without a thread wake-up.
     pub fn get(self) -> Result<R, JobError> {
+        if !self.slot.is_done()
+            && let Some(pool) = self.pool.upgrade()
+        {
+            pool.driver.help_until(&|| self.slot.is_done());
+        }
         self.slot.wait_until(None);
         Self::decode(self.slot.take())
     }

@@ -12,7 +12,7 @@ use crate::job::{Call, JobHandle, JobId, Slot};
 use crate::map::{self, Imap, ImapUnordered};
 use crate::shm;
 use crate::stats::{Counters, Stats};
-use crate::supervisor::{self, Command, Submitter};
+use crate::supervisor::{self, Command, Driver, Submitter};
 use crate::wire;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -232,6 +232,8 @@ impl fmt::Debug for Pool {
 /// State shared by every handle of one pool.
 pub(crate) struct Shared {
     submitter: Submitter,
+    /// Lets a waiting caller step the supervisor itself (see `supervisor::drive`).
+    pub(crate) driver: Driver,
     pub(crate) counters: Arc<Counters>,
     pub(crate) config: Arc<Config>,
     closed: AtomicBool,
@@ -246,9 +248,21 @@ impl Shared {
 
     /// Queues a batch; if the supervisor is gone, its items resolve as cancelled.
     pub(crate) fn submit_batch(&self, batch: Batch) {
+        self.submit(batch, false);
+    }
+
+    /// Queues a batch; `quiet` leaves the supervisor thread asleep, for a
+    /// caller that helps right away.
+    fn submit(&self, batch: Batch, quiet: bool) {
         let n = u64::from(batch.count());
         self.counters.submitted.fetch_add(n, Ordering::Relaxed);
-        if self.submitter.send(Command::Submit(batch)).is_err() {
+        let cmd = Command::Submit(batch);
+        let sent = if quiet {
+            self.submitter.send_quiet(cmd)
+        } else {
+            self.submitter.send(cmd)
+        };
+        if sent.is_err() {
             self.counters.cancelled.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -297,10 +311,11 @@ impl Pool {
     fn start(config: Config) -> Result<Pool, Error> {
         let config = Arc::new(config);
         let counters = Arc::new(Counters::default());
-        let (submitter, thread) = supervisor::start(config.clone(), counters.clone())?;
+        let (submitter, driver, thread) = supervisor::start(config.clone(), counters.clone())?;
         Ok(Pool {
             shared: Arc::new(Shared {
                 submitter,
+                driver,
                 counters,
                 config,
                 closed: AtomicBool::new(false),
@@ -320,6 +335,14 @@ impl Pool {
     /// Submitting to a closed pool gives a handle that resolves to
     /// [`JobError::PoolClosed`].
     pub fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> JobHandle<R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.submit_job(f, arg, false)
+    }
+
+    fn submit_job<A, R>(&self, f: fn(A) -> R, arg: A, quiet: bool) -> JobHandle<R>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
@@ -358,17 +381,21 @@ impl Pool {
             shared.config.job_opts(),
             Some(id),
         );
-        shared.submit_batch(batch);
+        shared.submit(batch, quiet);
         handle
     }
 
     /// Runs `f(arg)` in a worker and waits for the result.
+    ///
+    /// The calling thread hands the job to a worker and collects the answer
+    /// itself while it waits (for a short, adaptive while), so a quick job
+    /// costs no thread wake-up.
     pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, JobError>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.submit(f, arg).get()
+        self.submit_job(f, arg, true).get()
     }
 
     /// Runs `f` on every item, in parallel, and returns the results in

@@ -27,6 +27,7 @@ use crate::job::{Call, RawCall};
 use crate::pool::Config;
 use crate::ring::{Consumer, Producer};
 use crate::shm::{DONE, RUNNING, Region, SLOT_QUEUED, SLOT_TAKEN, StatusPage};
+use crate::supervisor::HOT_SPIN;
 use crate::wire::{self, BatchHeader, HEADER, Items, Tag};
 use crate::zygote::{WORKER_BELL_IN, WORKER_BELL_OUT};
 use std::any::Any;
@@ -34,11 +35,20 @@ use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// This worker's status page, once it runs (null in the caller).
 static PAGE: AtomicPtr<StatusPage> = AtomicPtr::new(std::ptr::null_mut());
 /// `seq + 1` of the item running now, 0 between items.
 static CURRENT: AtomicU64 = AtomicU64::new(0);
+
+/// Bounds of the adaptive spin before a worker sleeps: it doubles when work
+/// arrived while spinning and halves when it did not, so a worker fed back
+/// to back never pays a wake-up, and an idle one spins at most `SPIN_MAX`
+/// once before it sleeps.
+const SPIN_MIN: Duration = Duration::from_micros(5);
+const SPIN_START: Duration = Duration::from_micros(50);
+const SPIN_MAX: Duration = Duration::from_micros(200);
 
 /// Exit code for a broken frame from the supervisor (a bug, not a job's fault).
 const EXIT_PROTOCOL: i32 = 70;
@@ -148,6 +158,8 @@ struct Worker {
     config: &'static Config,
     next_seq: u64,
     scratch: Vec<u8>,
+    /// How long to spin for the next frame before sleeping (see `wait_for`).
+    spin: Duration,
 }
 
 /// The worker's main: called by the zygote's child right after fork, with
@@ -177,6 +189,7 @@ pub(crate) fn run(region: Region, config: &Config) -> ! {
         config,
         next_seq: 0,
         scratch: Vec::new(),
+        spin: SPIN_START,
     };
     if let Some(init) = config.initializer
         && let Err(text) = guarded(init)
@@ -228,11 +241,8 @@ impl Worker {
                 return avail;
             }
             self.flush();
-            for _ in 0..200 {
-                std::hint::spin_loop();
-                if self.inbox.available().unwrap_or(0) >= need {
-                    break;
-                }
+            if let Some(avail) = self.spin_for(need) {
+                return avail;
             }
             match self.inbox.prepare_sleep(need) {
                 Ok(true) => {
@@ -241,6 +251,31 @@ impl Worker {
                 }
                 Ok(false) => {}
                 Err(_) => exit(EXIT_PROTOCOL),
+            }
+        }
+    }
+
+    /// Spins up to the current budget for `need` inbox bytes, adapting the
+    /// budget to whether they came.
+    fn spin_for(&mut self, need: usize) -> Option<usize> {
+        let start = Instant::now();
+        loop {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+                let avail = self.inbox.available().unwrap_or(0);
+                if avail >= need {
+                    self.spin = (self.spin * 2).min(SPIN_MAX);
+                    return Some(avail);
+                }
+            }
+            let spent = start.elapsed();
+            if spent >= HOT_SPIN {
+                // Give the CPU away if anyone else wants it.
+                std::thread::yield_now();
+            }
+            if spent >= self.spin {
+                self.spin = (self.spin / 2).max(SPIN_MIN);
+                return None;
             }
         }
     }
