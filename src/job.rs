@@ -50,10 +50,13 @@ impl fmt::Display for JobId {
     }
 }
 
-/// The shim a worker calls: decode the argument, run, encode the result
-/// into `out`. Returns the record tag ([`Tag::Ok`] or [`Tag::Codec`], with
-/// the error text in `out`). Panics propagate to the worker's catch.
-pub(crate) type RawCall = unsafe fn(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Tag;
+/// The shim a worker calls: decode the argument, call `decoded` (after
+/// which `arg` is never read again, so the worker may release the bytes
+/// under it), run, encode the result into `out`. Returns the record tag
+/// ([`Tag::Ok`] or [`Tag::Codec`], with the error text in `out`). Panics
+/// propagate to the worker's catch.
+pub(crate) type RawCall =
+    unsafe fn(func: usize, arg: &[u8], out: &mut Vec<u8>, decoded: &mut dyn FnMut()) -> Tag;
 
 /// A job's function as two addresses valid in every worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +93,12 @@ impl Call {
 /// # Safety
 /// `func` must be the address of an `fn(A) -> R`, as stored by [`Call::new`]
 /// next to this very instantiation.
-unsafe fn trampoline<A, R>(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Tag
+unsafe fn trampoline<A, R>(
+    func: usize,
+    arg: &[u8],
+    out: &mut Vec<u8>,
+    decoded: &mut dyn FnMut(),
+) -> Tag
 where
     A: DeserializeOwned,
     R: Serialize,
@@ -98,7 +106,9 @@ where
     // SAFETY: Call::new stores `f as usize` beside `trampoline::<A, R>`, so
     // `func` is a valid `fn(A) -> R` of the same image.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
-    let arg = match codec::decode::<A>(arg) {
+    let arg = codec::decode::<A>(arg);
+    decoded();
+    let arg = match arg {
         Ok(a) => a,
         Err(e) => {
             out.extend_from_slice(format!("argument: {e}").as_bytes());

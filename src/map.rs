@@ -5,9 +5,12 @@
 //! start while the input is still being read. Results come back per batch
 //! through a channel and are decoded on the caller's thread, too.
 //!
-//! `map` reads its whole input. The `imap`s read lazily: they keep at most
-//! a window of items in flight and pull more input only as results are
-//! taken, so an endless input runs in flat memory.
+//! `map` reads its whole input and sends it in about four batches per
+//! worker (up to 16384 items each). The `imap`s read lazily: they keep at
+//! most a window of items in flight (4096 at most) and pull more input only
+//! as results are taken, so an endless input runs in flat memory; they start
+//! with one item per batch and, unless the user fixed the batch size, grow
+//! batches while items prove quick.
 
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
 use crate::codec;
@@ -25,11 +28,18 @@ use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 /// Close a batch once its encoded items reach this size.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Largest batch `map` chooses by itself.
 const MAX_AUTO_CHUNK: usize = 16384;
+/// Largest batch the `imap`s choose by themselves, and most items they keep
+/// in flight.
+const MAX_IMAP_CHUNK: usize = 512;
+const MAX_IMAP_WINDOW: u64 = 4096;
+/// The `imap`s size batches to about this much work each.
+const IMAP_BATCH_NS: f64 = 200_000.0;
 
 /// Receives the outcomes of a map's batches.
 pub(crate) struct StreamSink {
@@ -349,6 +359,12 @@ struct Stream<I: Iterator, R> {
     /// Results handed out.
     yielded: u64,
     window: u64,
+    /// Batch size chosen by the pool (not set by the user): adapts.
+    auto_chunk: bool,
+    workers: usize,
+    /// Smoothed time between results, per item, and when the last came.
+    per_item_ns: f64,
+    last_result: Instant,
     /// Ordered: results for indices `yielded..`, in order, as they arrive.
     slots: VecDeque<Option<Result<R, JobError>>>,
     /// Unordered: results in arrival order.
@@ -366,7 +382,9 @@ where
     fn new(pool: Pool, f: fn(I::Item) -> R, input: I, ordered: bool) -> Self {
         let config = &pool.shared.config;
         let chunk = config.chunk_size.unwrap_or(1);
-        let window = (4 * config.workers * chunk).max(64) as u64;
+        let workers = config.workers;
+        let window = Self::window_for(workers, chunk);
+        let auto_chunk = config.chunk_size.is_none();
         let (sink, rx) = stream();
         let batcher = Batcher::new(&pool, Call::new(f), sink, chunk);
         let closed = pool.shared.is_closed();
@@ -379,10 +397,38 @@ where
             pulled: 0,
             yielded: 0,
             window,
+            auto_chunk,
+            workers,
+            per_item_ns: 0.0,
+            last_result: Instant::now(),
             slots: VecDeque::new(),
             ready: VecDeque::new(),
             closed,
             _input: PhantomData,
+        }
+    }
+
+    fn window_for(workers: usize, chunk: usize) -> u64 {
+        ((4 * workers * chunk) as u64).clamp(64, MAX_IMAP_WINDOW.max(chunk as u64))
+    }
+
+    /// Learns how fast items come back and, if the pool picks the batch
+    /// size, grows batches while items are quick (fewer frames per item)
+    /// and shrinks them when items are slow (first results come sooner).
+    fn observe(&mut self, items: u64) {
+        let now = Instant::now();
+        let interval = now.duration_since(self.last_result).as_nanos() as f64 / items.max(1) as f64;
+        self.last_result = now;
+        self.per_item_ns = if self.per_item_ns == 0.0 {
+            interval
+        } else {
+            0.8 * self.per_item_ns + 0.2 * interval
+        };
+        if self.auto_chunk {
+            let service = self.per_item_ns.max(1.0) * self.workers as f64;
+            let chunk = (IMAP_BATCH_NS / service).clamp(1.0, MAX_IMAP_CHUNK as f64) as usize;
+            self.batcher.chunk = chunk as u32;
+            self.window = Self::window_for(self.workers, chunk);
         }
     }
 
@@ -453,10 +499,11 @@ where
             }
             let (base, outcome) = self.rx.recv().ok()?;
             let mut got = Vec::new();
-            unpack(base, outcome, |i, r| got.push((i, r)));
+            let n = unpack(base, outcome, |i, r| got.push((i, r)));
             for (i, r) in got {
                 self.place(i, r);
             }
+            self.observe(n);
         }
     }
 }

@@ -17,6 +17,7 @@
 //! side are checked: an impossible position is reported as [`Corrupt`].
 
 use crate::shm::RingCtl;
+use std::mem::MaybeUninit;
 use std::ptr;
 use std::sync::atomic::{Ordering, fence};
 
@@ -199,10 +200,22 @@ impl Consumer {
     /// supervisor reads a worker's bytes: it never forms a reference into
     /// memory the other process may still be writing.
     pub(crate) fn copy_out(&self, off: usize, dst: &mut [u8]) {
+        // SAFETY: u8 and MaybeUninit<u8> have the same layout, and copy_into
+        // only writes initialised bytes.
+        let dst = unsafe { &mut *(dst as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        self.copy_into(off, dst);
+    }
+
+    /// [`copy_out`](Self::copy_out) into memory not yet initialised (a
+    /// vector's spare capacity), which saves zeroing it first.
+    pub(crate) fn copy_into(&self, off: usize, dst: &mut [MaybeUninit<u8>]) {
         assert!(off + dst.len() <= self.size as usize, "ring overread");
         let at = ((self.local + off as u64) & self.mask) as usize;
-        // SAFETY: at + len < 2 * size stays inside the mirrored mapping.
-        unsafe { ptr::copy_nonoverlapping(self.data.add(at), dst.as_mut_ptr(), dst.len()) };
+        // SAFETY: at + len < 2 * size stays inside the mirrored mapping, and
+        // dst is valid for len bytes of writes.
+        unsafe {
+            ptr::copy_nonoverlapping(self.data.add(at), dst.as_mut_ptr().cast::<u8>(), dst.len())
+        };
     }
 
     /// Borrows `len` available bytes at `off` past the read position.

@@ -17,6 +17,7 @@
 //! and never panics, whatever the input.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 
 /// Bytes in a frame header: length (4) and tag (1).
 pub(crate) const HEADER: usize = 5;
@@ -310,8 +311,9 @@ impl RecordReader {
         }
     }
 
-    /// Appends received bytes, making room by dropping consumed ones first.
-    pub(crate) fn extend_with(&mut self, n: usize, fill: impl FnOnce(&mut [u8])) {
+    /// Appends `n` received bytes, which `fill` must write in full, making
+    /// room by dropping consumed ones first.
+    pub(crate) fn extend_with(&mut self, n: usize, fill: impl FnOnce(&mut [MaybeUninit<u8>])) {
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
@@ -319,15 +321,23 @@ impl RecordReader {
             self.buf.drain(..self.start);
             self.start = 0;
         }
+        self.buf.reserve(n);
         let old = self.buf.len();
-        self.buf.resize(old + n, 0);
-        fill(&mut self.buf[old..]);
+        let spare = &mut self.buf.spare_capacity_mut()[..n];
+        fill(spare);
+        // SAFETY: `fill` initialised all n bytes of the spare capacity (its
+        // contract; both callers copy exactly n bytes in).
+        unsafe { self.buf.set_len(old + n) };
     }
 
     /// Appends received bytes.
     #[cfg(test)]
     pub(crate) fn extend(&mut self, bytes: &[u8]) {
-        self.extend_with(bytes.len(), |dst| dst.copy_from_slice(bytes));
+        self.extend_with(bytes.len(), |dst| {
+            for (d, s) in dst.iter_mut().zip(bytes) {
+                d.write(*s);
+            }
+        });
     }
 
     /// Bytes received but not yet returned as records.

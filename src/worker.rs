@@ -149,6 +149,10 @@ struct Running<'a> {
     items: Items<'a>,
     left: u32,
     current: Option<u64>,
+    /// Inbox bytes of the frame, still to be released once its last
+    /// argument is decoded (`None` once released, or for a frame that was
+    /// copied out of the ring).
+    frame: Option<usize>,
 }
 
 struct Worker {
@@ -349,10 +353,12 @@ impl Worker {
             self.wait_for(total);
             // SAFETY: the supervisor is the trusted producer: it never writes
             // to bytes it published until we consume them, which happens
-            // only after run_batch is done with the slice.
+            // once the batch's last argument is decoded — after which
+            // run_batch reads nothing more from the slice.
             let body: &[u8] = unsafe { &*(self.inbox.slice(HEADER, len as usize) as *const [u8]) };
-            self.run_batch(body);
-            self.consume(total);
+            if let Some(n) = self.run_batch(body, Some(total)) {
+                self.consume(n);
+            }
         } else {
             // A frame larger than the ring arrives in pieces.
             self.consume(HEADER);
@@ -365,13 +371,15 @@ impl Worker {
                 self.inbox.copy_out(0, &mut body[old..]);
                 self.consume(n);
             }
-            self.run_batch(&body);
+            self.run_batch(&body, None);
         }
         self.flush();
         self.check_memory();
     }
 
-    fn run_batch(&mut self, body: &[u8]) {
+    /// Runs a batch; returns the inbox bytes of its frame if they are still
+    /// to be released.
+    fn run_batch(&mut self, body: &[u8], frame: Option<usize>) -> Option<usize> {
         let Some(h) = BatchHeader::decode(body) else {
             exit(EXIT_PROTOCOL)
         };
@@ -386,6 +394,7 @@ impl Worker {
             items: Items::new(&body[wire::BATCH_HEADER..]),
             left: h.count,
             current: None,
+            frame,
         };
         // The whole batch runs under one unwind guard (cheaper than one per
         // item); when an item panics, it is answered and the loop resumes
@@ -407,6 +416,7 @@ impl Worker {
             }
         }
         CURRENT.store(0, Ordering::Relaxed);
+        batch.frame
     }
 
     /// Runs the batch's remaining items; a panic unwinds out of here with
@@ -444,8 +454,21 @@ impl Worker {
             out.clear();
             let tag = if taken {
                 batch.current = Some(seq);
+                // Once the last argument is decoded, the frame can go back
+                // to the supervisor, which can then send the next one while
+                // this job runs.
+                let last = batch.left == 1;
+                let (inbox, frame) = (&mut self.inbox, &mut batch.frame);
+                let mut release = || {
+                    if last
+                        && let Some(n) = frame.take()
+                        && inbox.consume(n)
+                    {
+                        bell::ring(WORKER_BELL_OUT);
+                    }
+                };
                 // SAFETY: shim and func were paired by Call::new.
-                let tag = unsafe { (batch.shim)(h.func as usize, arg, &mut out) };
+                let tag = unsafe { (batch.shim)(h.func as usize, arg, &mut out, &mut release) };
                 batch.current = None;
                 tag
             } else {

@@ -595,7 +595,7 @@ impl Conn {
             return;
         }
         let rx = &self.rx;
-        self.reader.extend_with(n, |dst| rx.copy_out(0, dst));
+        self.reader.extend_with(n, |dst| rx.copy_into(0, dst));
         if self.rx.consume(n) {
             bell::ring(self.bell_to.as_raw_fd());
         }

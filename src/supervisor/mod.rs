@@ -300,6 +300,15 @@ impl Supervisor {
             }
             let mut c = self.conns.swap_remove(i);
             let requeue = c.finalize(&mut ctx);
+            if let Some(code @ 70..=72) = c.status.and_then(|s| s.code()) {
+                // The worker left on its own over a broken frame or ring: a
+                // forkpool bug, worth saying out loud (its jobs ran elsewhere).
+                eprintln!(
+                    "forkpool: worker {} exited with code {code}, forkpool's code for a broken \
+                     frame or ring (unless a job called exit({code})): please report this",
+                    c.pid().unwrap_or(0)
+                );
+            }
             if let Some(why) = c.violation() {
                 eprintln!(
                     "forkpool: worker {} broke the protocol ({why}); treated as crashed",
