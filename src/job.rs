@@ -20,6 +20,7 @@
 use crate::batch::{Outcome, Sink};
 use crate::codec;
 use crate::error::JobError;
+use crate::out::Out;
 use crate::pool::Shared;
 use crate::wire::{self, Record, Tag};
 use serde::Serialize;
@@ -56,7 +57,7 @@ impl fmt::Display for JobId {
 /// ([`Tag::Ok`] or [`Tag::Codec`], with the error text in `out`). Panics
 /// propagate to the worker's catch.
 pub(crate) type RawCall =
-    unsafe fn(func: usize, arg: &[u8], out: &mut Vec<u8>, decoded: &mut dyn FnMut()) -> Tag;
+    unsafe fn(func: usize, arg: &[u8], out: &mut Out<'_>, decoded: &mut dyn FnMut()) -> Tag;
 
 /// A job's function as two addresses valid in every worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +97,7 @@ impl Call {
 unsafe fn trampoline<A, R>(
     func: usize,
     arg: &[u8],
-    out: &mut Vec<u8>,
+    out: &mut Out<'_>,
     decoded: &mut dyn FnMut(),
 ) -> Tag
 where
@@ -111,14 +112,14 @@ where
     let arg = match arg {
         Ok(a) => a,
         Err(e) => {
-            out.extend_from_slice(format!("argument: {e}").as_bytes());
+            out.write_bytes(format!("argument: {e}").as_bytes());
             return Tag::Codec;
         }
     };
     let result = f(arg);
-    if let Err(e) = codec::encode_into(out, &result) {
+    if let Err(e) = codec::encode_into(&mut *out, &result) {
         out.clear();
-        out.extend_from_slice(format!("result: {e}").as_bytes());
+        out.write_bytes(format!("result: {e}").as_bytes());
         return Tag::Codec;
     }
     Tag::Ok

@@ -75,6 +75,7 @@ mod codec;
 mod error;
 mod job;
 mod map;
+mod out;
 mod pool;
 mod ring;
 mod shm;

@@ -123,6 +123,28 @@ impl Producer {
         true
     }
 
+    /// The free space at the write position — contiguous, thanks to the
+    /// mirrored mapping — for writing in place: its start and length.
+    /// Nothing is written or claimed until [`advance`](Self::advance).
+    pub(crate) fn space(&mut self) -> (*mut u8, usize) {
+        let free = self.free().unwrap_or(0);
+        let at = (self.local & self.mask) as usize;
+        // SAFETY: at < size, inside the mapping.
+        (unsafe { self.data.add(at) }, free)
+    }
+
+    /// Claims `head` plus `body_len` bytes already written in place after
+    /// it (at `space().0 + head.len()`), writing `head` first.
+    pub(crate) fn advance_with_head(&mut self, head: &[u8], body_len: usize) {
+        let n = (head.len() + body_len) as u64;
+        assert!(
+            (self.local - self.read_seen) + n <= self.size,
+            "ring overrun"
+        );
+        self.put(head);
+        self.local += body_len as u64;
+    }
+
     /// Makes everything written visible to a consumer that looks, without
     /// waking one that sleeps: a plain release store, cheap enough per record.
     pub(crate) fn commit(&mut self) {

@@ -24,6 +24,7 @@
 use crate::bell;
 use crate::clock;
 use crate::job::{Call, RawCall};
+use crate::out::Out;
 use crate::pool::Config;
 use crate::ring::{Consumer, Producer};
 use crate::shm::{DONE, RUNNING, Region, SLOT_QUEUED, SLOT_TAKEN, StatusPage};
@@ -302,15 +303,9 @@ impl Worker {
     /// Writes one record, streaming it through the ring if it is larger
     /// than the ring. A body over the message cap becomes `TooLarge`.
     fn record(&mut self, tag: Tag, body: &[u8]) {
-        let cap = self.config.max_message_size;
-        let mut too_large = [0u8; 16];
-        let (tag, body) = if body.len() as u64 > cap {
-            too_large[..8].copy_from_slice(&(body.len() as u64).to_le_bytes());
-            too_large[8..].copy_from_slice(&cap.to_le_bytes());
-            (Tag::TooLarge, &too_large[..])
-        } else {
-            (tag, body)
-        };
+        if body.len() as u64 > self.config.max_message_size {
+            return self.record_too_large(body.len());
+        }
         let head = wire::header(tag, body.len() as u32);
         if self.outbox.try_put(&head, body) {
             return;
@@ -332,6 +327,14 @@ impl Worker {
             rest = &rest[n..];
             self.flush();
         }
+    }
+
+    /// Answers an item whose result of `len` bytes is over the message cap.
+    fn record_too_large(&mut self, len: usize) {
+        let mut body = [0u8; 16];
+        body[..8].copy_from_slice(&(len as u64).to_le_bytes());
+        body[8..].copy_from_slice(&self.config.max_message_size.to_le_bytes());
+        self.record(Tag::TooLarge, &body);
     }
 
     fn next_frame(&mut self) {
@@ -425,7 +428,7 @@ impl Worker {
         let h = batch.header;
         let timed = h.flags & wire::FLAG_TIMED != 0;
         let cancellable = h.flags & wire::FLAG_CANCELLABLE != 0;
-        let mut out = std::mem::take(&mut self.scratch);
+        let mut scratch = std::mem::take(&mut self.scratch);
         while batch.left > 0 {
             let Some(arg) = batch.items.next() else {
                 exit(EXIT_PROTOCOL)
@@ -451,7 +454,6 @@ impl Worker {
                 )
                 .is_ok()
             };
-            out.clear();
             let tag = if taken {
                 batch.current = Some(seq);
                 // Once the last argument is decoded, the frame can go back
@@ -467,18 +469,35 @@ impl Worker {
                         bell::ring(WORKER_BELL_OUT);
                     }
                 };
+                // The result is encoded straight into the ring's free
+                // space, after room for its record header.
+                let (space, free) = self.outbox.space();
+                let room = free.saturating_sub(HEADER);
+                // SAFETY: the free space belongs to this producer until it
+                // advances; nothing else touches it while `out` lives.
+                let mut out = unsafe { Out::new(space.wrapping_add(HEADER), room, &mut scratch) };
                 // SAFETY: shim and func were paired by Call::new.
                 let tag = unsafe { (batch.shim)(h.func as usize, arg, &mut out, &mut release) };
                 batch.current = None;
+                let (len, direct) = (out.len(), out.is_direct());
+                if len as u64 > self.config.max_message_size {
+                    self.record_too_large(len);
+                } else if direct {
+                    self.outbox
+                        .advance_with_head(&wire::header(tag, len as u32), len);
+                } else {
+                    self.record(tag, &scratch);
+                }
                 tag
             } else {
+                self.record(Tag::Skipped, &[]);
                 Tag::Skipped
             };
-            self.record(tag, &out);
+            let _ = tag;
             self.finish(seq, h.flags);
             batch.left -= 1;
         }
-        self.scratch = out;
+        self.scratch = scratch;
     }
 
     /// Marks item `seq` done: its record is committed first, so a crash

@@ -84,6 +84,7 @@ pub(crate) fn start(
         epoll: epoll.clone(),
         zygote: Some(zygote),
         zygote_ready: true,
+        steps: 0,
         conns: Vec::new(),
         next_key: 1,
         spawned: 0,
@@ -127,6 +128,8 @@ struct Supervisor {
     /// The fork server's socket is readable (polling it costs a system
     /// call, so only after the poller said so).
     zygote_ready: bool,
+    /// Steps taken (by anyone), for occasional polling.
+    steps: u32,
     conns: Vec<Conn>,
     next_key: u64,
     /// Workers ever asked for; those past the first N are restarts.
@@ -159,7 +162,12 @@ impl Supervisor {
         if self.terminate {
             return false;
         }
-        if std::mem::take(&mut self.zygote_ready) {
+        // Polling the fork server costs a system call: do it when the
+        // poller said it has something, and every few steps anyway, so a
+        // caller helping (whom the poller does not wake) learns of a dead
+        // worker without waiting for the supervisor thread.
+        self.steps = self.steps.wrapping_add(1);
+        if std::mem::take(&mut self.zygote_ready) || self.steps % 16 == 0 {
             self.zygote_events();
         }
         self.service_workers();
