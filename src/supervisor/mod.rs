@@ -167,7 +167,7 @@ impl Supervisor {
         // caller helping (whom the poller does not wake) learns of a dead
         // worker without waiting for the supervisor thread.
         self.steps = self.steps.wrapping_add(1);
-        if std::mem::take(&mut self.zygote_ready) || self.steps % 16 == 0 {
+        if std::mem::take(&mut self.zygote_ready) || self.steps.is_multiple_of(16) {
             self.zygote_events();
         }
         self.service_workers();
