@@ -107,6 +107,9 @@ pub(crate) struct Driver {
     wake: Arc<Wake>,
     /// Current help budget, in nanoseconds.
     budget_ns: AtomicU64,
+    /// A caller is helping: one at a time is enough (its steps deliver
+    /// everyone's results); other waiters just wait.
+    helping: AtomicBool,
 }
 
 fn lock(core: &Mutex<Supervisor>) -> MutexGuard<'_, Supervisor> {
@@ -119,6 +122,7 @@ impl Driver {
             core,
             wake,
             budget_ns: AtomicU64::new(100_000),
+            helping: AtomicBool::new(false),
         }
     }
 
@@ -126,6 +130,19 @@ impl Driver {
     /// runs out; true if `done()`. Afterwards the supervisor thread is woken
     /// if anything is left for it to do.
     pub(crate) fn help_until(&self, done: &dyn Fn() -> bool) -> bool {
+        if self.helping.swap(true, Ordering::Acquire) {
+            // Someone else helps; make sure the supervisor thread is not
+            // needed meanwhile, then let the caller wait.
+            self.leave();
+            return done();
+        }
+        let finished = self.help(done);
+        self.helping.store(false, Ordering::Release);
+        self.leave();
+        finished
+    }
+
+    fn help(&self, done: &dyn Fn() -> bool) -> bool {
         let budget = Duration::from_nanos(self.budget_ns.load(Ordering::Relaxed));
         let start = Instant::now();
         let finished = loop {
@@ -157,7 +174,6 @@ impl Driver {
             }
         };
         self.adapt(finished, budget);
-        self.leave();
         finished
     }
 
