@@ -683,7 +683,9 @@ impl Conn {
         if opts.time_limit.is_none() && opts.soft_time_limit.is_none() {
             return None;
         }
-        let started = page.worker.started_ns.load(Ordering::Relaxed).min(now);
+        // Started no earlier than this, in real time (see clock::coarse_tick_ns).
+        let started =
+            page.worker.started_ns.load(Ordering::Relaxed).min(now) + clock::coarse_tick_ns();
         let mut next = None;
         let mut notify_soft = false;
         if let Some(soft) = opts.soft_time_limit {
