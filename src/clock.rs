@@ -20,6 +20,26 @@ pub(crate) fn coarse_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The coarse clock's resolution (one scheduler tick). A start time read
+/// from it can be up to this much earlier than the real start, so a
+/// deadline adds it to fire never before the limit, at most a tick after.
+pub(crate) fn coarse_tick_ns() -> u64 {
+    static TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICK.get_or_init(|| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_getres writes into a local timespec.
+        let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } == 0;
+        if ok {
+            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        } else {
+            4_000_000
+        }
+    })
+}
+
 /// A duration in nanoseconds, saturating.
 pub(crate) fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)

@@ -80,6 +80,7 @@ mod error;
 mod gate;
 mod job;
 mod map;
+mod out;
 mod pool;
 mod ring;
 mod shm;

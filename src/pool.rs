@@ -13,7 +13,7 @@ use crate::job::{Call, JobHandle, JobId, Slot};
 use crate::map::{self, Imap, ImapUnordered};
 use crate::shm;
 use crate::stats::{Counters, Stats};
-use crate::supervisor::{self, Command, Submitter};
+use crate::supervisor::{self, Command, Driver, Submitter};
 use crate::wire;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -258,6 +258,8 @@ impl fmt::Debug for Pool {
 /// State shared by every handle of one pool.
 pub(crate) struct Shared {
     submitter: Submitter,
+    /// Lets a waiting caller step the supervisor itself (see `supervisor::drive`).
+    pub(crate) driver: Driver,
     pub(crate) counters: Arc<Counters>,
     pub(crate) config: Arc<Config>,
     closed: AtomicBool,
@@ -280,11 +282,16 @@ impl Shared {
         }
     }
 
+    /// Queues a batch; if the supervisor is gone, its items resolve as cancelled.
+    pub(crate) fn submit_batch(&self, batch: Batch) {
+        self.submit(batch, false);
+    }
+
     /// Queues a batch, first waiting for room in a bounded queue (unless
-    /// the batch already holds its places). If the pool closes meanwhile,
-    /// its items fail with `PoolClosed`; if the supervisor is gone, they
-    /// resolve as cancelled.
-    pub(crate) fn submit_batch(&self, mut batch: Batch) {
+    /// the batch already holds its places); `quiet` leaves the supervisor
+    /// thread asleep, for a caller that helps right away. If the pool
+    /// closes while it waits, its items fail with `PoolClosed`.
+    fn submit(&self, mut batch: Batch, quiet: bool) {
         if let Some(gate) = &self.gate
             && batch.ticket.is_none()
         {
@@ -295,7 +302,13 @@ impl Shared {
         }
         let n = u64::from(batch.count());
         self.counters.submitted.fetch_add(n, Ordering::Relaxed);
-        if self.submitter.send(Command::Submit(batch)).is_err() {
+        let cmd = Command::Submit(batch);
+        let sent = if quiet {
+            self.submitter.send_quiet(cmd)
+        } else {
+            self.submitter.send(cmd)
+        };
+        if sent.is_err() {
             self.counters.cancelled.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -344,11 +357,12 @@ impl Pool {
     fn start(config: Config) -> Result<Pool, Error> {
         let config = Arc::new(config);
         let counters = Arc::new(Counters::default());
-        let (submitter, thread) = supervisor::start(config.clone(), counters.clone())?;
+        let (submitter, driver, thread) = supervisor::start(config.clone(), counters.clone())?;
         let gate = config.queue_capacity.map(Gate::new);
         Ok(Pool {
             shared: Arc::new(Shared {
                 submitter,
+                driver,
                 counters,
                 config,
                 closed: AtomicBool::new(false),
@@ -375,7 +389,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.enqueue(f, arg, None)
+        self.submit_job(f, arg, false, None)
     }
 
     /// Like [`submit`](Pool::submit), but never blocks: when
@@ -416,10 +430,16 @@ impl Pool {
                 Err(Refused::Closed) => return Err(TrySubmitError::Closed(arg)),
             },
         };
-        Ok(self.enqueue(f, arg, ticket))
+        Ok(self.submit_job(f, arg, false, ticket))
     }
 
-    fn enqueue<A, R>(&self, f: fn(A) -> R, arg: A, ticket: Option<Ticket>) -> JobHandle<R>
+    fn submit_job<A, R>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        quiet: bool,
+        ticket: Option<Ticket>,
+    ) -> JobHandle<R>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
@@ -459,17 +479,21 @@ impl Pool {
             Some(id),
         );
         batch.ticket = ticket.map(Box::new);
-        shared.submit_batch(batch);
+        shared.submit(batch, quiet);
         handle
     }
 
     /// Runs `f(arg)` in a worker and waits for the result.
+    ///
+    /// The calling thread hands the job to a worker and collects the answer
+    /// itself while it waits (for a short, adaptive while), so a quick job
+    /// costs no thread wake-up.
     pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, JobError>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.submit(f, arg).get()
+        self.submit_job(f, arg, true, None).get()
     }
 
     /// Runs `f` on every item, in parallel, and returns the results in

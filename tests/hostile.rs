@@ -72,8 +72,16 @@ fn result_write_pos() -> *mut u64 {
     unsafe { shm_view(0).add(RESULT_WRITE_POS).cast() }
 }
 
+/// Lets the supervisor take the records of the items that ran before this
+/// one: once the ring's position is impossible, nothing more is read from
+/// it, and those items would be charged too (their results unreadable).
+fn settle() {
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 /// Publishes an impossible write position for the result ring.
 fn impossible_ring_position(_: ()) -> u64 {
+    settle();
     // SAFETY: a plain store into the mapped status page.
     unsafe { result_write_pos().write_volatile(u64::MAX / 2) };
     write_fd(BELL_OUT, &[BELL]);
@@ -83,6 +91,7 @@ fn impossible_ring_position(_: ()) -> u64 {
 
 /// Publishes a record with a tag no worker may send (and a huge length).
 fn forged_record(_: ()) -> u64 {
+    settle();
     let pos = result_write_pos();
     // SAFETY: reads and writes inside the mapped status page and result
     // ring view (`RING` bytes from the view's start).

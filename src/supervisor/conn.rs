@@ -585,7 +585,7 @@ impl Conn {
             };
             let take = avail.min(MAX_PULL);
             self.pull(take);
-            if let Err(e) = self.parse(ctx, u64::MAX) {
+            if let Err(e) = self.parse(ctx) {
                 return self.violate(e);
             }
             if take == avail {
@@ -600,28 +600,54 @@ impl Conn {
             return;
         }
         let rx = &self.rx;
-        self.reader.extend_with(n, |dst| rx.copy_out(0, dst));
+        self.reader.extend_with(n, |dst| rx.copy_into(0, dst));
         if self.rx.consume(n) {
             bell::ring(self.bell_to.as_raw_fd());
         }
     }
 
-    /// Handles complete records, at most `max_items` item records.
-    fn parse(&mut self, ctx: &mut Ctx<'_>, max_items: u64) -> Result<(), String> {
-        let mut items = 0;
-        while items < max_items {
-            match self.reader.next() {
-                Ok(Some(rec)) => {
-                    items += u64::from(rec.tag.is_item());
-                    self.book.on_record(rec, ctx)?;
+    /// Handles every complete record received.
+    fn parse(&mut self, ctx: &mut Ctx<'_>) -> Result<(), String> {
+        loop {
+            // Fast path: a run of answers for the front batch, copied at once.
+            if self.book.kill.is_none()
+                && let Some(front) = self.book.inflight.front()
+            {
+                let want = front.batch.count() - self.book.out_count;
+                let run = self.reader.scan_items(want).map_err(|e| e.to_string())?;
+                if run.count > 0 {
+                    ctx.counters.count_run(&run);
+                    let whole = (self.book.out_count == 0 && run.count == want)
+                        .then(|| self.reader.take_whole(run.bytes))
+                        .flatten();
+                    if let Some(buf) = whole {
+                        // The answers of the whole front batch, and nothing
+                        // else: hand the buffer on as it is.
+                        self.book.out = buf;
+                        self.book.out_count = run.count;
+                        self.book.flush_out(ctx);
+                        continue;
+                    }
+                    self.book.out.extend_from_slice(self.reader.take(run.bytes));
+                    self.book.out_count += run.count;
+                    if run.count == want {
+                        self.book.flush_out(ctx);
+                    }
+                    continue;
                 }
-                Ok(None) => break,
+            }
+            // Slow path, one record: control records, a killed item, errors.
+            match self.reader.next() {
+                Ok(Some(rec)) => self.book.on_record(rec, ctx)?,
+                Ok(None) => {
+                    // One big result must not pin its size for the
+                    // worker's lifetime.
+                    self.reader.release_idle();
+                    return Ok(());
+                }
                 Err(e) => return Err(e.to_string()),
             }
         }
-        // One big result must not pin its size for the worker's lifetime.
-        self.reader.release_idle();
-        Ok(())
     }
 
     /// Enforces time limits. Returns the next instant (coarse ns) at which
@@ -667,7 +693,9 @@ impl Conn {
         if opts.time_limit.is_none() && opts.soft_time_limit.is_none() {
             return None;
         }
-        let started = page.worker.started_ns.load(Ordering::Relaxed).min(now);
+        // Started no earlier than this, in real time (see clock::coarse_tick_ns).
+        let started =
+            page.worker.started_ns.load(Ordering::Relaxed).min(now) + clock::coarse_tick_ns();
         let mut next = None;
         let mut notify_soft = false;
         if let Some(soft) = opts.soft_time_limit {
@@ -752,14 +780,18 @@ impl Conn {
             || (self.orphaned && (self.gone || (self.hup && !self.pidfd_registered)))
     }
 
-    /// Closes the books of a dead worker: delivers every result it left,
-    /// charges the item it was running, and returns the batches whose items
-    /// never started, to be run elsewhere.
+    /// Closes the books of a dead worker: delivers every result it left
+    /// (a worker commits each record before it marks the item done), charges
+    /// every item it started without answering, and returns the batches
+    /// whose items never started, to be run elsewhere.
     pub(super) fn finalize(&mut self, ctx: &mut Ctx<'_>) -> Vec<Batch> {
-        self.pump_rx(ctx);
+        if self.violated.is_none() {
+            self.pump_rx(ctx);
+        } else {
+            self.salvage(ctx);
+        }
         let cur = self.page().worker.current.load(Ordering::Acquire);
         let (cseq, cstate) = (cur >> 2, cur & 3);
-        let was_running = cstate == RUNNING || cstate == KILL;
         // Items it started: those before `cseq`, and `cseq` itself unless
         // the word is still the initial "nothing started". A position past
         // what was sent is a lie; it cannot make us charge more than that.
@@ -768,35 +800,10 @@ impl Conn {
             _ => 0,
         }
         .min(self.next_seq);
-        if let Some(first) = self.book.first_undelivered() {
-            // Results of items that finished after the last publish. A
-            // worker caught breaking the protocol still gets its finished
-            // items' well-formed records delivered: only the item it was
-            // running when caught is not believed.
-            let done_through = match cstate {
-                DONE => cseq + 1,
-                _ if was_running => cseq,
-                _ => 0, // never started an item
-            };
-            let limit = done_through.saturating_sub(first);
-            if limit > 0 {
-                let tail = self.page().worker.tail.load(Ordering::Acquire);
-                match self.rx.available_until(tail) {
-                    Ok(n) => self.pull(n),
-                    Err(_) => self.violate("left an impossible result position"),
-                }
-                if let Err(e) = self.parse(ctx, limit) {
-                    self.violate(e);
-                }
-            }
-        }
-        if !self.book.inflight.is_empty() {
-            self.book.flush_out(ctx);
-        }
         // Every item it started and did not answer is charged: the running
-        // one with what killed it, any earlier one whose result could not
-        // be recovered with the crash too — it ran, so it must not run
-        // again. Items it never started go back to the queue.
+        // one with what killed it; an earlier one whose record could not be
+        // read (only after a protocol violation) with the crash too — it
+        // ran, so it must not run again. Items it never started are requeued.
         while let Some(first) = self.book.first_undelivered()
             && first < started_through
         {
@@ -830,6 +837,21 @@ impl Conn {
         }
         self.book.cancel_used = 0;
         requeue
+    }
+
+    /// After a protocol violation `pump_rx` believes nothing more; when the
+    /// worker is dead, the well-formed records it committed before the first
+    /// bad one are still delivered, so that only the item it was running
+    /// when caught is not believed. (If its ring position itself is
+    /// impossible, nothing more is read.)
+    fn salvage(&mut self, ctx: &mut Ctx<'_>) {
+        if let Ok(n) = self.rx.available() {
+            self.pull(n);
+            let _ = self.parse(ctx);
+        }
+        if !self.book.inflight.is_empty() {
+            self.book.flush_out(ctx);
+        }
     }
 
     /// Gives up on everything in flight (the pool is terminating): counts
