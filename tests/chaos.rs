@@ -44,10 +44,11 @@ static LEAK: AtomicUsize = AtomicUsize::new(0);
 
 /// Per-job run counters, in memory shared with every worker.
 static RUNS: AtomicPtr<AtomicU8> = AtomicPtr::new(std::ptr::null_mut());
-/// Pids of workers running a `Hang` job (shared too): the outside killer
-/// spares them, so that hangs meet their time limit.
-static HANGING: AtomicPtr<AtomicI32> = AtomicPtr::new(std::ptr::null_mut());
-const HANG_SLOTS: usize = 64;
+/// Pids of workers running a `Hang` or `Leak` job (shared too): the
+/// outside killer spares them, so that hangs meet their time limit and
+/// leaks their memory limit.
+static SPARED: AtomicPtr<AtomicI32> = AtomicPtr::new(std::ptr::null_mut());
+const SPARED_SLOTS: usize = 128;
 
 /// A fresh anonymous mapping shared with every process forked after it.
 fn shared_zeroed(bytes: usize) -> *mut libc::c_void {
@@ -66,12 +67,12 @@ fn shared_zeroed(bytes: usize) -> *mut libc::c_void {
     map
 }
 
-fn hanging() -> &'static [AtomicI32] {
-    let p = HANGING.load(Ordering::Relaxed);
+fn spared() -> &'static [AtomicI32] {
+    let p = SPARED.load(Ordering::Relaxed);
     assert!(!p.is_null());
-    // SAFETY: HANGING points at HANG_SLOTS counters mapped for the whole
+    // SAFETY: SPARED points at SPARED_SLOTS counters mapped for the whole
     // test process (never unmapped).
-    unsafe { std::slice::from_raw_parts(p, HANG_SLOTS) }
+    unsafe { std::slice::from_raw_parts(p, SPARED_SLOTS) }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,10 +115,14 @@ fn chaos_job(job: Job) -> u64 {
         // SAFETY: none: a null write on purpose.
         Kind::Segfault => unsafe { std::ptr::null_mut::<u64>().write_volatile(1) },
         Kind::Exit => std::process::exit(exit_code(job.id)),
-        Kind::Leak => std::mem::forget(vec![1u8; LEAK.load(Ordering::Relaxed)]),
+        Kind::Leak => {
+            let me = std::process::id() as i32;
+            spared()[job.id as usize % SPARED_SLOTS].store(me, Ordering::SeqCst);
+            std::mem::forget(vec![1u8; LEAK.load(Ordering::Relaxed)]);
+        }
         Kind::Hang => {
             let me = std::process::id() as i32;
-            hanging()[job.id as usize % HANG_SLOTS].store(me, Ordering::SeqCst);
+            spared()[job.id as usize % SPARED_SLOTS].store(me, Ordering::SeqCst);
             loop {
                 std::thread::sleep(Duration::from_secs(60));
             }
@@ -237,9 +242,9 @@ fn run_chaos(n: usize, seed: u64) {
     // One counter per job, shared with every process forked from here.
     let map = shared_zeroed(n);
     RUNS.store(map.cast(), Ordering::SeqCst);
-    if HANGING.load(Ordering::SeqCst).is_null() {
-        let slots = shared_zeroed(HANG_SLOTS * 4);
-        HANGING.store(slots.cast(), Ordering::SeqCst);
+    if SPARED.load(Ordering::SeqCst).is_null() {
+        let slots = shared_zeroed(SPARED_SLOTS * 4);
+        SPARED.store(slots.cast(), Ordering::SeqCst);
     }
     // SAFETY: n counters live in the mapping until the end of this function.
     let runs = unsafe { std::slice::from_raw_parts(map.cast::<AtomicU8>(), n) };
@@ -298,7 +303,7 @@ fn run_chaos(n: usize, seed: u64) {
                 // Workers: children of the fork server, and orphans of
                 // killed ones (re-parented to init; found by our pool's
                 // live count only, so they are left alone here).
-                let spared: Vec<i32> = hanging().iter().map(|p| p.load(Ordering::SeqCst)).collect();
+                let spared: Vec<i32> = spared().iter().map(|p| p.load(Ordering::SeqCst)).collect();
                 let workers: Vec<(i32, i32)> = zygotes
                     .iter()
                     .flat_map(|&z| children_of(z).into_iter().map(move |w| (z, w)))
