@@ -185,3 +185,43 @@ fn orphaned_workers_die_with_their_pool() {
         "orphans outlived their pool: {pids:?}"
     );
 }
+
+#[test]
+fn the_supervisor_serves_on_while_a_new_fork_server_waits_for_stdout() {
+    let pool = Pool::new(1).unwrap();
+    let zygote = fork_server(&pool);
+    let orphan = pool.apply(worker_pid, ()).unwrap();
+    // A caller thread holds the stdout lock, which forking a fork server
+    // needs (so that a job may print): the fork waits for it, the pool
+    // does not.
+    let out = std::io::stdout().lock();
+    sigkill(zygote);
+    assert!(wait_until(Duration::from_secs(10), || stat(zygote).is_none()));
+    for _ in 0..20 {
+        let h = pool.submit(worker_pid, ());
+        assert!(
+            h.wait_timeout(Duration::from_secs(10)),
+            "the supervisor blocked on the stdout lock"
+        );
+        assert_eq!(h.get(), Ok(orphan));
+    }
+    assert_eq!(
+        pool.stats().fork_server_restarts,
+        0,
+        "the fork waits for the lock"
+    );
+    drop(out);
+    assert!(
+        wait_until(Duration::from_secs(10), || pool
+            .stats()
+            .fork_server_restarts
+            == 1),
+        "{:?}",
+        pool.stats()
+    );
+    assert!(matches!(
+        pool.apply(abort, ()),
+        Err(JobError::Crashed { .. })
+    ));
+    assert_ne!(pool.apply(worker_pid, ()), Ok(orphan), "replaced");
+}

@@ -563,6 +563,9 @@ impl Supervisor {
         fence(Ordering::SeqCst);
         let room = self.pending.front().map_or(0, |b| b.items_len() + 64);
         let mut idle = self.cmds.is_empty();
+        // A new fork server forked (and rung for) just before we set the
+        // flag: take it now, its wake-up may have come too early.
+        idle &= !self.restart.as_ref().is_some_and(Restart::done);
         for c in &mut self.conns {
             idle &= c.prepare_sleep(room);
         }

@@ -53,6 +53,11 @@ impl Restart {
         Ok(Restart { rx })
     }
 
+    /// Whether the helper is done (its answer waits in the channel).
+    pub(super) fn done(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
     /// The new link, once the helper is done.
     pub(super) fn poll(&self) -> Option<io::Result<ZygoteLink>> {
         match self.rx.try_recv() {
