@@ -290,10 +290,10 @@ impl Supervisor {
 
     /// The fork server died (or broke the protocol). Its workers keep
     /// serving as orphans; `maintain` forks a new fork server. A worker it
-    /// was asked for but never confirmed is let go if it holds no job (if
-    /// it exists, it exits on its doorbell's end-of-file); one that holds
-    /// jobs is kept as an orphan known only by its pipe, whose end-of-file
-    /// closes its books.
+    /// was asked for but never confirmed (it may have died mid-`fork`) is
+    /// let go if it holds no job (if it exists, it exits on its doorbell's
+    /// end-of-file); one that holds jobs is asked to exit once it has
+    /// answered them, and is known until then by its pipe only.
     fn zygote_lost(&mut self) {
         if let Some(z) = self.zygote.take() {
             let _ = self.epoll.delete(z.fd());
@@ -304,6 +304,12 @@ impl Supervisor {
                 c.spawn_failed = true;
             } else {
                 c.orphaned = true;
+                if c.pid().is_none() {
+                    // Known by its pipe only: let it answer what it holds,
+                    // then exit (its pipe's end-of-file closes its books),
+                    // and count a replacement for it at once.
+                    c.request_exit();
+                }
             }
         }
     }
@@ -321,6 +327,13 @@ impl Supervisor {
         });
         match registered {
             Ok(link) => {
+                // The dead fork server's workers: the new one kills them
+                // too if the caller dies.
+                for c in self.conns.iter().filter(|c| c.orphaned) {
+                    if let (Some(pid), Some(fd)) = (c.pid(), c.pidfd()) {
+                        let _ = link.adopt(c.key, pid, fd);
+                    }
+                }
                 self.zygote = Some(link);
                 self.zygote_ready = true;
                 self.counters
