@@ -11,6 +11,7 @@
 //! panic in the supervisor — can leave a job unresolved: nothing hangs.
 
 use crate::error::JobError;
+use crate::gate::Ticket;
 use crate::job::{Call, JobId};
 use crate::wire;
 use std::sync::Arc;
@@ -67,6 +68,9 @@ pub(crate) struct Batch {
     pub opts: JobOpts,
     /// Set for a single cancellable job (`submit`).
     pub job: Option<JobId>,
+    /// Places in the pool's bounded queue (see `crate::gate`), held until
+    /// the items are handed to a worker or resolved.
+    pub ticket: Option<Box<Ticket>>,
 }
 
 impl Batch {
@@ -88,6 +92,7 @@ impl Batch {
             sink,
             opts,
             job,
+            ticket: None,
         }
     }
 
@@ -160,6 +165,10 @@ impl Batch {
             sink: self.sink.clone(),
             opts: self.opts,
             job: self.job,
+            ticket: self
+                .ticket
+                .as_mut()
+                .map(|t| Box::new(t.split(u64::from(n)))),
         };
         self.items.drain(..off);
         self.count -= n;

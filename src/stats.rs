@@ -35,6 +35,8 @@ pub struct Stats {
     /// Workers started to replace one that exited (crash, time limit,
     /// task or memory limit, cancellation).
     pub worker_restarts: u64,
+    /// Fork servers started to replace one that died (see `RELIABILITY.md`).
+    pub fork_server_restarts: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -50,6 +52,7 @@ pub(crate) struct Counters {
     pub codec_errors: AtomicU64,
     pub cancelled: AtomicU64,
     pub worker_restarts: AtomicU64,
+    pub fork_server_restarts: AtomicU64,
 }
 
 impl Counters {
@@ -65,6 +68,7 @@ impl Counters {
             codec_errors: self.codec_errors.load(Relaxed),
             cancelled: self.cancelled.load(Relaxed),
             worker_restarts: self.worker_restarts.load(Relaxed),
+            fork_server_restarts: self.fork_server_restarts.load(Relaxed),
         }
     }
 

@@ -56,6 +56,9 @@ const EXIT_PROTOCOL: i32 = 70;
 /// Exit code after the initializer panicked.
 const EXIT_INIT_FAILED: i32 = 1;
 
+/// Result buffer a worker keeps between frames.
+const SCRATCH_RETAIN: usize = 16 << 20;
+
 /// Whether the soft time limit of the running job has passed.
 ///
 /// A job with a soft limit ([`PoolBuilder::soft_time_limit`](crate::PoolBuilder::soft_time_limit))
@@ -377,6 +380,7 @@ impl Worker {
             self.run_batch(&body, None);
         }
         self.flush();
+        self.trim_scratch();
         self.check_memory();
     }
 
@@ -530,6 +534,15 @@ impl Worker {
         // result now rather than at the end of the batch.
         if self.outbox.consumer_asleep() {
             self.flush();
+        }
+    }
+
+    /// Frees the result buffer after a big result: its capacity would
+    /// otherwise stay resident (and count against the memory limit) for the
+    /// worker's lifetime.
+    fn trim_scratch(&mut self) {
+        if self.scratch.capacity() > SCRATCH_RETAIN {
+            self.scratch = Vec::new();
         }
     }
 

@@ -19,6 +19,7 @@
 
 mod conn;
 mod drive;
+mod restart;
 
 pub(crate) use drive::{Driver, HOT_SPIN, Submitter};
 
@@ -34,6 +35,7 @@ use conn::{Conn, Ctx};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use drive::Wake;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use restart::Restart;
 use std::collections::{HashMap, VecDeque};
 
 use std::sync::atomic::{Ordering, fence};
@@ -83,6 +85,7 @@ pub(crate) fn start(
         wake: wake.clone(),
         epoll: epoll.clone(),
         zygote: Some(zygote),
+        restart: None,
         zygote_ready: true,
         steps: 0,
         conns: Vec::new(),
@@ -125,6 +128,8 @@ struct Supervisor {
     wake: Arc<Wake>,
     epoll: Arc<Epoll>,
     zygote: Option<ZygoteLink>,
+    /// A new fork server being forked after the last one died.
+    restart: Option<Restart>,
     /// The fork server's socket is readable (polling it costs a system
     /// call, so only after the poller said so).
     zygote_ready: bool,
@@ -167,6 +172,9 @@ impl Supervisor {
         // caller helping (whom the poller does not wake) learns of a dead
         // worker without waiting for the supervisor thread.
         self.steps = self.steps.wrapping_add(1);
+        if self.restart.is_some() {
+            self.restarted();
+        }
         if std::mem::take(&mut self.zygote_ready) || self.steps.is_multiple_of(16) {
             self.zygote_events();
         }
@@ -255,13 +263,7 @@ impl Supervisor {
             let Some(z) = &self.zygote else { return };
             match z.poll() {
                 Polled::Empty => return,
-                Polled::Closed => {
-                    // The fork server died. Running workers keep serving;
-                    // none can be replaced.
-                    let _ = self.epoll.delete(z.fd());
-                    self.zygote = None;
-                    return;
-                }
+                Polled::Closed => return self.zygote_lost(),
                 Polled::Event(Event::Spawned { key, pid, pidfd }) => {
                     if let Some(c) = self.conns.iter_mut().find(|c| c.key == key) {
                         c.spawned(pid, pidfd);
@@ -286,10 +288,65 @@ impl Supervisor {
         }
     }
 
+    /// The fork server died (or broke the protocol). Its workers keep
+    /// serving as orphans; `maintain` forks a new fork server. A worker it
+    /// was asked for but never confirmed (it may have died mid-`fork`) is
+    /// let go if it holds no job (if it exists, it exits on its doorbell's
+    /// end-of-file); one that holds jobs is asked to exit once it has
+    /// answered them, and is known until then by its pipe only.
+    fn zygote_lost(&mut self) {
+        if let Some(z) = self.zygote.take() {
+            let _ = self.epoll.delete(z.fd());
+            drop(z); // reaps it (or, if it lives, stops it and then reaps it)
+        }
+        for c in &mut self.conns {
+            if c.pid().is_none() && !c.busy() {
+                c.spawn_failed = true;
+            } else {
+                c.orphaned = true;
+                if c.pid().is_none() {
+                    // Known by its pipe only: let it answer what it holds,
+                    // then exit (its pipe's end-of-file closes its books),
+                    // and count a replacement for it at once.
+                    c.request_exit();
+                }
+            }
+        }
+    }
+
+    /// Installs the new fork server once the helper has forked it.
+    fn restarted(&mut self) {
+        let Some(result) = self.restart.as_ref().and_then(Restart::poll) else {
+            return;
+        };
+        self.restart = None;
+        let registered = result.and_then(|link| {
+            let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_ZYGOTE);
+            self.epoll.add(link.fd(), ev)?;
+            Ok(link)
+        });
+        match registered {
+            Ok(link) => {
+                // The dead fork server's workers: the new one kills them
+                // too if the caller dies.
+                for c in self.conns.iter().filter(|c| c.orphaned) {
+                    if let (Some(pid), Some(fd)) = (c.pid(), c.pidfd()) {
+                        let _ = link.adopt(c.key, pid, fd);
+                    }
+                }
+                self.zygote = Some(link);
+                self.zygote_ready = true;
+                self.counters
+                    .fork_server_restarts
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.start_failed(format!("could not restart the fork server: {e}")),
+        }
+    }
+
     /// Takes in answers, continues streaming frames, and closes the books
     /// of workers that died.
     fn service_workers(&mut self) {
-        let zygote_alive = self.zygote.is_some();
         let mut i = 0;
         while i < self.conns.len() {
             let mut ctx = Ctx {
@@ -302,7 +359,7 @@ impl Supervisor {
             if c.is_ready() {
                 self.start_failures = 0;
             }
-            if !c.finished(zygote_alive) {
+            if !c.finished() {
                 i += 1;
                 continue;
             }
@@ -395,8 +452,11 @@ impl Supervisor {
             }
             let job = batch.job;
             let key = self.conns[i].key;
+            // Handed to a worker, the items leave the bounded queue.
+            let ticket = batch.ticket.take();
             match self.conns[i].try_send(batch) {
                 Ok(()) => {
+                    drop(ticket);
                     if let Some(id) = job {
                         self.dispatched_jobs.insert(id, key);
                     }
@@ -404,7 +464,8 @@ impl Supervisor {
                         self.conns[i].request_exit();
                     }
                 }
-                Err(batch) => {
+                Err(mut batch) => {
+                    batch.ticket = ticket;
                     self.pending.push_front(batch);
                     return;
                 }
@@ -432,13 +493,13 @@ impl Supervisor {
     /// Starts workers until the pool is at strength.
     fn maintain(&mut self) {
         if self.zygote.is_none() {
-            if !self.pending.is_empty() && !self.conns.iter().any(Conn::counts_toward_strength) {
-                let error = JobError::WorkerStart {
-                    message: "the fork server died and no worker is left".into(),
-                };
-                for mut batch in self.pending.drain(..) {
-                    self.counters.count_error(&error, u64::from(batch.count()));
-                    batch.fail(batch.count(), error.clone());
+            // Jobs wait for it; if forking it keeps failing, `start_failed`
+            // fails them rather than let them hang.
+            let idle = self.closing && self.pending.is_empty();
+            if self.restart.is_none() && !idle && clock::coarse_ns() >= self.spawn_after {
+                match Restart::begin(self.config.clone(), self.wake.clone()) {
+                    Ok(r) => self.restart = Some(r),
+                    Err(e) => self.start_failed(format!("could not restart the fork server: {e}")),
                 }
             }
             return;
@@ -515,6 +576,9 @@ impl Supervisor {
         fence(Ordering::SeqCst);
         let room = self.pending.front().map_or(0, |b| b.items_len() + 64);
         let mut idle = self.cmds.is_empty();
+        // A new fork server forked (and rung for) just before we set the
+        // flag: take it now, its wake-up may have come too early.
+        idle &= !self.restart.as_ref().is_some_and(Restart::done);
         for c in &mut self.conns {
             idle &= c.prepare_sleep(room);
         }
@@ -587,6 +651,9 @@ impl Supervisor {
         self.pending.clear();
         self.conns.clear();
         self.zygote = None;
+        if let Some(r) = self.restart.take() {
+            r.abandon();
+        }
         // From now on a send fails at once and its batch resolves as
         // cancelled on the sender's side.
         let cmds = std::mem::replace(&mut self.cmds, crossbeam_channel::never());
