@@ -48,9 +48,12 @@ fn fds_of_a_started_program() -> Vec<u32> {
         .spawn()
         .expect("start sleep");
     let pid = child.id().to_string();
-    // Wait for the exec to have happened (the comm changes to "sleep").
+    // Wait for the program to be asleep: right after exec the dynamic
+    // loader briefly holds descriptors of its own (the libraries it maps).
     let execed = wait_until(Duration::from_secs(10), || {
         std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+            && std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+                .is_ok_and(|w| w.contains("nanosleep"))
     });
     let fds = fd_numbers(&pid);
     child.kill().unwrap();
