@@ -84,6 +84,7 @@ mod out;
 mod pool;
 mod ring;
 mod shm;
+mod spin;
 mod stats;
 mod supervisor;
 mod wire;

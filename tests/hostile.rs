@@ -20,8 +20,9 @@ const BELL_OUT: i32 = 4;
 const BELL: u8 = 0xB1;
 /// Default ring size, and where the ring to the supervisor sits.
 const RING: u64 = 2 << 20;
-/// Offset in the status page of the result ring's published write position.
-const RESULT_WRITE_POS: usize = 896;
+/// Offset in the status page of the result ring's published write position
+/// (asserted at compile time in src/shm.rs).
+const RESULT_WRITE_POS: usize = 960;
 
 fn killed_by_supervisor() -> JobError {
     JobError::Crashed {

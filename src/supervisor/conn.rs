@@ -508,10 +508,21 @@ impl Conn {
     }
 
     /// Makes what was written visible to the worker, waking it if it sleeps.
-    pub(super) fn publish(&mut self) {
+    /// Also records the CPU of the stepping thread, which the worker checks
+    /// before it spins for its next frame (see `crate::spin`).
+    pub(super) fn publish(&mut self, cpu: u32) {
+        let driver_cpu = &self.page().driver_cpu.0;
+        if driver_cpu.load(Ordering::Relaxed) != cpu {
+            driver_cpu.store(cpu, Ordering::Relaxed);
+        }
         if self.tx.publish() {
             bell::ring(self.bell_to.as_raw_fd());
         }
+    }
+
+    /// The CPU the worker last ran on as it waited for work.
+    pub(super) fn worker_cpu(&self) -> u32 {
+        self.page().worker.cpu.load(Ordering::Relaxed)
     }
 
     /// Reads the doorbell after the poller flagged it.

@@ -21,7 +21,7 @@ mod conn;
 mod drive;
 mod restart;
 
-pub(crate) use drive::{Driver, HOT_SPIN, Submitter};
+pub(crate) use drive::{Driver, Submitter};
 
 use crate::batch::Batch;
 use crate::bell::Drained;
@@ -29,6 +29,7 @@ use crate::clock;
 use crate::error::{Error, JobError};
 use crate::job::JobId;
 use crate::pool::Config;
+use crate::spin;
 use crate::stats::Counters;
 use crate::zygote::{Event, Polled, ZygoteLink};
 use conn::{Conn, Ctx};
@@ -188,8 +189,9 @@ impl Supervisor {
             }
             self.conns.iter_mut().for_each(Conn::request_exit);
         }
+        let cpu = spin::current_cpu();
         for c in &mut self.conns {
-            c.publish();
+            c.publish(cpu);
         }
         self.update_live();
         true
@@ -634,6 +636,11 @@ impl Supervisor {
         for c in &self.conns {
             c.awake();
         }
+    }
+
+    /// Whether a worker with work in flight last ran on `cpu`.
+    fn busy_worker_on(&self, cpu: u32) -> bool {
+        self.conns.iter().any(|c| c.busy() && c.worker_cpu() == cpu)
     }
 
     /// Ends the pool: kills every worker, resolves every job left as
