@@ -127,14 +127,13 @@ mod tests {
 
     #[test]
     fn a_wait_ends_at_its_budget() {
-        let w = Wait::new(Duration::from_millis(2));
         let start = Instant::now();
+        let w = Wait::new(Duration::from_millis(2));
         let mut pauses = 0;
         while w.pause(NO_CPU) {
             pauses += 1;
         }
         assert!(start.elapsed() >= Duration::from_millis(2));
         assert!(pauses > 0);
-        assert!(current_cpu() != NO_CPU || w.cpu() == NO_CPU);
     }
 }
