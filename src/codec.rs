@@ -15,6 +15,7 @@ use bincode::Options;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+#[inline]
 fn options() -> impl Options {
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
@@ -22,6 +23,7 @@ fn options() -> impl Options {
 }
 
 /// Appends the encoding of `value` to `out`.
+#[inline]
 pub(crate) fn encode_into<W: std::io::Write, T: Serialize + ?Sized>(
     out: W,
     value: &T,
@@ -32,6 +34,7 @@ pub(crate) fn encode_into<W: std::io::Write, T: Serialize + ?Sized>(
 }
 
 /// Decodes one `T` that spans all of `bytes`.
+#[inline]
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     options()
         .deserialize(bytes)

@@ -194,6 +194,14 @@ where
     let mut batcher = Batcher::new(pool, Call::new(f), sink, chunk);
     let mut out = Collector::with_capacity(estimate);
     let mut total = 0u64;
+    // The calling thread hands its batches to workers and takes their
+    // answers itself (see `supervisor::drive`): the bytes then cross
+    // between cores once each way instead of twice, and the supervisor
+    // thread can sleep through the map.
+    let send = |batch: Batch| {
+        shared.submit(batch, true);
+        shared.driver.step_once();
+    };
     let mut sent = false;
     for item in input {
         let index = total;
@@ -201,13 +209,13 @@ where
         match batcher.push(index, &item) {
             Err(e) => {
                 if let Some(b) = batcher.take() {
-                    shared.submit_batch(b);
+                    send(b);
                 }
                 refused(pool, &e);
                 out.accept(index, Outcome::Failed { count: 1, error: e });
             }
             Ok(()) if batcher.is_full() => {
-                shared.submit_batch(batcher.take().expect("full batch"));
+                send(batcher.take().expect("full batch"));
                 sent = true;
             }
             Ok(()) => {}
@@ -221,10 +229,17 @@ where
         }
     }
     if let Some(b) = batcher.take() {
-        shared.submit_batch(b);
+        send(b);
     }
     drop(batcher);
     while out.resolved < total {
+        while let Ok((base, outcome)) = rx.try_recv() {
+            out.accept(base, outcome);
+        }
+        if out.resolved == total {
+            break;
+        }
+        shared.driver.help_until(&|| !rx.is_empty());
         // Every batch resolves exactly once (see `batch`), so this ends.
         let Ok((base, outcome)) = rx.recv() else {
             break;
@@ -311,24 +326,41 @@ impl<R: DeserializeOwned> Collector<R> {
             return;
         };
         // The hot loop of `map`: decode each record straight into its slot.
+        // The supervisor validated the records; a short buffer still just
+        // ends the loop (the missing items stay unresolved: `finish` says so).
         let first = base as usize;
         let end = first + count as usize;
         if self.slots.len() < end {
             self.slots.resize_with(end, MaybeUninit::uninit);
             self.filled.resize(end.div_ceil(64), 0);
         }
-        for (i, rec) in (first..end).zip(wire::records(&buf)) {
-            let decoded = if rec.tag == wire::Tag::Ok {
-                codec::decode::<R>(rec.body).map_err(|e| JobError::Codec(format!("result: {e}")))
-            } else {
-                decode_result::<R>(rec)
+        let mut rest = &buf[..];
+        for i in first..end {
+            let Some(h) = rest.get(..wire::HEADER) else {
+                break;
             };
+            let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            let Some(body) = rest.get(wire::HEADER..wire::HEADER + len) else {
+                break;
+            };
+            let decoded = if h[4] == wire::Tag::Ok as u8 {
+                codec::decode::<R>(body).map_err(|e| JobError::Codec(format!("result: {e}")))
+            } else {
+                match wire::records(&rest[..wire::HEADER + len]).next() {
+                    Some(rec) => decode_result::<R>(rec),
+                    None => Err(JobError::Codec("malformed record".into())),
+                }
+            };
+            rest = &rest[wire::HEADER + len..];
             match decoded {
-                Ok(v) if !self.is_filled(i) => {
+                Ok(v) => {
+                    debug_assert!(!self.is_filled(i), "item {i} delivered twice");
+                    if self.is_filled(i) {
+                        continue;
+                    }
                     self.slots[i].write(v);
                     self.filled[i / 64] |= 1 << (i % 64);
                 }
-                Ok(_) => debug_assert!(false, "item {i} delivered twice"),
                 Err(e) => self.fail(i as u64, e),
             }
         }

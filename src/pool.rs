@@ -291,11 +291,19 @@ impl Shared {
     /// the batch already holds its places); `quiet` leaves the supervisor
     /// thread asleep, for a caller that helps right away. If the pool
     /// closes while it waits, its items fail with `PoolClosed`.
-    fn submit(&self, mut batch: Batch, quiet: bool) {
+    pub(crate) fn submit(&self, mut batch: Batch, quiet: bool) {
         if let Some(gate) = &self.gate
             && batch.ticket.is_none()
         {
-            match gate.acquire(u64::from(batch.count())) {
+            let n = u64::from(batch.count());
+            // Before blocking on a full queue, make sure the supervisor is
+            // awake to drain it: a quiet submitter may be the only one who
+            // would otherwise have stepped it.
+            let admitted = gate.try_acquire(n).or_else(|_| {
+                self.submitter.nudge();
+                gate.acquire(n)
+            });
+            match admitted {
                 Ok(t) => batch.ticket = Some(Box::new(t)),
                 Err(_) => return batch.fail(batch.count(), JobError::PoolClosed),
             }

@@ -21,6 +21,9 @@ use std::mem::MaybeUninit;
 use std::ptr;
 use std::sync::atomic::{Ordering, fence};
 
+/// [`Producer::space`] looks at the consumer's position again below this.
+const SPACE_REFRESH: usize = 64 * 1024;
+
 /// The other side left the ring's positions in an impossible state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Corrupt;
@@ -127,7 +130,12 @@ impl Producer {
     /// mirrored mapping — for writing in place: its start and length.
     /// Nothing is written or claimed until [`advance`](Self::advance).
     pub(crate) fn space(&mut self) -> (*mut u8, usize) {
-        let free = self.free().unwrap_or(0);
+        // The consumer's read position sits on a line the other process
+        // writes: read it only when the space last seen runs low.
+        let mut free = (self.size - (self.local - self.read_seen)) as usize;
+        if free < SPACE_REFRESH {
+            free = self.free().unwrap_or(0);
+        }
         let at = (self.local & self.mask) as usize;
         // SAFETY: at < size, inside the mapping.
         (unsafe { self.data.add(at) }, free)

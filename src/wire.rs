@@ -58,6 +58,7 @@ pub(crate) enum Tag {
 }
 
 impl Tag {
+    #[inline]
     fn from_u8(b: u8) -> Option<Tag> {
         Some(match b {
             0x01 => Tag::Batch,
@@ -114,6 +115,7 @@ pub(crate) fn header(tag: Tag, len: u32) -> [u8; HEADER] {
 }
 
 /// Splits the 5 header bytes into (length, raw tag).
+#[inline]
 pub(crate) fn split_header(h: [u8; HEADER]) -> (u32, u8) {
     (u32::from_le_bytes([h[0], h[1], h[2], h[3]]), h[4])
 }
@@ -203,6 +205,7 @@ impl BatchHeader {
 }
 
 /// Appends one item `[len: u32][bytes]` whose bytes `encode` writes.
+#[inline]
 pub(crate) fn push_item(
     items: &mut Vec<u8>,
     encode: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
@@ -266,6 +269,7 @@ pub(crate) struct Record<'a> {
 }
 
 /// Iterates records in a buffer the supervisor already validated.
+#[inline]
 pub(crate) fn records(buf: &[u8]) -> impl Iterator<Item = Record<'_>> {
     let mut rest = buf;
     std::iter::from_fn(move || {

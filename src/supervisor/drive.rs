@@ -84,6 +84,11 @@ impl Submitter {
         Ok(())
     }
 
+    /// Wakes the supervisor thread if it sleeps.
+    pub(crate) fn nudge(&self) {
+        self.wake.notify();
+    }
+
     /// Sends a command without waking anyone: for a caller that is about to
     /// [`Driver::help_until`] it is taken care of.
     pub(crate) fn send_quiet(&self, cmd: Command) -> Result<(), Command> {
@@ -124,6 +129,23 @@ impl Driver {
             budget: help_budget(),
             helping: AtomicBool::new(false),
         }
+    }
+
+    /// Takes one supervisor step on this thread, if no one else is helping
+    /// (then that helper, or the supervisor thread it wakes, takes care of
+    /// what this caller sent quietly).
+    pub(crate) fn step_once(&self) {
+        if self.helping.swap(true, Ordering::Acquire) {
+            self.wake.notify();
+            return;
+        }
+        if let Ok(mut sup) = self.core.try_lock() {
+            sup.helping();
+            sup.step();
+        } else {
+            self.wake.notify();
+        }
+        self.helping.store(false, Ordering::Release);
     }
 
     /// Steps the supervisor on this thread until `done()` or the help budget
