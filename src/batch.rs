@@ -2,8 +2,10 @@
 //!
 //! This is the unit the pool's front (`submit`, `map`, `imap`) hands to the
 //! supervisor, and the small internal interface higher layers build on: a
-//! function ([`Call`]), encoded arguments, per-job options, and a [`Sink`]
-//! that receives each item's outcome.
+//! function ([`Call`]), encoded arguments, per-job options ([`JobOpts`]:
+//! time limits, a start time, an expiry), and a [`Sink`] that receives each
+//! item's outcome. A function may also have a dispatch [`Gate`] (see
+//! `gate.rs`), which the supervisor attaches by itself.
 //!
 //! A `Batch` always describes the items *not yet delivered*: delivering
 //! items advances it, and whatever is left when it is dropped is delivered
@@ -11,6 +13,7 @@
 //! panic in the supervisor — can leave a job unresolved: nothing hangs.
 
 use crate::error::JobError;
+use crate::gate::Gate;
 use crate::job::{Call, JobId};
 use crate::wire;
 use std::sync::Arc;
@@ -41,6 +44,13 @@ pub(crate) trait Sink: Send + Sync {
     /// Resolves the (single) job as cancelled right away, ahead of the
     /// worker's own answer. Returns false if it was already resolved.
     fn cancel_now(&self) -> bool {
+        self.fail_now(JobError::Cancelled)
+    }
+
+    /// Resolves the (single) job with `error` right away, ahead of the
+    /// worker's own answer (which will be a skip). Returns false if it was
+    /// already resolved, or if this sink cannot be resolved early.
+    fn fail_now(&self, _error: JobError) -> bool {
         false
     }
 }
@@ -52,6 +62,12 @@ pub(crate) struct JobOpts {
     pub time_limit: Option<Duration>,
     /// Soft limit per item: the job is told it is over time.
     pub soft_time_limit: Option<Duration>,
+    /// Coarse-clock instant before which no item starts: until then the
+    /// batch waits in the supervisor's timers, not in a worker.
+    pub not_before: Option<u64>,
+    /// Coarse-clock instant after which an item that has not started never
+    /// runs: it resolves to [`JobError::Expired`].
+    pub expires_at: Option<u64>,
 }
 
 /// Undelivered items of one submission, with everything needed to run them.
@@ -67,6 +83,10 @@ pub(crate) struct Batch {
     pub opts: JobOpts,
     /// Set for a single cancellable job (`submit`).
     pub job: Option<JobId>,
+    /// The dispatch gate of the batch's function, attached by the supervisor.
+    pub gate: Option<Arc<dyn Gate>>,
+    /// The gate already gave this batch a start time it waited for.
+    pub gate_waited: bool,
 }
 
 impl Batch {
@@ -88,6 +108,8 @@ impl Batch {
             sink,
             opts,
             job,
+            gate: None,
+            gate_waited: false,
         }
     }
 
@@ -160,6 +182,8 @@ impl Batch {
             sink: self.sink.clone(),
             opts: self.opts,
             job: self.job,
+            gate: self.gate.clone(),
+            gate_waited: self.gate_waited,
         };
         self.items.drain(..off);
         self.count -= n;

@@ -6,6 +6,7 @@
 //! cheap enough to read once per item. Its resolution (one scheduler tick,
 //! 1–4 ms) is far below any sensible time limit.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Nanoseconds on the coarse monotonic clock.
@@ -23,4 +24,24 @@ pub(crate) fn coarse_ns() -> u64 {
 /// A duration in nanoseconds, saturating.
 pub(crate) fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The coarse-clock instant by which `after` has surely passed: the coarse
+/// clock lags real time by up to one tick, so one tick is added.
+pub(crate) fn coarse_deadline(after: Duration) -> u64 {
+    static TICK: OnceLock<u64> = OnceLock::new();
+    let tick = *TICK.get_or_init(|| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_getres writes into a local timespec.
+        let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } == 0;
+        if ok {
+            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        } else {
+            10_000_000
+        }
+    });
+    coarse_ns().saturating_add(ns(after)).saturating_add(tick)
 }

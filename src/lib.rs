@@ -70,23 +70,38 @@
 
 mod batch;
 mod bell;
+mod callbacks;
 mod clock;
 mod codec;
 mod error;
+mod gate;
 mod job;
+mod layers;
 mod map;
 mod pool;
+mod progress;
+mod progress_bar;
+mod rate;
+mod results;
+mod retry;
 mod ring;
 mod shm;
+mod signature;
 mod stats;
 mod supervisor;
 mod wire;
 mod worker;
 mod zygote;
 
+pub use callbacks::Failure;
 pub use error::{Error, JobError};
 pub use job::{JobHandle, JobId};
 pub use map::{Imap, ImapUnordered};
 pub use pool::{Pool, PoolBuilder};
+pub use progress::{Progress, report_progress};
+pub use rate::{RateLimit, RateLimitError};
+pub use results::JobStatus;
+pub use retry::{RetryOn, RetryPolicy};
+pub use signature::{Expiry, Job, NoError};
 pub use stats::Stats;
 pub use worker::soft_time_limit_exceeded;

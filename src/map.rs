@@ -14,6 +14,7 @@ use crate::codec;
 use crate::error::{Error, JobError};
 use crate::job::{Call, decode_result};
 use crate::pool::Pool;
+use crate::progress_bar::Bar;
 use crate::wire;
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
@@ -182,6 +183,10 @@ where
     let (sink, rx) = stream();
     let mut batcher = Batcher::new(pool, Call::new(f), sink, chunk);
     let mut out = Collector::with_capacity(estimate);
+    let bar = Bar::new(
+        shared.layers.progress_bar,
+        (hi == Some(lo)).then_some(lo as u64),
+    );
     let mut total = 0u64;
     for item in input {
         let index = total;
@@ -199,6 +204,7 @@ where
         }
         while let Ok((base, outcome)) = rx.try_recv() {
             out.accept(base, outcome);
+            bar.set(out.resolved);
         }
     }
     if let Some(b) = batcher.take() {
@@ -211,7 +217,9 @@ where
             break;
         };
         out.accept(base, outcome);
+        bar.set(out.resolved);
     }
+    bar.finish();
     out.finish(total)
 }
 
@@ -283,6 +291,7 @@ struct Stream<I: Iterator, R> {
     /// Unordered: results in arrival order.
     ready: VecDeque<Result<R, JobError>>,
     closed: bool,
+    bar: Bar,
     _input: PhantomData<fn(I::Item)>,
 }
 
@@ -299,6 +308,11 @@ where
         let (sink, rx) = stream();
         let batcher = Batcher::new(&pool, Call::new(f), sink, chunk);
         let closed = pool.shared.is_closed();
+        let (lo, hi) = input.size_hint();
+        let bar = Bar::new(
+            pool.shared.layers.progress_bar,
+            (hi == Some(lo)).then_some(lo as u64),
+        );
         Stream {
             pool,
             input: Some(input.fuse()),
@@ -311,6 +325,7 @@ where
             slots: VecDeque::new(),
             ready: VecDeque::new(),
             closed,
+            bar,
             _input: PhantomData,
         }
     }
@@ -378,11 +393,12 @@ where
             }
             self.fill();
             if self.pulled == self.yielded {
+                self.bar.finish();
                 return None;
             }
             let (base, outcome) = self.rx.recv().ok()?;
             let mut got = Vec::new();
-            unpack(base, outcome, |i, r| got.push((i, r)));
+            self.bar.inc(unpack(base, outcome, |i, r| got.push((i, r))));
             for (i, r) in got {
                 self.place(i, r);
             }

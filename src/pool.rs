@@ -8,11 +8,13 @@
 use crate::batch::{Batch, JobOpts};
 use crate::codec;
 use crate::error::{Error, JobError};
+use crate::gate::Gates;
 use crate::job::{Call, JobHandle, JobId, Slot};
+use crate::layers::{LayerSettings, Layers};
 use crate::map::{self, Imap, ImapUnordered};
 use crate::shm;
 use crate::stats::{Counters, Stats};
-use crate::supervisor::{self, Command, Submitter};
+use crate::supervisor::{self, Command, Submitter, Whereabouts};
 use crate::wire;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -42,6 +44,7 @@ impl Config {
         JobOpts {
             time_limit: self.time_limit,
             soft_time_limit: self.soft_time_limit,
+            ..JobOpts::default()
         }
     }
 }
@@ -69,6 +72,9 @@ pub struct PoolBuilder {
     initializer: Option<fn()>,
     chunk_size: Option<usize>,
     max_message_size: u64,
+    /// Settings of the layers above the core (retries, results, rate
+    /// limits, progress bar): see `layers.rs`.
+    pub(crate) layers: LayerSettings,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -82,6 +88,7 @@ impl fmt::Debug for PoolBuilder {
             .field("initializer", &self.initializer.is_some())
             .field("chunk_size", &self.chunk_size)
             .field("max_message_size", &self.max_message_size)
+            .field("layers", &self.layers)
             .finish()
     }
 }
@@ -97,6 +104,7 @@ impl Default for PoolBuilder {
             initializer: None,
             chunk_size: None,
             max_message_size: wire::DEFAULT_MAX_MESSAGE,
+            layers: LayerSettings::default(),
         }
     }
 }
@@ -160,9 +168,11 @@ impl PoolBuilder {
     }
 
     /// Forks the fork server and starts the pool.
-    pub fn build(self) -> Result<Pool, Error> {
+    pub fn build(mut self) -> Result<Pool, Error> {
+        let layers = std::mem::take(&mut self.layers);
+        layers.validate()?;
         let config = self.validate()?;
-        Pool::start(config)
+        Pool::start(config, layers)
     }
 
     fn validate(self) -> Result<Config, Error> {
@@ -231,12 +241,14 @@ impl fmt::Debug for Pool {
 
 /// State shared by every handle of one pool.
 pub(crate) struct Shared {
-    submitter: Submitter,
+    pub(crate) submitter: Submitter,
     pub(crate) counters: Arc<Counters>,
     pub(crate) config: Arc<Config>,
     closed: AtomicBool,
     next_id: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// State of the layers above the core (results, callbacks, rate limits).
+    pub(crate) layers: Layers,
 }
 
 impl Shared {
@@ -251,6 +263,30 @@ impl Shared {
         if self.submitter.send(Command::Submit(batch)).is_err() {
             self.counters.cancelled.fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// A fresh job id.
+    pub(crate) fn next_job_id(&self) -> JobId {
+        JobId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Asks the supervisor where single job `id` is now.
+    pub(crate) fn inspect(&self, id: JobId) -> Whereabouts {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self
+            .submitter
+            .send(Command::Inspect { id, reply: tx })
+            .is_err()
+        {
+            return Whereabouts::Elsewhere;
+        }
+        rx.recv().unwrap_or(Whereabouts::Elsewhere)
+    }
+
+    /// Tells the supervisor that job `id`, cancelled before dispatch, can
+    /// be dropped from its timers.
+    pub(crate) fn discard(&self, id: JobId) {
+        let _ = self.submitter.send(Command::Discard(id));
     }
 
     /// Asks the supervisor to cancel a job already handed to it.
@@ -272,6 +308,11 @@ impl Shared {
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(handle) = handle else { return true };
         let _ = self.submitter.send(cmd);
+        if handle.thread().id() == std::thread::current().id() {
+            // The last handle went with something the supervisor dropped
+            // (a job's callback that held a Pool): it ends on the command.
+            return true;
+        }
         handle.join().is_ok()
     }
 }
@@ -294,10 +335,12 @@ impl Pool {
         PoolBuilder::default()
     }
 
-    fn start(config: Config) -> Result<Pool, Error> {
+    fn start(config: Config, layers: LayerSettings) -> Result<Pool, Error> {
         let config = Arc::new(config);
         let counters = Arc::new(Counters::default());
-        let (submitter, thread) = supervisor::start(config.clone(), counters.clone())?;
+        let gates = Arc::new(Gates::default());
+        let layers = Layers::new(layers, gates.clone());
+        let (submitter, thread) = supervisor::start(config.clone(), counters.clone(), gates)?;
         Ok(Pool {
             shared: Arc::new(Shared {
                 submitter,
@@ -306,6 +349,7 @@ impl Pool {
                 closed: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
                 thread: Mutex::new(Some(thread)),
+                layers,
             }),
         })
     }
@@ -318,12 +362,17 @@ impl Pool {
     /// Runs `f(arg)` in a worker; returns at once with a handle to the result.
     ///
     /// Submitting to a closed pool gives a handle that resolves to
-    /// [`JobError::PoolClosed`].
+    /// [`JobError::PoolClosed`]. The pool's default retry policy
+    /// ([`PoolBuilder::retry`]) applies; for other options, build the job
+    /// with [`Pool::job`].
     pub fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> JobHandle<R>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        if self.shared.layers.retry.is_some() {
+            return self.job(f).submit(arg);
+        }
         let shared = &self.shared;
         let id = JobId(shared.next_id.fetch_add(1, Ordering::Relaxed));
         let slot = Arc::new(Slot::new(id));
@@ -421,9 +470,15 @@ impl Pool {
 
     /// Closes the pool, waits for every submitted job to finish, then for
     /// the workers to exit.
+    ///
+    /// Jobs waiting for a countdown, an ETA or a retry are waited for too
+    /// (cancel them, or use [`terminate`](Pool::terminate), not to wait),
+    /// and so are the success and error callbacks of finished jobs.
     pub fn join(self) -> Result<(), Error> {
         self.close();
-        if self.shared.shutdown(Command::Join) {
+        let ended = self.shared.shutdown(Command::Join);
+        self.shared.layers.callbacks.finish();
+        if ended {
             Ok(())
         } else {
             Err(Error::Io(std::io::Error::other(

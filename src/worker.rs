@@ -76,6 +76,19 @@ pub fn soft_time_limit_exceeded() -> bool {
     unsafe { &*page }.soft_expired.0.load(Ordering::Acquire) == cur
 }
 
+/// The status page and `seq + 1` of the item this worker is running, when
+/// called from inside a job; `None` anywhere else (the caller, a worker
+/// between items).
+pub(crate) fn running_item() -> Option<(&'static StatusPage, u64)> {
+    let page = PAGE.load(Ordering::Acquire);
+    let cur = CURRENT.load(Ordering::Relaxed);
+    if page.is_null() || cur == 0 {
+        return None;
+    }
+    // SAFETY: PAGE is only set in a worker, to its leaked, never-unmapped region.
+    Some((unsafe { &*page }, cur))
+}
+
 thread_local! {
     /// True while this thread runs user code whose panics we report.
     static IN_JOB: Cell<bool> = const { Cell::new(false) };
