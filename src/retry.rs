@@ -257,9 +257,8 @@ impl RetrySink {
         {
             return false;
         }
-        let now = clock::coarse_ns();
         let delay = self.policy.delay_with_jitter(retry);
-        let at = now.saturating_add(clock::ns(delay));
+        let at = clock::coarse_deadline(delay);
         if self.opts.expires_at.is_some_and(|exp| at >= exp) {
             return false;
         }
