@@ -37,6 +37,47 @@
 //! }
 //! ```
 //!
+//! # Job options
+//!
+//! [`Pool::job`] (or [`Pool::try_job`] for a fallible `fn(A) -> Result<T, E>`)
+//! gives a [`Job`]: the function with Celery-style options — a countdown
+//! or ETA, an expiry, per-job time limits, a [`RetryPolicy`], success and
+//! error callbacks, a [`RateLimit`], `ignore_result` — submitted for a
+//! handle, [detached](Job::detach) for an id ([`Pool::status`],
+//! [`Pool::take_result`]), or [spawned](Job::spawn) and forgotten. A job
+//! can report how far it is with [`report_progress`].
+//!
+//! ```
+//! use forkpool::{Failure, JobStatus, Pool, RetryPolicy};
+//! use std::time::Duration;
+//!
+//! fn fetch(page: u32) -> Result<String, String> {
+//!     if page == 0 { Err("no page 0".into()) } else { Ok(format!("page {page}")) }
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let pool = Pool::builder().workers(2).rate_limit(fetch, "20/s".parse()?).build()?;
+//!     let job = pool
+//!         .try_job(fetch)
+//!         .retry(RetryPolicy::new(2).backoff(Duration::from_millis(10)))
+//!         .expires(Duration::from_secs(60))
+//!         .on_error(|f: &Failure<String>| eprintln!("fetch failed: {f}"));
+//!
+//!     assert_eq!(job.submit(1).get()?, Ok("page 1".to_string()));
+//!     let handle = job.submit(0);
+//!     assert_eq!(handle.get()?, Err("no page 0".to_string())); // typed, after 3 attempts
+//!
+//!     let id = job.detach(2); // a web handler returns this id ...
+//!     while !matches!(pool.status(id), JobStatus::Succeeded | JobStatus::Failed) {
+//!         std::thread::sleep(Duration::from_millis(10)); // ... a later request polls
+//!     }
+//!     let page: Result<String, String> = pool.take_result(id).unwrap()?;
+//!     assert_eq!(page, Ok("page 2".to_string()));
+//!     pool.join()?;
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # How it works
 //!
 //! Building a pool forks a single-threaded *fork server* (zygote) from the
