@@ -242,3 +242,26 @@ fn the_pools_default_policy_applies_to_submit_and_can_be_overridden() {
     assert!(matches!(h.get(), Err(JobError::Crashed { .. })));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn join_waits_for_retries() {
+    let pool = Pool::new(1).unwrap();
+    let dir = temp_dir("retry-join");
+    let quick = pool
+        .job(flaky_plain)
+        .retry(RetryPolicy::new(2))
+        .submit(args(&dir, 1, Fail::Abort));
+    let dir2 = temp_dir("retry-join-delay");
+    let delayed = pool
+        .job(flaky_plain)
+        .retry(RetryPolicy::new(2).delay(Duration::from_millis(300)))
+        .submit(args(&dir2, 1, Fail::Panic));
+    pool.join().unwrap();
+    assert!(
+        quick.is_ready() && delayed.is_ready(),
+        "joined before a retry ran"
+    );
+    assert_eq!((quick.get(), delayed.get()), (Ok(2), Ok(2)));
+    std::fs::remove_dir_all(dir).unwrap();
+    std::fs::remove_dir_all(dir2).unwrap();
+}

@@ -235,12 +235,14 @@ impl Supervisor {
                 (a, b) => a.or(b),
             };
             self.maintain();
-            // A retry resubmits through the command queue: it must land
-            // before the pool may count itself done.
+            // A retry resubmits through the command queue while results are
+            // taken in: take it in before the pool may count itself done.
+            if self.joining && !self.commands() {
+                return;
+            }
             if self.joining
                 && self.pending.is_empty()
                 && self.timers.is_empty()
-                && self.cmds.is_empty()
                 && !self.conns.iter().any(Conn::busy)
             {
                 if self.conns.is_empty() {
