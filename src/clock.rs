@@ -6,7 +6,6 @@
 //! cheap enough to read once per item. Its resolution (one scheduler tick,
 //! 1–4 ms) is far below any sensible time limit.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Nanoseconds on the coarse monotonic clock.
@@ -21,16 +20,12 @@ pub(crate) fn coarse_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// A duration in nanoseconds, saturating.
-pub(crate) fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// The coarse-clock instant by which `after` has surely passed: the coarse
-/// clock lags real time by up to one tick, so one tick is added.
-pub(crate) fn coarse_deadline(after: Duration) -> u64 {
-    static TICK: OnceLock<u64> = OnceLock::new();
-    let tick = *TICK.get_or_init(|| {
+/// The coarse clock's resolution (one scheduler tick). A start time read
+/// from it can be up to this much earlier than the real start, so a
+/// deadline adds it to fire never before the limit, at most a tick after.
+pub(crate) fn coarse_tick_ns() -> u64 {
+    static TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICK.get_or_init(|| {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -40,8 +35,20 @@ pub(crate) fn coarse_deadline(after: Duration) -> u64 {
         if ok {
             ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
         } else {
-            10_000_000
+            4_000_000
         }
-    });
-    coarse_ns().saturating_add(ns(after)).saturating_add(tick)
+    })
+}
+
+/// A duration in nanoseconds, saturating.
+pub(crate) fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The coarse-clock instant by which `after` has surely passed: the coarse
+/// clock lags real time by up to one tick, so one tick is added.
+pub(crate) fn coarse_deadline(after: Duration) -> u64 {
+    coarse_ns()
+        .saturating_add(ns(after))
+        .saturating_add(coarse_tick_ns())
 }

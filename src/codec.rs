@@ -22,8 +22,8 @@ fn options() -> impl Options {
 }
 
 /// Appends the encoding of `value` to `out`.
-pub(crate) fn encode_into<T: Serialize + ?Sized>(
-    out: &mut Vec<u8>,
+pub(crate) fn encode_into<W: std::io::Write, T: Serialize + ?Sized>(
+    out: W,
     value: &T,
 ) -> Result<(), String> {
     options()

@@ -20,6 +20,7 @@
 use crate::batch::{Outcome, Sink};
 use crate::codec;
 use crate::error::JobError;
+use crate::out::Out;
 use crate::pool::Shared;
 use crate::progress::Progress;
 use crate::supervisor::Whereabouts;
@@ -52,10 +53,13 @@ impl fmt::Display for JobId {
     }
 }
 
-/// The shim a worker calls: decode the argument, run, encode the result
-/// into `out`. Returns the record tag ([`Tag::Ok`] or [`Tag::Codec`], with
-/// the error text in `out`). Panics propagate to the worker's catch.
-pub(crate) type RawCall = unsafe fn(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Tag;
+/// The shim a worker calls: decode the argument, call `decoded` (after
+/// which `arg` is never read again, so the worker may release the bytes
+/// under it), run, encode the result into `out`. Returns the record tag
+/// ([`Tag::Ok`] or [`Tag::Codec`], with the error text in `out`). Panics
+/// propagate to the worker's catch.
+pub(crate) type RawCall =
+    unsafe fn(func: usize, arg: &[u8], out: &mut Out<'_>, decoded: &mut dyn FnMut()) -> Tag;
 
 /// A job's function as two addresses valid in every worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +96,12 @@ impl Call {
 /// # Safety
 /// `func` must be the address of an `fn(A) -> R`, as stored by [`Call::new`]
 /// next to this very instantiation.
-unsafe fn trampoline<A, R>(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Tag
+unsafe fn trampoline<A, R>(
+    func: usize,
+    arg: &[u8],
+    out: &mut Out<'_>,
+    decoded: &mut dyn FnMut(),
+) -> Tag
 where
     A: DeserializeOwned,
     R: Serialize,
@@ -100,17 +109,19 @@ where
     // SAFETY: Call::new stores `f as usize` beside `trampoline::<A, R>`, so
     // `func` is a valid `fn(A) -> R` of the same image.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
-    let arg = match codec::decode::<A>(arg) {
+    let arg = codec::decode::<A>(arg);
+    decoded();
+    let arg = match arg {
         Ok(a) => a,
         Err(e) => {
-            out.extend_from_slice(format!("argument: {e}").as_bytes());
+            out.write_bytes(format!("argument: {e}").as_bytes());
             return Tag::Codec;
         }
     };
     let result = f(arg);
-    if let Err(e) = codec::encode_into(out, &result) {
+    if let Err(e) = codec::encode_into(&mut *out, &result) {
         out.clear();
-        out.extend_from_slice(format!("result: {e}").as_bytes());
+        out.write_bytes(format!("result: {e}").as_bytes());
         return Tag::Codec;
     }
     Tag::Ok
@@ -159,22 +170,29 @@ impl Call {
     }
 }
 
-/// Decodes a job's argument, or writes why it could not into `out`.
-fn decode_arg<A: DeserializeOwned>(arg: &[u8], out: &mut Vec<u8>) -> Option<A> {
-    match codec::decode::<A>(arg) {
+/// Decodes a job's argument, then tells the worker its bytes are free; or
+/// writes why it could not into `out`.
+fn decode_arg<A: DeserializeOwned>(
+    arg: &[u8],
+    out: &mut Out<'_>,
+    decoded: &mut dyn FnMut(),
+) -> Option<A> {
+    let arg = codec::decode::<A>(arg);
+    decoded();
+    match arg {
         Ok(a) => Some(a),
         Err(e) => {
-            out.extend_from_slice(format!("argument: {e}").as_bytes());
+            out.write_bytes(format!("argument: {e}").as_bytes());
             None
         }
     }
 }
 
 /// Encodes a job's outcome into `out` under `tag`, or a codec error.
-fn encode_outcome<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T, tag: Tag) -> Tag {
-    if let Err(e) = codec::encode_into(out, value) {
+fn encode_outcome<T: Serialize + ?Sized>(out: &mut Out<'_>, value: &T, tag: Tag) -> Tag {
+    if let Err(e) = codec::encode_into(&mut *out, value) {
         out.clear();
-        out.extend_from_slice(format!("result: {e}").as_bytes());
+        out.write_bytes(format!("result: {e}").as_bytes());
         return Tag::Codec;
     }
     tag
@@ -182,13 +200,18 @@ fn encode_outcome<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T, tag: Tag)
 
 /// # Safety
 /// As [`trampoline`]: `func` is the `fn(A) -> R` stored by [`Call::ignoring`].
-unsafe fn trampoline_ignoring<A, R>(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Tag
+unsafe fn trampoline_ignoring<A, R>(
+    func: usize,
+    arg: &[u8],
+    out: &mut Out<'_>,
+    decoded: &mut dyn FnMut(),
+) -> Tag
 where
     A: DeserializeOwned,
 {
     // SAFETY: Call::ignoring stores `f as usize` beside this instantiation.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
-    let Some(arg) = decode_arg::<A>(arg, out) else {
+    let Some(arg) = decode_arg::<A>(arg, out, decoded) else {
         return Tag::Codec;
     };
     drop(f(arg));
@@ -198,7 +221,12 @@ where
 /// # Safety
 /// As [`trampoline`]: `func` is the `fn(A) -> Result<T, E>` stored by
 /// [`Call::fallible`].
-unsafe fn trampoline_fallible<A, T, E>(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Tag
+unsafe fn trampoline_fallible<A, T, E>(
+    func: usize,
+    arg: &[u8],
+    out: &mut Out<'_>,
+    decoded: &mut dyn FnMut(),
+) -> Tag
 where
     A: DeserializeOwned,
     T: Serialize,
@@ -206,7 +234,7 @@ where
 {
     // SAFETY: Call::fallible stores `f as usize` beside this instantiation.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> Result<T, E>>(func) };
-    let Some(arg) = decode_arg::<A>(arg, out) else {
+    let Some(arg) = decode_arg::<A>(arg, out, decoded) else {
         return Tag::Codec;
     };
     let result = f(arg);
@@ -217,14 +245,19 @@ where
 /// # Safety
 /// As [`trampoline`]: `func` is the `fn(A) -> Result<T, E>` stored by
 /// [`Call::fallible_ignoring`].
-unsafe fn trampoline_fallible_ignoring<A, T, E>(func: usize, arg: &[u8], out: &mut Vec<u8>) -> Tag
+unsafe fn trampoline_fallible_ignoring<A, T, E>(
+    func: usize,
+    arg: &[u8],
+    out: &mut Out<'_>,
+    decoded: &mut dyn FnMut(),
+) -> Tag
 where
     A: DeserializeOwned,
     E: Serialize,
 {
     // SAFETY: Call::fallible_ignoring stores `f as usize` beside this instantiation.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> Result<T, E>>(func) };
-    let Some(arg) = decode_arg::<A>(arg, out) else {
+    let Some(arg) = decode_arg::<A>(arg, out, decoded) else {
         return Tag::Codec;
     };
     match f(arg) {
@@ -359,6 +392,12 @@ impl Slot {
             && self.resolve(Err(JobError::Cancelled))
     }
 
+    /// Whether an outcome is in (or about to be): a lock-free check for
+    /// spinning.
+    fn is_done(&self) -> bool {
+        matches!(self.state.load(Ordering::Acquire), RESOLVED | CANCELLED)
+    }
+
     pub(crate) fn is_dispatched(&self) -> bool {
         self.state.load(Ordering::Acquire) == DISPATCHED
     }
@@ -456,7 +495,16 @@ impl<R: DeserializeOwned> JobHandle<R> {
     }
 
     /// Blocks until the job is done and returns its result.
+    ///
+    /// While it waits, the calling thread first helps the pool for a short,
+    /// adaptive while — handing jobs to workers and collecting answers
+    /// itself — so a quick job's result arrives without a thread wake-up.
     pub fn get(self) -> Result<R, JobError> {
+        if !self.slot.is_done()
+            && let Some(pool) = self.pool.upgrade()
+        {
+            pool.driver.help_until(&|| self.slot.is_done());
+        }
         self.slot.wait_until(None);
         Self::decode(self.slot.take())
     }

@@ -5,9 +5,12 @@
 //! start while the input is still being read. Results come back per batch
 //! through a channel and are decoded on the caller's thread, too.
 //!
-//! `map` reads its whole input. The `imap`s read lazily: they keep at most
-//! a window of items in flight and pull more input only as results are
-//! taken, so an endless input runs in flat memory.
+//! `map` reads its whole input and sends it in about four batches per
+//! worker (up to 16384 items each). The `imap`s read lazily: they keep at
+//! most a window of items in flight (4096 at most) and pull more input only
+//! as results are taken, so an endless input runs in flat memory; they start
+//! with one item per batch and, unless the user fixed the batch size, grow
+//! batches while items prove quick.
 
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
 use crate::codec;
@@ -23,13 +26,21 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::iter::Fuse;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 /// Close a batch once its encoded items reach this size.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Largest batch `map` chooses by itself.
-const MAX_AUTO_CHUNK: usize = 4096;
+const MAX_AUTO_CHUNK: usize = 16384;
+/// Largest batch the `imap`s choose by themselves, and most items they keep
+/// in flight.
+const MAX_IMAP_CHUNK: usize = 512;
+const MAX_IMAP_WINDOW: u64 = 4096;
+/// The `imap`s size batches to about this much work each.
+const IMAP_BATCH_NS: f64 = 200_000.0;
 
 /// Receives the outcomes of a map's batches.
 pub(crate) struct StreamSink {
@@ -188,6 +199,7 @@ where
         (hi == Some(lo)).then_some(lo as u64),
     );
     let mut total = 0u64;
+    let mut sent = false;
     for item in input {
         let index = total;
         total += 1;
@@ -199,11 +211,18 @@ where
                 refused(pool, &e);
                 out.accept(index, Outcome::Failed { count: 1, error: e });
             }
-            Ok(()) if batcher.is_full() => shared.submit_batch(batcher.take().expect("full batch")),
+            Ok(()) if batcher.is_full() => {
+                shared.submit_batch(batcher.take().expect("full batch"));
+                sent = true;
+            }
             Ok(()) => {}
         }
-        while let Ok((base, outcome)) = rx.try_recv() {
-            out.accept(base, outcome);
+        // Decode what came back while the input is still being read.
+        if sent {
+            sent = false;
+            while let Ok((base, outcome)) = rx.try_recv() {
+                out.accept(base, outcome);
+            }
             bar.set(out.resolved);
         }
     }
@@ -224,53 +243,115 @@ where
 }
 
 /// `map`'s results as they arrive, and its lowest failure.
+///
+/// Results land in place, in any order: each index is delivered exactly
+/// once, and a bitmap records which slots hold a value.
 struct Collector<R> {
-    results: Vec<Option<R>>,
+    slots: Vec<MaybeUninit<R>>,
+    filled: Vec<u64>,
     first_err: Option<(u64, JobError)>,
     resolved: u64,
 }
 
-impl<R: DeserializeOwned> Collector<R> {
+impl<R> Collector<R> {
     fn with_capacity(n: usize) -> Self {
         Collector {
-            results: Vec::with_capacity(n),
+            slots: Vec::with_capacity(n),
+            filled: Vec::new(),
             first_err: None,
             resolved: 0,
         }
     }
 
-    fn accept(&mut self, base: u64, outcome: Outcome) {
-        let Collector {
-            results, first_err, ..
-        } = self;
-        self.resolved += unpack(base, outcome, |i, r| match r {
-            Ok(v) => {
-                if results.len() <= i as usize {
-                    results.resize_with(i as usize + 1, || None);
-                }
-                results[i as usize] = Some(v);
-            }
-            Err(e) => {
-                if first_err.as_ref().is_none_or(|(j, _)| i < *j) {
-                    *first_err = Some((i, e));
-                }
-            }
-        });
+    fn is_filled(&self, i: usize) -> bool {
+        self.filled
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn fail(&mut self, i: u64, error: JobError) {
+        if self.first_err.as_ref().is_none_or(|(j, _)| i < *j) {
+            self.first_err = Some((i, error));
+        }
     }
 
     fn finish(mut self, total: u64) -> Result<Vec<R>, Error> {
-        if let Some((index, error)) = self.first_err {
+        if let Some((index, error)) = self.first_err.take() {
             return Err(Error::Job {
                 index: index as usize,
                 error,
             });
         }
-        self.results.resize_with(total as usize, || None);
-        Ok(self
-            .results
-            .into_iter()
-            .map(|r| r.expect("every item resolved"))
-            .collect())
+        let total = total as usize;
+        if self.slots.len() != total || (0..total).any(|i| !self.is_filled(i)) {
+            // Cannot happen either (every item resolves); refuse rather than
+            // hand out uninitialised values.
+            let missing = (0..total).find(|&i| !self.is_filled(i)).unwrap_or(total);
+            return Err(Error::Job {
+                index: missing,
+                error: JobError::Cancelled,
+            });
+        }
+        let slots = std::mem::take(&mut self.slots);
+        self.filled.clear();
+        let mut slots = std::mem::ManuallyDrop::new(slots);
+        // SAFETY: every one of the `total` slots was written (checked just
+        // above), and MaybeUninit<R> has the layout of R, so the buffer is a
+        // valid Vec<R> of the same length and capacity.
+        Ok(unsafe {
+            Vec::from_raw_parts(
+                slots.as_mut_ptr().cast::<R>(),
+                slots.len(),
+                slots.capacity(),
+            )
+        })
+    }
+}
+
+impl<R: DeserializeOwned> Collector<R> {
+    fn accept(&mut self, base: u64, outcome: Outcome) {
+        let Outcome::Records { count, buf } = outcome else {
+            self.resolved += unpack(base, outcome, |i, r: Result<R, JobError>| {
+                if let Err(e) = r {
+                    self.fail(i, e)
+                }
+            });
+            return;
+        };
+        // The hot loop of `map`: decode each record straight into its slot.
+        let first = base as usize;
+        let end = first + count as usize;
+        if self.slots.len() < end {
+            self.slots.resize_with(end, MaybeUninit::uninit);
+            self.filled.resize(end.div_ceil(64), 0);
+        }
+        for (i, rec) in (first..end).zip(wire::records(&buf)) {
+            let decoded = if rec.tag == wire::Tag::Ok {
+                codec::decode::<R>(rec.body).map_err(|e| JobError::Codec(format!("result: {e}")))
+            } else {
+                decode_result::<R>(rec)
+            };
+            match decoded {
+                Ok(v) if !self.is_filled(i) => {
+                    self.slots[i].write(v);
+                    self.filled[i / 64] |= 1 << (i % 64);
+                }
+                Ok(_) => debug_assert!(false, "item {i} delivered twice"),
+                Err(e) => self.fail(i as u64, e),
+            }
+        }
+        self.resolved += u64::from(count);
+    }
+}
+
+impl<R> Drop for Collector<R> {
+    fn drop(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.is_filled(i) {
+                // SAFETY: the bitmap says slot i holds a value not yet moved out.
+                unsafe { self.slots[i].assume_init_drop() };
+            }
+        }
     }
 }
 
@@ -286,6 +367,12 @@ struct Stream<I: Iterator, R> {
     /// Results handed out.
     yielded: u64,
     window: u64,
+    /// Batch size chosen by the pool (not set by the user): adapts.
+    auto_chunk: bool,
+    workers: usize,
+    /// Smoothed time between results, per item, and when the last came.
+    per_item_ns: f64,
+    last_result: Instant,
     /// Ordered: results for indices `yielded..`, in order, as they arrive.
     slots: VecDeque<Option<Result<R, JobError>>>,
     /// Unordered: results in arrival order.
@@ -304,7 +391,9 @@ where
     fn new(pool: Pool, f: fn(I::Item) -> R, input: I, ordered: bool) -> Self {
         let config = &pool.shared.config;
         let chunk = config.chunk_size.unwrap_or(1);
-        let window = (4 * config.workers * chunk).max(64) as u64;
+        let workers = config.workers;
+        let window = Self::window_for(workers, chunk);
+        let auto_chunk = config.chunk_size.is_none();
         let (sink, rx) = stream();
         let batcher = Batcher::new(&pool, Call::new(f), sink, chunk);
         let closed = pool.shared.is_closed();
@@ -322,11 +411,39 @@ where
             pulled: 0,
             yielded: 0,
             window,
+            auto_chunk,
+            workers,
+            per_item_ns: 0.0,
+            last_result: Instant::now(),
             slots: VecDeque::new(),
             ready: VecDeque::new(),
             closed,
             bar,
             _input: PhantomData,
+        }
+    }
+
+    fn window_for(workers: usize, chunk: usize) -> u64 {
+        ((4 * workers * chunk) as u64).clamp(64, MAX_IMAP_WINDOW.max(chunk as u64))
+    }
+
+    /// Learns how fast items come back and, if the pool picks the batch
+    /// size, grows batches while items are quick (fewer frames per item)
+    /// and shrinks them when items are slow (first results come sooner).
+    fn observe(&mut self, items: u64) {
+        let now = Instant::now();
+        let interval = now.duration_since(self.last_result).as_nanos() as f64 / items.max(1) as f64;
+        self.last_result = now;
+        self.per_item_ns = if self.per_item_ns == 0.0 {
+            interval
+        } else {
+            0.8 * self.per_item_ns + 0.2 * interval
+        };
+        if self.auto_chunk {
+            let service = self.per_item_ns.max(1.0) * self.workers as f64;
+            let chunk = (IMAP_BATCH_NS / service).clamp(1.0, MAX_IMAP_CHUNK as f64) as usize;
+            self.batcher.chunk = chunk as u32;
+            self.window = Self::window_for(self.workers, chunk);
         }
     }
 
@@ -398,10 +515,12 @@ where
             }
             let (base, outcome) = self.rx.recv().ok()?;
             let mut got = Vec::new();
-            self.bar.inc(unpack(base, outcome, |i, r| got.push((i, r))));
+            let n = unpack(base, outcome, |i, r| got.push((i, r)));
+            self.bar.inc(n);
             for (i, r) in got {
                 self.place(i, r);
             }
+            self.observe(n);
         }
     }
 }

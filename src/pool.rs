@@ -14,7 +14,7 @@ use crate::layers::{LayerSettings, Layers};
 use crate::map::{self, Imap, ImapUnordered};
 use crate::shm;
 use crate::stats::{Counters, Stats};
-use crate::supervisor::{self, Command, Submitter, Whereabouts};
+use crate::supervisor::{self, Command, Driver, Submitter, Whereabouts};
 use crate::wire;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -242,6 +242,8 @@ impl fmt::Debug for Pool {
 /// State shared by every handle of one pool.
 pub(crate) struct Shared {
     pub(crate) submitter: Submitter,
+    /// Lets a waiting caller step the supervisor itself (see `supervisor::drive`).
+    pub(crate) driver: Driver,
     pub(crate) counters: Arc<Counters>,
     pub(crate) config: Arc<Config>,
     closed: AtomicBool,
@@ -258,9 +260,21 @@ impl Shared {
 
     /// Queues a batch; if the supervisor is gone, its items resolve as cancelled.
     pub(crate) fn submit_batch(&self, batch: Batch) {
+        self.submit(batch, false);
+    }
+
+    /// Queues a batch; `quiet` leaves the supervisor thread asleep, for a
+    /// caller that helps right away.
+    fn submit(&self, batch: Batch, quiet: bool) {
         let n = u64::from(batch.count());
         self.counters.submitted.fetch_add(n, Ordering::Relaxed);
-        if self.submitter.send(Command::Submit(batch)).is_err() {
+        let cmd = Command::Submit(batch);
+        let sent = if quiet {
+            self.submitter.send_quiet(cmd)
+        } else {
+            self.submitter.send(cmd)
+        };
+        if sent.is_err() {
             self.counters.cancelled.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -340,10 +354,12 @@ impl Pool {
         let counters = Arc::new(Counters::default());
         let gates = Arc::new(Gates::default());
         let layers = Layers::new(layers, gates.clone());
-        let (submitter, thread) = supervisor::start(config.clone(), counters.clone(), gates)?;
+        let (submitter, driver, thread) =
+            supervisor::start(config.clone(), counters.clone(), gates)?;
         Ok(Pool {
             shared: Arc::new(Shared {
                 submitter,
+                driver,
                 counters,
                 config,
                 closed: AtomicBool::new(false),
@@ -366,6 +382,14 @@ impl Pool {
     /// ([`PoolBuilder::retry`]) applies; for other options, build the job
     /// with [`Pool::job`].
     pub fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> JobHandle<R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.submit_job(f, arg, false)
+    }
+
+    fn submit_job<A, R>(&self, f: fn(A) -> R, arg: A, quiet: bool) -> JobHandle<R>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
@@ -407,17 +431,21 @@ impl Pool {
             shared.config.job_opts(),
             Some(id),
         );
-        shared.submit_batch(batch);
+        shared.submit(batch, quiet);
         handle
     }
 
     /// Runs `f(arg)` in a worker and waits for the result.
+    ///
+    /// The calling thread hands the job to a worker and collects the answer
+    /// itself while it waits (for a short, adaptive while), so a quick job
+    /// costs no thread wake-up.
     pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, JobError>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.submit(f, arg).get()
+        self.submit_job(f, arg, true).get()
     }
 
     /// Runs `f` on every item, in parallel, and returns the results in

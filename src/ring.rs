@@ -17,6 +17,7 @@
 //! side are checked: an impossible position is reported as [`Corrupt`].
 
 use crate::shm::RingCtl;
+use std::mem::MaybeUninit;
 use std::ptr;
 use std::sync::atomic::{Ordering, fence};
 
@@ -29,6 +30,8 @@ pub(crate) struct Producer {
     ctl: *const RingCtl,
     data: *mut u8,
     size: u64,
+    /// `size - 1`: the size is a power of two, so positions wrap with a mask.
+    mask: u64,
     /// Write position including unpublished bytes.
     local: u64,
     /// Last write position published.
@@ -42,6 +45,7 @@ pub(crate) struct Consumer {
     ctl: *const RingCtl,
     data: *const u8,
     size: u64,
+    mask: u64,
     /// Read position.
     local: u64,
 }
@@ -57,11 +61,13 @@ impl Producer {
     /// `ctl` and `data` (with `2 * size` mirrored bytes) must stay mapped for
     /// as long as the producer is used, and this must be the only producer.
     pub(crate) unsafe fn new(ctl: &RingCtl, data: *mut u8, size: usize) -> Producer {
+        assert!(size.is_power_of_two());
         let local = ctl.write.0.load(Ordering::Relaxed);
         Producer {
             ctl,
             data,
             size: size as u64,
+            mask: size as u64 - 1,
             local,
             published: local,
             read_seen: ctl.read.0.load(Ordering::Relaxed),
@@ -94,7 +100,7 @@ impl Producer {
             (self.local - self.read_seen) + bytes.len() as u64 <= self.size,
             "ring overrun"
         );
-        let at = (self.local % self.size) as usize;
+        let at = (self.local & self.mask) as usize;
         // SAFETY: at + len <= 2 * size stays in the mirrored mapping; the
         // bytes between read and write belong to the producer until published
         // and the assertion above keeps us behind the consumer.
@@ -102,27 +108,66 @@ impl Producer {
         self.local += bytes.len() as u64;
     }
 
-    /// Write position including unpublished bytes.
-    pub(crate) fn position(&self) -> u64 {
-        self.local
-    }
-
-    /// Bytes written but not yet published.
-    pub(crate) fn unpublished(&self) -> u64 {
-        self.local - self.published
-    }
-
-    /// Makes everything written visible to the consumer. Returns true when
-    /// the consumer was asleep and its doorbell must be rung.
-    #[must_use = "a sleeping consumer must be woken"]
-    pub(crate) fn publish(&mut self) -> bool {
-        if self.local == self.published {
+    /// Writes `head` then `body` if they fit, looking at the consumer's read
+    /// position only when the space last seen is not enough. False (nothing
+    /// written) if they do not fit, or the consumer's position is corrupt.
+    pub(crate) fn try_put(&mut self, head: &[u8], body: &[u8]) -> bool {
+        let n = (head.len() + body.len()) as u64;
+        if (self.local - self.read_seen) + n > self.size
+            && !self.free().is_ok_and(|free| free as u64 >= n)
+        {
             return false;
         }
-        self.published = self.local;
-        let ctl = self.ctl();
-        ctl.write.0.store(self.local, Ordering::Release);
+        self.put(head);
+        self.put(body);
+        true
+    }
+
+    /// The free space at the write position — contiguous, thanks to the
+    /// mirrored mapping — for writing in place: its start and length.
+    /// Nothing is written or claimed until [`advance`](Self::advance).
+    pub(crate) fn space(&mut self) -> (*mut u8, usize) {
+        let free = self.free().unwrap_or(0);
+        let at = (self.local & self.mask) as usize;
+        // SAFETY: at < size, inside the mapping.
+        (unsafe { self.data.add(at) }, free)
+    }
+
+    /// Claims `head` plus `body_len` bytes already written in place after
+    /// it (at `space().0 + head.len()`), writing `head` first.
+    pub(crate) fn advance_with_head(&mut self, head: &[u8], body_len: usize) {
+        let n = (head.len() + body_len) as u64;
+        assert!(
+            (self.local - self.read_seen) + n <= self.size,
+            "ring overrun"
+        );
+        self.put(head);
+        self.local += body_len as u64;
+    }
+
+    /// Makes everything written visible to a consumer that looks, without
+    /// waking one that sleeps: a plain release store, cheap enough per record.
+    pub(crate) fn commit(&mut self) {
+        if self.local != self.published {
+            self.published = self.local;
+            self.ctl().write.0.store(self.local, Ordering::Release);
+        }
+    }
+
+    /// Whether the consumer has announced that it sleeps. Read without a
+    /// fence: a stale answer only delays a wake-up until the next
+    /// [`publish`](Self::publish), which is fenced.
+    pub(crate) fn consumer_asleep(&self) -> bool {
+        self.ctl().consumer_sleeping.0.load(Ordering::Relaxed) != 0
+    }
+
+    /// Commits, then checks (fenced) whether the consumer sleeps. Returns
+    /// true when its doorbell must be rung.
+    #[must_use = "a sleeping consumer must be woken"]
+    pub(crate) fn publish(&mut self) -> bool {
+        self.commit();
         fence(Ordering::SeqCst);
+        let ctl = self.ctl();
         ctl.consumer_sleeping.0.load(Ordering::Relaxed) != 0
             && ctl.consumer_sleeping.0.swap(0, Ordering::AcqRel) != 0
     }
@@ -144,10 +189,12 @@ impl Consumer {
     /// # Safety
     /// Same contract as [`Producer::new`], for the only consumer.
     pub(crate) unsafe fn new(ctl: &RingCtl, data: *const u8, size: usize) -> Consumer {
+        assert!(size.is_power_of_two());
         Consumer {
             ctl,
             data,
             size: size as u64,
+            mask: size as u64 - 1,
             local: ctl.read.0.load(Ordering::Relaxed),
         }
     }
@@ -163,15 +210,9 @@ impl Consumer {
 
     /// Bytes published and not yet consumed.
     pub(crate) fn available(&self) -> Result<usize, Corrupt> {
-        self.available_until(self.ctl().write.0.load(Ordering::Acquire))
-    }
-
-    /// Bytes between the read position and `end`, a write position learned
-    /// some other way (the dead worker's `tail`). An `end` already behind the
-    /// read position means nothing more; one beyond the ring is corrupt.
-    pub(crate) fn available_until(&self, end: u64) -> Result<usize, Corrupt> {
-        match end.saturating_sub(self.local) {
-            n if n <= self.size => Ok(n as usize),
+        let end = self.ctl().write.0.load(Ordering::Acquire);
+        match end.checked_sub(self.local) {
+            Some(n) if n <= self.size => Ok(n as usize),
             _ => Err(Corrupt),
         }
     }
@@ -181,10 +222,22 @@ impl Consumer {
     /// supervisor reads a worker's bytes: it never forms a reference into
     /// memory the other process may still be writing.
     pub(crate) fn copy_out(&self, off: usize, dst: &mut [u8]) {
+        // SAFETY: u8 and MaybeUninit<u8> have the same layout, and copy_into
+        // only writes initialised bytes.
+        let dst = unsafe { &mut *(dst as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        self.copy_into(off, dst);
+    }
+
+    /// [`copy_out`](Self::copy_out) into memory not yet initialised (a
+    /// vector's spare capacity), which saves zeroing it first.
+    pub(crate) fn copy_into(&self, off: usize, dst: &mut [MaybeUninit<u8>]) {
         assert!(off + dst.len() <= self.size as usize, "ring overread");
-        let at = ((self.local + off as u64) % self.size) as usize;
-        // SAFETY: at + len < 2 * size stays inside the mirrored mapping.
-        unsafe { ptr::copy_nonoverlapping(self.data.add(at), dst.as_mut_ptr(), dst.len()) };
+        let at = ((self.local + off as u64) & self.mask) as usize;
+        // SAFETY: at + len < 2 * size stays inside the mirrored mapping, and
+        // dst is valid for len bytes of writes.
+        unsafe {
+            ptr::copy_nonoverlapping(self.data.add(at), dst.as_mut_ptr().cast::<u8>(), dst.len())
+        };
     }
 
     /// Borrows `len` available bytes at `off` past the read position.
@@ -195,7 +248,7 @@ impl Consumer {
     /// producer must not write them until they are consumed.
     pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> &[u8] {
         assert!(off + len <= self.size as usize, "ring overread");
-        let at = ((self.local + off as u64) % self.size) as usize;
+        let at = ((self.local + off as u64) & self.mask) as usize;
         // SAFETY: in bounds as above; immutability is the caller's contract.
         unsafe { std::slice::from_raw_parts(self.data.add(at), len) }
     }

@@ -81,10 +81,6 @@ pub(crate) struct WorkerStatus {
     /// `CLOCK_MONOTONIC_COARSE` nanoseconds when that item started (only
     /// written for batches with a time limit).
     pub started_ns: AtomicU64,
-    /// The worker's write position in its result ring after its latest
-    /// finished item, published or not: lets the supervisor recover the
-    /// results of items that finished just before the worker died.
-    pub tail: AtomicU64,
 }
 
 /// The latest progress a job reported (`forkpool::report_progress`): plain

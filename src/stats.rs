@@ -11,7 +11,7 @@
 //! counted as failed, and each retry as submitted again (and in `retried`).
 
 use crate::error::JobError;
-use crate::wire::Tag;
+use crate::wire::{Run, Tag};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A snapshot of a pool's counters, from [`Pool::stats`](crate::Pool::stats).
@@ -110,6 +110,18 @@ impl Counters {
 }
 
 impl Counters {
+    /// Counts a run of jobs answered by their worker.
+    pub(crate) fn count_run(&self, run: &Run) {
+        add(&self.completed, run.ok.into());
+        add(&self.panicked, run.panicked.into());
+        add(&self.codec_errors, run.codec.into());
+        add(&self.errored, run.errored.into());
+        add(
+            &self.failed,
+            u64::from(run.panicked + run.codec + run.errored),
+        );
+    }
+
     /// Counts a job answered by its worker with a record of `tag`.
     pub(crate) fn count_record(&self, tag: Tag) {
         match tag {

@@ -17,6 +17,7 @@
 //! and never panics, whatever the input.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 
 /// Bytes in a frame header: length (4) and tag (1).
 pub(crate) const HEADER: usize = 5;
@@ -278,6 +279,18 @@ pub(crate) fn records(buf: &[u8]) -> impl Iterator<Item = Record<'_>> {
     })
 }
 
+/// A run of consecutive item records, with a tally of their outcomes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Run {
+    pub count: u32,
+    pub bytes: usize,
+    pub ok: u32,
+    pub panicked: u32,
+    pub codec: u32,
+    /// Fallible jobs that returned their own `Err`.
+    pub errored: u32,
+}
+
 /// Incremental decoder for the untrusted byte stream coming from a worker.
 ///
 /// Bytes are appended with [`RecordReader::extend`] as they arrive; complete
@@ -304,8 +317,9 @@ impl RecordReader {
         }
     }
 
-    /// Appends received bytes, making room by dropping consumed ones first.
-    pub(crate) fn extend_with(&mut self, n: usize, fill: impl FnOnce(&mut [u8])) {
+    /// Appends `n` received bytes, which `fill` must write in full, making
+    /// room by dropping consumed ones first.
+    pub(crate) fn extend_with(&mut self, n: usize, fill: impl FnOnce(&mut [MaybeUninit<u8>])) {
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
@@ -313,15 +327,23 @@ impl RecordReader {
             self.buf.drain(..self.start);
             self.start = 0;
         }
+        self.buf.reserve(n);
         let old = self.buf.len();
-        self.buf.resize(old + n, 0);
-        fill(&mut self.buf[old..]);
+        let spare = &mut self.buf.spare_capacity_mut()[..n];
+        fill(spare);
+        // SAFETY: `fill` initialised all n bytes of the spare capacity (its
+        // contract; both callers copy exactly n bytes in).
+        unsafe { self.buf.set_len(old + n) };
     }
 
     /// Appends received bytes.
     #[cfg(test)]
     pub(crate) fn extend(&mut self, bytes: &[u8]) {
-        self.extend_with(bytes.len(), |dst| dst.copy_from_slice(bytes));
+        self.extend_with(bytes.len(), |dst| {
+            for (d, s) in dst.iter_mut().zip(bytes) {
+                d.write(*s);
+            }
+        });
     }
 
     /// Bytes received but not yet returned as records.
@@ -360,6 +382,63 @@ impl RecordReader {
         let body = &self.buf[self.start + HEADER..end];
         self.start = end;
         Ok(Some(Record { tag, body }))
+    }
+
+    /// Walks complete item records from the read position — at most
+    /// `limit`, stopping before a control record or an incomplete one —
+    /// without consuming them. Headers are checked as they are walked; a bad
+    /// one ends the run (and fails the stream if it is the first).
+    pub(crate) fn scan_items(&mut self, limit: u32) -> Result<Run, WireError> {
+        if let Some(e) = &self.broken {
+            return Err(e.clone());
+        }
+        let buf = &self.buf[self.start..];
+        let mut run = Run::default();
+        let mut at = 0;
+        while run.count < limit {
+            let Some(h) = buf.get(at..at + HEADER) else {
+                break;
+            };
+            let (len, tag) = match check_worker_header(h.try_into().expect("5 bytes"), self.cap) {
+                Ok(ok) => ok,
+                Err(e) if run.count == 0 => {
+                    self.broken = Some(e.clone());
+                    return Err(e);
+                }
+                Err(_) => break,
+            };
+            let end = at + HEADER + len as usize;
+            if !tag.is_item() || end > buf.len() {
+                break;
+            }
+            run.count += 1;
+            match tag {
+                Tag::Ok => run.ok += 1,
+                Tag::Panic => run.panicked += 1,
+                Tag::Codec | Tag::TooLarge => run.codec += 1,
+                Tag::Err => run.errored += 1,
+                _ => {}
+            }
+            at = end;
+        }
+        run.bytes = at;
+        Ok(run)
+    }
+
+    /// Takes the whole buffer if it holds exactly the next `n` bytes and
+    /// nothing else, so a run can be handed on without a copy.
+    pub(crate) fn take_whole(&mut self, n: usize) -> Option<Vec<u8>> {
+        if self.start != 0 || self.buf.len() != n {
+            return None;
+        }
+        Some(std::mem::take(&mut self.buf))
+    }
+
+    /// Takes the next `n` bytes: a run found by [`scan_items`](Self::scan_items).
+    pub(crate) fn take(&mut self, n: usize) -> &[u8] {
+        let taken = &self.buf[self.start..self.start + n];
+        self.start += n;
+        taken
     }
 
     /// The buffer's allocated size, for tests that check allocation bounds.
@@ -405,6 +484,35 @@ mod tests {
         );
         assert_eq!(r.next(), Ok(None));
         assert_eq!(r.buffered(), 0);
+    }
+
+    #[test]
+    fn runs_of_item_records_stop_at_control_records() {
+        let mut stream = rec(Tag::Ok, b"a");
+        stream.extend(rec(Tag::Panic, b"bb"));
+        stream.extend(rec(Tag::Ready, &[0; 4]));
+        stream.extend(rec(Tag::Ok, b"c"));
+        let mut r = RecordReader::new(1024);
+        r.extend(&stream[..stream.len() - 1]);
+        let run = r.scan_items(10).unwrap();
+        assert_eq!((run.count, run.bytes, run.ok, run.panicked), (2, 13, 1, 1));
+        assert_eq!(r.take(run.bytes).len(), 13);
+        assert_eq!(
+            r.scan_items(10).unwrap().count,
+            0,
+            "a control record ends the run"
+        );
+        assert_eq!(r.next().unwrap().unwrap().tag, Tag::Ready);
+        assert_eq!(r.scan_items(10).unwrap().count, 0, "incomplete record");
+        r.extend(&stream[stream.len() - 1..]);
+        assert_eq!(r.scan_items(10).unwrap().count, 1);
+        let mut bad = RecordReader::new(1024);
+        bad.extend(&[9, 0, 0, 0, 0x7f]);
+        assert!(bad.scan_items(10).is_err());
+        assert!(
+            bad.next().is_err(),
+            "a bad header breaks the stream for good"
+        );
     }
 
     #[test]

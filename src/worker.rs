@@ -4,12 +4,17 @@
 //! `catch_unwind`, and writes one record per item to its outbox ring. For
 //! every item it first publishes, in its status page, which item it is on
 //! (and when it started, if the batch has a time limit), and afterwards
-//! where its results end. That is what lets the supervisor
+//! commits the item's record to the ring before marking the item done.
+//! That is what lets the supervisor
 //!
 //! - kill it past a hard limit and charge exactly the item that overran,
 //! - tell a job its soft limit passed ([`soft_time_limit_exceeded`]),
-//! - recover the results of items that finished just before a crash, even
-//!   ones not yet published, and charge only the item that was running.
+//! - recover the results of items that finished just before a crash, and
+//!   charge only the item that was running.
+//!
+//! Committing a record is a plain store; the worker only pays for a fence
+//! and, maybe, a doorbell (`flush`) at the end of a batch, or when the
+//! supervisor has announced that it sleeps.
 //!
 //! A worker exits when its doorbell pipe reaches end-of-file (the supervisor
 //! is gone), when it is sent an `Exit` frame, or — after reporting its
@@ -19,9 +24,11 @@
 use crate::bell;
 use crate::clock;
 use crate::job::{Call, RawCall};
+use crate::out::Out;
 use crate::pool::Config;
 use crate::ring::{Consumer, Producer};
-use crate::shm::{DONE, RUNNING, Region, SLOT_QUEUED, SLOT_TAKEN, StatusPage};
+use crate::shm::{DONE, KILL, RUNNING, Region, SLOT_QUEUED, SLOT_TAKEN, StatusPage};
+use crate::supervisor::HOT_SPIN;
 use crate::wire::{self, BatchHeader, HEADER, Items, Tag};
 use crate::zygote::{WORKER_BELL_IN, WORKER_BELL_OUT};
 use std::any::Any;
@@ -29,21 +36,25 @@ use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// This worker's status page, once it runs (null in the caller).
 static PAGE: AtomicPtr<StatusPage> = AtomicPtr::new(std::ptr::null_mut());
 /// `seq + 1` of the item running now, 0 between items.
 static CURRENT: AtomicU64 = AtomicU64::new(0);
 
+/// Bounds of the adaptive spin before a worker sleeps: it doubles when work
+/// arrived while spinning and halves when it did not, so a worker fed back
+/// to back never pays a wake-up, and an idle one spins at most `SPIN_MAX`
+/// once before it sleeps.
+const SPIN_MIN: Duration = Duration::from_micros(5);
+const SPIN_START: Duration = Duration::from_micros(50);
+const SPIN_MAX: Duration = Duration::from_micros(200);
+
 /// Exit code for a broken frame from the supervisor (a bug, not a job's fault).
 const EXIT_PROTOCOL: i32 = 70;
 /// Exit code after the initializer panicked.
 const EXIT_INIT_FAILED: i32 = 1;
-
-/// Publish results at least this often while a batch runs.
-const PUBLISH_ITEMS: u32 = 64;
-const PUBLISH_BYTES: u64 = 64 * 1024;
-const PUBLISH_NS: u64 = 1_000_000;
 
 /// Whether the soft time limit of the running job has passed.
 ///
@@ -78,15 +89,17 @@ pub fn soft_time_limit_exceeded() -> bool {
 
 /// The status page and `seq + 1` of the item this worker is running, when
 /// called from inside a job; `None` anywhere else (the caller, a worker
-/// between items).
+/// between items). Read from the page's `current` word, which every item
+/// sets (`CURRENT` is kept for timed batches only).
 pub(crate) fn running_item() -> Option<(&'static StatusPage, u64)> {
     let page = PAGE.load(Ordering::Acquire);
-    let cur = CURRENT.load(Ordering::Relaxed);
-    if page.is_null() || cur == 0 {
+    if page.is_null() {
         return None;
     }
     // SAFETY: PAGE is only set in a worker, to its leaked, never-unmapped region.
-    Some((unsafe { &*page }, cur))
+    let page = unsafe { &*page };
+    let cur = page.worker.current.load(Ordering::Relaxed);
+    matches!(cur & 3, RUNNING | KILL).then_some((page, (cur >> 2) + 1))
 }
 
 thread_local! {
@@ -144,6 +157,20 @@ fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// A batch being run: what is left of it, and which item's user code is
+/// running (so that a panic can be charged to it).
+struct Running<'a> {
+    shim: RawCall,
+    header: BatchHeader,
+    items: Items<'a>,
+    left: u32,
+    current: Option<u64>,
+    /// Inbox bytes of the frame, still to be released once its last
+    /// argument is decoded (`None` once released, or for a frame that was
+    /// copied out of the ring).
+    frame: Option<usize>,
+}
+
 struct Worker {
     page: &'static StatusPage,
     inbox: Consumer,
@@ -151,9 +178,8 @@ struct Worker {
     config: &'static Config,
     next_seq: u64,
     scratch: Vec<u8>,
-    /// Items finished since the last publish, and when that was.
-    unpublished_items: u32,
-    published_at: u64,
+    /// How long to spin for the next frame before sleeping (see `wait_for`).
+    spin: Duration,
 }
 
 /// The worker's main: called by the zygote's child right after fork, with
@@ -183,8 +209,7 @@ pub(crate) fn run(region: Region, config: &Config) -> ! {
         config,
         next_seq: 0,
         scratch: Vec::new(),
-        unpublished_items: 0,
-        published_at: 0,
+        spin: SPIN_START,
     };
     if let Some(init) = config.initializer
         && let Err(text) = guarded(init)
@@ -209,7 +234,6 @@ impl Worker {
         if self.outbox.publish() {
             bell::ring(WORKER_BELL_OUT);
         }
-        self.unpublished_items = 0;
     }
 
     /// Sleeps until the doorbell rings; exits if the supervisor is gone.
@@ -237,11 +261,8 @@ impl Worker {
                 return avail;
             }
             self.flush();
-            for _ in 0..200 {
-                std::hint::spin_loop();
-                if self.inbox.available().unwrap_or(0) >= need {
-                    break;
-                }
+            if let Some(avail) = self.spin_for(need) {
+                return avail;
             }
             match self.inbox.prepare_sleep(need) {
                 Ok(true) => {
@@ -250,6 +271,31 @@ impl Worker {
                 }
                 Ok(false) => {}
                 Err(_) => exit(EXIT_PROTOCOL),
+            }
+        }
+    }
+
+    /// Spins up to the current budget for `need` inbox bytes, adapting the
+    /// budget to whether they came.
+    fn spin_for(&mut self, need: usize) -> Option<usize> {
+        let start = Instant::now();
+        loop {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+                let avail = self.inbox.available().unwrap_or(0);
+                if avail >= need {
+                    self.spin = (self.spin * 2).min(SPIN_MAX);
+                    return Some(avail);
+                }
+            }
+            let spent = start.elapsed();
+            if spent >= HOT_SPIN {
+                // Give the CPU away if anyone else wants it.
+                std::thread::yield_now();
+            }
+            if spent >= self.spin {
+                self.spin = (self.spin / 2).max(SPIN_MIN);
+                return None;
             }
         }
     }
@@ -272,16 +318,13 @@ impl Worker {
     /// Writes one record, streaming it through the ring if it is larger
     /// than the ring. A body over the message cap becomes `TooLarge`.
     fn record(&mut self, tag: Tag, body: &[u8]) {
-        let cap = self.config.max_message_size;
-        let mut too_large = [0u8; 16];
-        let (tag, body) = if body.len() as u64 > cap {
-            too_large[..8].copy_from_slice(&(body.len() as u64).to_le_bytes());
-            too_large[8..].copy_from_slice(&cap.to_le_bytes());
-            (Tag::TooLarge, &too_large[..])
-        } else {
-            (tag, body)
-        };
+        if body.len() as u64 > self.config.max_message_size {
+            return self.record_too_large(body.len());
+        }
         let head = wire::header(tag, body.len() as u32);
+        if self.outbox.try_put(&head, body) {
+            return;
+        }
         let size = self.outbox.size();
         if HEADER + body.len() <= size {
             self.reserve(HEADER + body.len());
@@ -299,6 +342,14 @@ impl Worker {
             rest = &rest[n..];
             self.flush();
         }
+    }
+
+    /// Answers an item whose result of `len` bytes is over the message cap.
+    fn record_too_large(&mut self, len: usize) {
+        let mut body = [0u8; 16];
+        body[..8].copy_from_slice(&(len as u64).to_le_bytes());
+        body[8..].copy_from_slice(&self.config.max_message_size.to_le_bytes());
+        self.record(Tag::TooLarge, &body);
     }
 
     fn next_frame(&mut self) {
@@ -320,10 +371,12 @@ impl Worker {
             self.wait_for(total);
             // SAFETY: the supervisor is the trusted producer: it never writes
             // to bytes it published until we consume them, which happens
-            // only after run_batch is done with the slice.
+            // once the batch's last argument is decoded — after which
+            // run_batch reads nothing more from the slice.
             let body: &[u8] = unsafe { &*(self.inbox.slice(HEADER, len as usize) as *const [u8]) };
-            self.run_batch(body);
-            self.consume(total);
+            if let Some(n) = self.run_batch(body, Some(total)) {
+                self.consume(n);
+            }
         } else {
             // A frame larger than the ring arrives in pieces.
             self.consume(HEADER);
@@ -336,29 +389,63 @@ impl Worker {
                 self.inbox.copy_out(0, &mut body[old..]);
                 self.consume(n);
             }
-            self.run_batch(&body);
+            self.run_batch(&body, None);
         }
         self.flush();
         self.check_memory();
     }
 
-    fn run_batch(&mut self, body: &[u8]) {
+    /// Runs a batch; returns the inbox bytes of its frame if they are still
+    /// to be released.
+    fn run_batch(&mut self, body: &[u8], frame: Option<usize>) -> Option<usize> {
         let Some(h) = BatchHeader::decode(body) else {
             exit(EXIT_PROTOCOL)
         };
         if h.seq0 != self.next_seq || h.cancel_slot as usize >= self.page.cancel.len() {
             exit(EXIT_PROTOCOL);
         }
-        // SAFETY: the trampoline address comes from Call::new in the caller,
-        // of which this process is a fork.
-        let shim: RawCall = unsafe { Call::shim(h.trampoline as usize) };
+        let mut batch = Running {
+            // SAFETY: the trampoline address comes from Call::new in the
+            // caller, of which this process is a fork.
+            shim: unsafe { Call::shim(h.trampoline as usize) },
+            header: h,
+            items: Items::new(&body[wire::BATCH_HEADER..]),
+            left: h.count,
+            current: None,
+            frame,
+        };
+        // The whole batch runs under one unwind guard (cheaper than one per
+        // item); when an item panics, it is answered and the loop resumes
+        // with the next one.
+        while batch.left > 0 {
+            let outcome = guarded(|| self.run_items(&mut batch));
+            if let Err(text) = outcome {
+                let Some(seq) = batch.current.take() else {
+                    // A panic outside user code is a bug of ours.
+                    exit(EXIT_PROTOCOL)
+                };
+                let mut out = std::mem::take(&mut self.scratch);
+                out.clear();
+                out.extend_from_slice(text.as_bytes());
+                self.record(Tag::Panic, &out);
+                self.scratch = out;
+                self.finish(seq, h.flags);
+                batch.left -= 1;
+            }
+        }
+        CURRENT.store(0, Ordering::Relaxed);
+        batch.frame
+    }
+
+    /// Runs the batch's remaining items; a panic unwinds out of here with
+    /// `batch.current` naming the item.
+    fn run_items(&mut self, batch: &mut Running<'_>) {
+        let h = batch.header;
         let timed = h.flags & wire::FLAG_TIMED != 0;
-        let killable = h.flags & wire::FLAG_KILLABLE != 0;
         let cancellable = h.flags & wire::FLAG_CANCELLABLE != 0;
-        let mut items = Items::new(&body[wire::BATCH_HEADER..]);
-        let mut out = std::mem::take(&mut self.scratch);
-        for left in (0..h.count).rev() {
-            let Some(arg) = items.next() else {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        while batch.left > 0 {
+            let Some(arg) = batch.items.next() else {
                 exit(EXIT_PROTOCOL)
             };
             let seq = self.next_seq;
@@ -368,6 +455,7 @@ impl Worker {
                 status
                     .started_ns
                     .store(clock::coarse_ns(), Ordering::Relaxed);
+                CURRENT.store(seq + 1, Ordering::Relaxed);
             }
             status.current.store(seq << 2 | RUNNING, Ordering::Release);
             let taken = !cancellable || {
@@ -381,63 +469,82 @@ impl Worker {
                 )
                 .is_ok()
             };
-            out.clear();
             let tag = if taken {
-                CURRENT.store(seq + 1, Ordering::Relaxed);
+                batch.current = Some(seq);
+                // Once the last argument is decoded, the frame can go back
+                // to the supervisor, which can then send the next one while
+                // this job runs.
+                let last = batch.left == 1;
+                let (inbox, frame) = (&mut self.inbox, &mut batch.frame);
+                let mut release = || {
+                    if last
+                        && let Some(n) = frame.take()
+                        && inbox.consume(n)
+                    {
+                        bell::ring(WORKER_BELL_OUT);
+                    }
+                };
+                // The result is encoded straight into the ring's free
+                // space, after room for its record header.
+                let (space, free) = self.outbox.space();
+                let room = free.saturating_sub(HEADER);
+                // SAFETY: the free space belongs to this producer until it
+                // advances; nothing else touches it while `out` lives.
+                let mut out = unsafe { Out::new(space.wrapping_add(HEADER), room, &mut scratch) };
                 // SAFETY: shim and func were paired by Call::new.
-                let r = guarded(|| unsafe { shim(h.func as usize, arg, &mut out) });
-                CURRENT.store(0, Ordering::Relaxed);
-                r.unwrap_or_else(|text| {
-                    out.clear();
-                    out.extend_from_slice(text.as_bytes());
-                    Tag::Panic
-                })
+                let tag = unsafe { (batch.shim)(h.func as usize, arg, &mut out, &mut release) };
+                batch.current = None;
+                let (len, direct) = (out.len(), out.is_direct());
+                if len as u64 > self.config.max_message_size {
+                    self.record_too_large(len);
+                } else if direct {
+                    self.outbox
+                        .advance_with_head(&wire::header(tag, len as u32), len);
+                } else {
+                    self.record(tag, &scratch);
+                }
+                tag
             } else {
+                self.record(Tag::Skipped, &[]);
                 Tag::Skipped
             };
-            self.record(tag, &out);
-            self.finish(seq, killable);
-            if left > 0 {
-                self.maybe_publish();
-            }
+            let _ = tag;
+            self.finish(seq, h.flags);
+            batch.left -= 1;
         }
-        self.scratch = out;
+        self.scratch = scratch;
     }
 
-    /// Marks item `seq` done. If the supervisor claimed it first (to kill
-    /// this worker over it), wait for the kill rather than run anything else.
-    fn finish(&mut self, seq: u64, killable: bool) {
+    /// Marks item `seq` done: its record is committed first, so a crash
+    /// from here on cannot lose it. If the supervisor claimed the item first
+    /// (to kill this worker over it), wait for the kill rather than run
+    /// anything else.
+    fn finish(&mut self, seq: u64, flags: u32) {
+        self.outbox.commit();
         let status = &self.page.worker;
-        status.tail.store(self.outbox.position(), Ordering::Release);
-        if !killable {
-            status.current.store(seq << 2 | DONE, Ordering::Release);
-        } else if status
-            .current
-            .compare_exchange(
+        if flags & wire::FLAG_KILLABLE != 0 {
+            let claimed = status.current.compare_exchange(
                 seq << 2 | RUNNING,
                 seq << 2 | DONE,
                 Ordering::AcqRel,
                 Ordering::Acquire,
-            )
-            .is_err()
-        {
-            loop {
-                // SAFETY: pause just waits for a signal; SIGKILL is coming.
-                unsafe { libc::pause() };
+            );
+            if claimed.is_err() {
+                loop {
+                    // SAFETY: pause just waits for a signal; SIGKILL is coming.
+                    unsafe { libc::pause() };
+                }
             }
+        } else if flags & wire::FLAG_TIMED != 0 {
+            // So that the supervisor's limit checks see the item is over.
+            status.current.store(seq << 2 | DONE, Ordering::Release);
         }
-        self.unpublished_items += 1;
-    }
-
-    /// Publishes mid-batch when enough results or time have piled up.
-    fn maybe_publish(&mut self) {
-        let now = clock::coarse_ns();
-        if self.unpublished_items >= PUBLISH_ITEMS
-            || self.outbox.unpublished() >= PUBLISH_BYTES
-            || now.saturating_sub(self.published_at) >= PUBLISH_NS
-        {
+        // Otherwise `RUNNING` plus the committed record tell the supervisor
+        // all it needs, and the store is saved.
+        // A supervisor with nothing else to do sleeps: wake it for this
+        // result now rather than at the end of the batch.
+        if self.outbox.consumer_asleep() {
             self.flush();
-            self.published_at = now;
         }
     }
 

@@ -20,7 +20,7 @@ use crate::error::{ExitStatus, JobError};
 use crate::job::JobId;
 use crate::progress::Progress;
 use crate::ring::{Consumer, Producer};
-use crate::shm::{DONE, KILL, RUNNING, Region, SLOT_CANCELLED, SLOT_QUEUED, StatusPage};
+use crate::shm::{KILL, RUNNING, Region, SLOT_CANCELLED, SLOT_QUEUED, StatusPage};
 use crate::stats::Counters;
 use crate::wire::{self, BATCH_HEADER, BatchHeader, HEADER, Record, RecordReader, Tag};
 use std::collections::VecDeque;
@@ -401,8 +401,6 @@ impl Conn {
     }
 
     /// Sends `batch`, or gives it back when the ring has no room for it.
-    // A refused batch comes back by value: moving it beats boxing them all.
-    #[allow(clippy::result_large_err)]
     pub(super) fn try_send(&mut self, mut batch: Batch) -> Result<(), Batch> {
         let items_len = batch.items().len();
         let frame = HEADER + BATCH_HEADER + items_len;
@@ -584,7 +582,7 @@ impl Conn {
             };
             let take = avail.min(MAX_PULL);
             self.pull(take);
-            if let Err(e) = self.parse(ctx, u64::MAX) {
+            if let Err(e) = self.parse(ctx) {
                 return self.violate(e);
             }
             if take == avail {
@@ -599,26 +597,49 @@ impl Conn {
             return;
         }
         let rx = &self.rx;
-        self.reader.extend_with(n, |dst| rx.copy_out(0, dst));
+        self.reader.extend_with(n, |dst| rx.copy_into(0, dst));
         if self.rx.consume(n) {
             bell::ring(self.bell_to.as_raw_fd());
         }
     }
 
-    /// Handles complete records, at most `max_items` item records.
-    fn parse(&mut self, ctx: &mut Ctx<'_>, max_items: u64) -> Result<(), String> {
-        let mut items = 0;
-        while items < max_items {
-            match self.reader.next() {
-                Ok(Some(rec)) => {
-                    items += u64::from(rec.tag.is_item());
-                    self.book.on_record(rec, ctx)?;
+    /// Handles every complete record received.
+    fn parse(&mut self, ctx: &mut Ctx<'_>) -> Result<(), String> {
+        loop {
+            // Fast path: a run of answers for the front batch, copied at once.
+            if self.book.kill.is_none()
+                && let Some(front) = self.book.inflight.front()
+            {
+                let want = front.batch.count() - self.book.out_count;
+                let run = self.reader.scan_items(want).map_err(|e| e.to_string())?;
+                if run.count > 0 {
+                    ctx.counters.count_run(&run);
+                    let whole = (self.book.out_count == 0 && run.count == want)
+                        .then(|| self.reader.take_whole(run.bytes))
+                        .flatten();
+                    if let Some(buf) = whole {
+                        // The answers of the whole front batch, and nothing
+                        // else: hand the buffer on as it is.
+                        self.book.out = buf;
+                        self.book.out_count = run.count;
+                        self.book.flush_out(ctx);
+                        continue;
+                    }
+                    self.book.out.extend_from_slice(self.reader.take(run.bytes));
+                    self.book.out_count += run.count;
+                    if run.count == want {
+                        self.book.flush_out(ctx);
+                    }
+                    continue;
                 }
-                Ok(None) => break,
+            }
+            // Slow path, one record: control records, a killed item, errors.
+            match self.reader.next() {
+                Ok(Some(rec)) => self.book.on_record(rec, ctx)?,
+                Ok(None) => return Ok(()),
                 Err(e) => return Err(e.to_string()),
             }
         }
-        Ok(())
     }
 
     /// Enforces time limits. Returns the next instant (coarse ns) at which
@@ -664,7 +685,9 @@ impl Conn {
         if opts.time_limit.is_none() && opts.soft_time_limit.is_none() {
             return None;
         }
-        let started = page.worker.started_ns.load(Ordering::Relaxed).min(now);
+        // Started no earlier than this, in real time (see clock::coarse_tick_ns).
+        let started =
+            page.worker.started_ns.load(Ordering::Relaxed).min(now) + clock::coarse_tick_ns();
         let mut next = None;
         let mut notify_soft = false;
         if let Some(soft) = opts.soft_time_limit {
@@ -785,40 +808,15 @@ impl Conn {
         self.spawn_failed || self.status.is_some() || (!zygote_alive && (self.gone || self.hup))
     }
 
-    /// Closes the books of a dead worker: delivers every result it left,
-    /// charges the item it was running, and returns the batches whose items
-    /// never started, to be run elsewhere.
+    /// Closes the books of a dead worker: delivers every result it left
+    /// (a worker commits each record before it marks the item done), charges
+    /// the item it was running, and returns the batches whose items never
+    /// started, to be run elsewhere.
     pub(super) fn finalize(&mut self, ctx: &mut Ctx<'_>) -> Vec<Batch> {
         self.pump_rx(ctx);
         let cur = self.page().worker.current.load(Ordering::Acquire);
         let (cseq, cstate) = (cur >> 2, cur & 3);
         let was_running = cstate == RUNNING || cstate == KILL;
-        if self.violated.is_none()
-            && let Some(first) = self.book.first_undelivered()
-        {
-            // Results of items that finished after the last publish.
-            let done_through = match cstate {
-                DONE => cseq + 1,
-                _ if was_running => cseq,
-                _ => 0, // never started an item
-            };
-            let limit = done_through.saturating_sub(first);
-            if limit > 0 {
-                let tail = self.page().worker.tail.load(Ordering::Acquire);
-                match self.rx.available_until(tail) {
-                    Ok(n) => self.pull(n),
-                    Err(_) => self.violate("left an impossible result position"),
-                }
-                if self.violated.is_none()
-                    && let Err(e) = self.parse(ctx, limit)
-                {
-                    self.violate(e);
-                }
-            }
-        }
-        if !self.book.inflight.is_empty() {
-            self.book.flush_out(ctx);
-        }
         if let Some(first) = self.book.first_undelivered() {
             let kill = self.book.kill.take().filter(|k| k.seq == first);
             let charge = if let Some(k) = kill {

@@ -24,7 +24,10 @@
 //! worker or fork server of this pool is left running.
 
 mod conn;
+mod drive;
 mod timers;
+
+pub(crate) use drive::{Driver, HOT_SPIN, Submitter};
 
 use crate::batch::Batch;
 use crate::bell::Drained;
@@ -38,15 +41,13 @@ use crate::stats::Counters;
 use crate::zygote::{Event, Polled, ZygoteLink};
 use conn::{Conn, Ctx};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::eventfd::{EfdFlags, EventFd};
+use drive::Wake;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::AsFd;
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
+
+use std::sync::atomic::{Ordering, fence};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 use timers::Timers;
 
 /// Most batches of several items queued at one worker.
@@ -93,54 +94,16 @@ pub(crate) enum Whereabouts {
     Elsewhere,
 }
 
-/// Wakes the supervisor when it sleeps.
-pub(crate) struct Wake {
-    fd: EventFd,
-    sleeping: AtomicBool,
-}
-
-impl Wake {
-    fn notify(&self) {
-        fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::AcqRel) {
-            let _ = self.fd.write(1);
-        }
-    }
-}
-
-/// A caller's handle for sending commands.
-#[derive(Clone)]
-pub(crate) struct Submitter {
-    tx: Sender<Command>,
-    wake: Arc<Wake>,
-}
-
-impl Submitter {
-    /// Sends a command; gives it back if the supervisor is gone.
-    #[allow(clippy::result_large_err)]
-    pub(crate) fn send(&self, cmd: Command) -> Result<(), Command> {
-        self.tx.send(cmd).map_err(|e| e.0)?;
-        self.wake.notify();
-        Ok(())
-    }
-}
-
 /// Forks the zygote and starts the supervisor thread.
 pub(crate) fn start(
     config: Arc<Config>,
     counters: Arc<Counters>,
     gates: Arc<Gates>,
-) -> Result<(Submitter, JoinHandle<()>), Error> {
+) -> Result<(Submitter, Driver, JoinHandle<()>), Error> {
     let zygote = ZygoteLink::start(&config)?;
-    let wake = Arc::new(Wake {
-        fd: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
-        sleeping: AtomicBool::new(false),
-    });
-    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    epoll.add(
-        wake.fd.as_fd(),
-        EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE),
-    )?;
+    let wake = Arc::new(Wake::new()?);
+    let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
+    epoll.add(wake.fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE))?;
     epoll.add(
         zygote.fd(),
         EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_ZYGOTE),
@@ -151,8 +114,10 @@ pub(crate) fn start(
         counters,
         cmds: rx,
         wake: wake.clone(),
-        epoll,
+        epoll: epoll.clone(),
         zygote: Some(zygote),
+        zygote_ready: true,
+        steps: 0,
         conns: Vec::new(),
         next_key: 1,
         spawned: 0,
@@ -163,15 +128,20 @@ pub(crate) fn start(
         done_jobs: Vec::new(),
         closing: false,
         joining: false,
+        terminate: false,
         start_failures: 0,
         last_start_error: String::new(),
         spawn_after: 0,
+        next_deadline: None,
+        sleep_until: None,
     };
+    let core = Arc::new(Mutex::new(sup));
+    let driver = Driver::new(core.clone(), wake.clone());
     let handle = std::thread::Builder::new()
         .name("forkpool-supervisor".into())
-        .spawn(move || sup.run())
+        .spawn(move || drive::run(core, epoll))
         .map_err(Error::Io)?;
-    Ok((Submitter { tx, wake }, handle))
+    Ok((Submitter::new(tx, wake), driver, handle))
 }
 
 const TOKEN_WAKE: u64 = 0;
@@ -188,8 +158,13 @@ struct Supervisor {
     counters: Arc<Counters>,
     cmds: Receiver<Command>,
     wake: Arc<Wake>,
-    epoll: Epoll,
+    epoll: Arc<Epoll>,
     zygote: Option<ZygoteLink>,
+    /// The fork server's socket is readable (polling it costs a system
+    /// call, so only after the poller said so).
+    zygote_ready: bool,
+    /// Steps taken (by anyone), for occasional polling.
+    steps: u32,
     conns: Vec<Conn>,
     next_key: u64,
     /// Workers ever asked for; those past the first N are restarts.
@@ -205,61 +180,86 @@ struct Supervisor {
     done_jobs: Vec<JobId>,
     closing: bool,
     joining: bool,
+    terminate: bool,
     start_failures: u32,
     last_start_error: String,
     /// No spawn before this coarse-clock instant (backoff after failures).
     spawn_after: u64,
+    /// The earliest time limit due, as of the last step.
+    next_deadline: Option<u64>,
+    /// While the supervisor thread sleeps: until when (`u64::MAX`: no timeout).
+    sleep_until: Option<u64>,
 }
 
 impl Supervisor {
-    fn run(mut self) {
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.main_loop()));
-        if outcome.is_err() {
-            eprintln!("forkpool: the supervisor thread panicked; the pool is terminated");
+    /// Does everything that can be done now without waiting. Either the
+    /// supervisor thread or a caller helping (see `drive`) calls it, under
+    /// the lock. False once the supervisor's work is over (terminate, or a
+    /// join that completed).
+    fn step(&mut self) -> bool {
+        self.commands();
+        if self.terminate {
+            return false;
         }
-        self.shutdown();
-    }
-
-    fn main_loop(&mut self) {
-        let mut events = vec![EpollEvent::empty(); 64];
-        loop {
-            if !self.commands() {
-                return;
-            }
-            self.run_timers();
+        self.run_timers();
+        // Polling the fork server costs a system call: do it when the
+        // poller said it has something, and every few steps anyway, so a
+        // caller helping (whom the poller does not wake) learns of a dead
+        // worker without waiting for the supervisor thread.
+        self.steps = self.steps.wrapping_add(1);
+        if std::mem::take(&mut self.zygote_ready) || self.steps.is_multiple_of(16) {
             self.zygote_events();
-            self.service_workers();
-            self.dispatch();
-            let next_deadline = match (self.deadlines(), self.timers.next_wake()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            self.maintain();
-            // A retry resubmits through the command queue while results are
-            // taken in: take it in before the pool may count itself done.
-            if self.joining && !self.commands() {
-                return;
-            }
-            if self.joining
-                && self.pending.is_empty()
-                && self.timers.is_empty()
-                && !self.conns.iter().any(Conn::busy)
-            {
-                if self.conns.is_empty() {
-                    return;
-                }
-                self.conns.iter_mut().for_each(Conn::request_exit);
-            }
-            for c in &mut self.conns {
-                c.publish();
-            }
-            self.update_live();
-            self.sleep(&mut events, next_deadline);
         }
+        self.service_workers();
+        if self.joining {
+            // A retry resubmits through the command queue while results are
+            // taken in: take it in before the pool may count itself done
+            // (and before the next wake-up is computed).
+            self.commands();
+            if self.terminate {
+                return false;
+            }
+        }
+        self.dispatch();
+        self.next_deadline = match (self.deadlines(), self.timers.next_wake()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.maintain();
+        if self.joining
+            && self.pending.is_empty()
+            && self.timers.is_empty()
+            && !self.conns.iter().any(Conn::busy)
+        {
+            if self.conns.is_empty() {
+                return false;
+            }
+            self.conns.iter_mut().for_each(Conn::request_exit);
+        }
+        for c in &mut self.conns {
+            c.publish();
+        }
+        self.update_live();
+        true
     }
 
-    /// Takes every queued command. False means terminate.
-    fn commands(&mut self) -> bool {
+    /// Whether work is outstanding that the supervisor thread must look
+    /// after once the caller that is helping leaves.
+    fn needs_driver(&self) -> bool {
+        self.terminate
+            || self.joining
+            || !self.pending.is_empty()
+            || !self.cmds.is_empty()
+            || self.conns.iter().any(|c| c.busy() || !c.is_ready())
+            || match (self.next_deadline, self.sleep_until) {
+                (Some(due), Some(until)) => due < until,
+                (Some(_), None) => true,
+                _ => false,
+            }
+    }
+
+    /// Takes every queued command.
+    fn commands(&mut self) {
         loop {
             match self.cmds.try_recv() {
                 Ok(Command::Submit(batch)) => self.accept(batch),
@@ -280,11 +280,14 @@ impl Supervisor {
                     self.closing = true;
                     self.joining = true;
                 }
-                Ok(Command::Terminate) => return false,
-                Err(TryRecvError::Empty) => return true,
+                Ok(Command::Terminate) => self.terminate = true,
+                Err(TryRecvError::Empty) => return,
                 // Every caller handle is gone without a word: nothing can
                 // wait on the remaining work.
-                Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Disconnected) => {
+                    self.terminate = true;
+                    return;
+                }
             }
         }
     }
@@ -446,6 +449,15 @@ impl Supervisor {
             }
             let mut c = self.conns.swap_remove(i);
             let requeue = c.finalize(&mut ctx);
+            if let Some(code @ 70..=72) = c.status.and_then(|s| s.code()) {
+                // The worker left on its own over a broken frame or ring: a
+                // forkpool bug, worth saying out loud (its jobs ran elsewhere).
+                eprintln!(
+                    "forkpool: worker {} exited with code {code}, forkpool's code for a broken \
+                     frame or ring (unless a job called exit({code})): please report this",
+                    c.pid().unwrap_or(0)
+                );
+            }
             if let Some(why) = c.violation() {
                 eprintln!(
                     "forkpool: worker {} broke the protocol ({why}); treated as crashed",
@@ -675,45 +687,43 @@ impl Supervisor {
             .store(self.timers.items(), Ordering::Relaxed);
     }
 
-    /// Sleeps until a command, a worker, the fork server or a deadline needs us.
-    fn sleep(&mut self, events: &mut [EpollEvent], deadline: Option<u64>) {
-        self.wake.sleeping.store(true, Ordering::SeqCst);
+    /// Gets ready to sleep until a command, a worker, the fork server or a
+    /// deadline needs the supervisor: asks every worker to ring when it
+    /// writes. Returns the timeout in milliseconds (`None`: no timeout), or
+    /// `Err` when there is already work to do.
+    fn prepare_sleep(&mut self) -> Result<Option<u64>, ()> {
+        self.wake.set_sleeping(true);
         fence(Ordering::SeqCst);
         let room = self.pending.front().map_or(0, |b| b.items_len() + 64);
         let mut idle = self.cmds.is_empty();
         for c in &mut self.conns {
             idle &= c.prepare_sleep(room);
         }
-        let mut timeout_ms =
-            deadline.map(|d| d.saturating_sub(clock::coarse_ns()).div_ceil(1_000_000));
-        if self.spawn_after > 0 && self.conns.len() < self.config.workers {
-            let wait = self
-                .spawn_after
-                .saturating_sub(clock::coarse_ns())
-                .div_ceil(1_000_000);
-            timeout_ms = Some(timeout_ms.map_or(wait, |t| t.min(wait)));
+        if !idle {
+            self.after_sleep(&[]);
+            return Err(());
         }
-        let n = if idle {
-            let timeout = match timeout_ms {
-                None => EpollTimeout::NONE,
-                Some(ms) => EpollTimeout::try_from(Duration::from_millis(ms.clamp(1, 60_000)))
-                    .unwrap_or(EpollTimeout::NONE),
-            };
-            self.epoll.wait(events, timeout).unwrap_or(0)
-        } else {
-            0
-        };
-        self.wake.sleeping.store(false, Ordering::Relaxed);
+        let mut until = self.next_deadline;
+        if self.spawn_after > 0 && self.conns.len() < self.config.workers {
+            until = Some(until.map_or(self.spawn_after, |t| t.min(self.spawn_after)));
+        }
+        self.sleep_until = Some(until.unwrap_or(u64::MAX));
+        Ok(until.map(|t| t.saturating_sub(clock::coarse_ns()).div_ceil(1_000_000)))
+    }
+
+    /// Back from sleeping: withdraws the requests to ring and takes note of
+    /// what the poller reported.
+    fn after_sleep(&mut self, events: &[EpollEvent]) {
+        self.wake.set_sleeping(false);
+        self.sleep_until = None;
         for c in &self.conns {
             c.awake();
         }
-        for ev in &events[..n] {
+        for ev in events {
             let t = ev.data();
             match t {
-                TOKEN_WAKE => {
-                    let _ = self.wake.fd.read();
-                }
-                TOKEN_ZYGOTE => {}
+                TOKEN_WAKE => self.wake.drain(),
+                TOKEN_ZYGOTE => self.zygote_ready = true,
                 _ => {
                     let (key, kind) = (t >> 2, t & 3);
                     let Some(c) = self.conns.iter_mut().find(|c| c.key == key) else {
@@ -733,6 +743,13 @@ impl Supervisor {
                     }
                 }
             }
+        }
+    }
+
+    /// A caller is about to step: workers need not ring for it.
+    fn helping(&mut self) {
+        for c in &self.conns {
+            c.awake();
         }
     }
 
@@ -756,7 +773,10 @@ impl Supervisor {
         drop(waiting);
         self.conns.clear();
         self.zygote = None;
-        while let Ok(cmd) = self.cmds.try_recv() {
+        // From now on a send fails at once and its batch resolves as
+        // cancelled on the sender's side.
+        let cmds = std::mem::replace(&mut self.cmds, crossbeam_channel::never());
+        while let Ok(cmd) = cmds.try_recv() {
             match cmd {
                 Command::Submit(batch) => {
                     self.counters

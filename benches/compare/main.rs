@@ -1,0 +1,318 @@
+//! forkpool and procspawn on the comparison workloads.
+//!
+//! `cargo bench --bench compare -- <pool> <workload>` runs one workload once
+//! and prints one JSON object. `benches/compare/run` calls it interleaved
+//! with `mp_bench.py` (Python's pools) over several rounds and prints the
+//! table of medians; see BENCHMARKS.md.
+
+use forkpool::{JobError, Pool};
+use serde_bytes::ByteBuf;
+use std::hint::black_box;
+use std::time::Instant;
+
+const WORKERS: usize = 2;
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn echo(b: ByteBuf) -> ByteBuf {
+    b
+}
+
+/// The same loop as `spin` in mp_bench.py; Rust needs more iterations for
+/// a job of similar length.
+fn spin(n: u64) -> u64 {
+    let mut acc = 0u64;
+    for i in 0..n {
+        acc = (acc + black_box(i) * i) % 1_000_003;
+    }
+    acc
+}
+
+fn pool(workers: usize) -> Pool {
+    let pool = Pool::new(workers).expect("build pool");
+    warm(&pool);
+    pool
+}
+
+fn warm(pool: &Pool) {
+    // Workers up and past their first job.
+    let _ = pool.map(square, 0..(pool.workers() as u64 * 4)).unwrap();
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+/// CPU seconds used by this process (all its threads, not its children).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into a local struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096.0 / (1 << 20) as f64
+}
+
+type Fields = Vec<(&'static str, f64)>;
+
+fn map_tiny() -> Fields {
+    let n = 1_000_000u64;
+    let pool = pool(WORKERS);
+    let mut rates: Vec<f64> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            let out = pool.map(square, 0..n).unwrap();
+            let dt = t.elapsed().as_secs_f64();
+            assert_eq!(out[n as usize - 1], (n - 1) * (n - 1));
+            n as f64 / dt
+        })
+        .collect();
+    vec![("value", median(&mut rates))]
+}
+
+fn map_chunk1() -> Fields {
+    let n = 20_000u64;
+    let pool = Pool::builder()
+        .workers(WORKERS)
+        .chunk_size(1)
+        .build()
+        .unwrap();
+    warm(&pool);
+    let t = Instant::now();
+    let out = pool.map(square, 0..n).unwrap();
+    let dt = t.elapsed().as_secs_f64();
+    assert_eq!(out[n as usize - 1], (n - 1) * (n - 1));
+    vec![("value", n as f64 / dt)]
+}
+
+fn apply() -> Fields {
+    let pool = pool(WORKERS);
+    let mut lat: Vec<f64> = (0..2000u64)
+        .map(|i| {
+            let t = Instant::now();
+            assert_eq!(pool.apply(square, i), Ok(i * i));
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    let p99 = percentile(&mut lat, 0.99);
+    vec![("value", median(&mut lat)), ("p99", p99)]
+}
+
+fn payload() -> Fields {
+    let (n, size) = (64usize, 1usize << 20);
+    let items: Vec<ByteBuf> = (0..n).map(|i| ByteBuf::from(vec![i as u8; size])).collect();
+    let pool = Pool::builder()
+        .workers(WORKERS)
+        .chunk_size(1)
+        .build()
+        .unwrap();
+    warm(&pool);
+    let t = Instant::now();
+    let out = pool.map(echo, items).unwrap();
+    let dt = t.elapsed().as_secs_f64();
+    assert!(out.iter().all(|b| b.len() == size));
+    vec![("value", (n * size) as f64 / dt / 1e9)]
+}
+
+fn cpu_time(workers: usize) -> f64 {
+    let pool = pool(workers);
+    let t = Instant::now();
+    pool.map(spin, vec![6_000_000u64; 16]).unwrap();
+    t.elapsed().as_secs_f64()
+}
+
+fn cpu_2v1() -> Fields {
+    let one = cpu_time(1);
+    let two = cpu_time(2);
+    vec![("value", one / two)]
+}
+
+fn startup() -> Fields {
+    let mut times: Vec<f64> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            let pool = Pool::new(WORKERS).unwrap();
+            assert_eq!(pool.apply(square, 3), Ok(9));
+            pool.join().unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    vec![("value", median(&mut times))]
+}
+
+/// Duration of one `fork()` call in a process of this size (the zygote is a
+/// copy of it): what the kernel charges to duplicate its address space.
+fn fork_ms() -> f64 {
+    let mut times: Vec<f64> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            // SAFETY: the child only calls _exit.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                unsafe { libc::_exit(0) };
+            }
+            let dt = t.elapsed().as_secs_f64() * 1e3;
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            dt
+        })
+        .collect();
+    median(&mut times)
+}
+
+fn kill_self(_: ()) -> u64 {
+    // SAFETY: signalling our own process.
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    0
+}
+
+/// From a job killing its worker to a replacement's answer to the next
+/// job, against one fork of a process this size (50 MB touched, as in the
+/// issue): detection, fork, start-up and the job itself.
+fn replace() -> Fields {
+    let ballast: Vec<u8> = vec![1; 50 << 20];
+    black_box(&ballast);
+    let pool = pool(1);
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        assert!(matches!(
+            pool.apply(kill_self, ()),
+            Err(JobError::Crashed { .. })
+        ));
+        assert_eq!(pool.apply(square, 4), Ok(16));
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let fork = fork_ms();
+    let r = median(&mut times);
+    vec![("value", r), ("fork_ms", fork), ("ratio", r / fork)]
+}
+
+/// The caller's own CPU time per job: supervisor and calling thread.
+fn caller_cpu() -> Fields {
+    let pool = pool(WORKERS);
+    let n = 1_000_000u64;
+    let c = cpu_seconds();
+    pool.map(square, 0..n).unwrap();
+    let per_item = (cpu_seconds() - c) / n as f64 * 1e9;
+    let m = 100_000u64;
+    let c = cpu_seconds();
+    let handles: Vec<_> = (0..m).map(|i| pool.submit(square, i)).collect();
+    for h in handles {
+        h.get().unwrap();
+    }
+    let per_job = (cpu_seconds() - c) / m as f64 * 1e9;
+    vec![("value", per_job), ("map_item_ns", per_item)]
+}
+
+/// Caller memory over ten million jobs through `imap`.
+fn memory() -> Fields {
+    let pool = pool(WORKERS);
+    let mut at_1m = 0.0;
+    let mut sum = 0u64;
+    for (i, r) in pool.imap(square, 0..10_000_000u64).enumerate() {
+        sum = sum.wrapping_add(r.unwrap());
+        if i == 1_000_000 {
+            at_1m = rss_mib();
+        }
+    }
+    black_box(sum);
+    vec![("value", rss_mib()), ("rss_at_1m_mib", at_1m)]
+}
+
+fn procspawn_pool() -> procspawn::Pool {
+    let pool = procspawn::Pool::new(WORKERS).unwrap();
+    for i in 0..(WORKERS as u64 * 4) {
+        pool.spawn(i, square).join().unwrap();
+    }
+    pool
+}
+
+fn procspawn_chunk1() -> Fields {
+    let n = 20_000u64;
+    let pool = procspawn_pool();
+    let t = Instant::now();
+    let handles: Vec<_> = (0..n).map(|i| pool.spawn(i, square)).collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let dt = t.elapsed().as_secs_f64();
+    pool.shutdown();
+    vec![("value", n as f64 / dt)]
+}
+
+fn procspawn_apply() -> Fields {
+    let pool = procspawn_pool();
+    let mut lat: Vec<f64> = (0..2000u64)
+        .map(|i| {
+            let t = Instant::now();
+            assert_eq!(pool.spawn(i, square).join().unwrap(), i * i);
+            t.elapsed().as_secs_f64() * 1e6
+        })
+        .collect();
+    pool.shutdown();
+    let p99 = percentile(&mut lat, 0.99);
+    vec![("value", median(&mut lat)), ("p99", p99)]
+}
+
+fn procspawn_startup() -> Fields {
+    let mut times: Vec<f64> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            let pool = procspawn::Pool::new(WORKERS).unwrap();
+            assert_eq!(pool.spawn(3u64, square).join().unwrap(), 9);
+            pool.shutdown();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    vec![("value", median(&mut times))]
+}
+
+fn main() {
+    procspawn::init();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let [kind, workload] = [&args[0], &args[1]].map(String::as_str);
+    let fields = match (kind, workload) {
+        ("forkpool", "map_tiny") => map_tiny(),
+        ("forkpool", "map_chunk1") => map_chunk1(),
+        ("forkpool", "apply") => apply(),
+        ("forkpool", "payload_1mib") => payload(),
+        ("forkpool", "cpu_2v1") => cpu_2v1(),
+        ("forkpool", "startup") => startup(),
+        ("forkpool", "replace") => replace(),
+        ("forkpool", "caller_cpu") => caller_cpu(),
+        ("forkpool", "memory") => memory(),
+        ("procspawn", "map_chunk1") => procspawn_chunk1(),
+        ("procspawn", "apply") => procspawn_apply(),
+        ("procspawn", "startup") => procspawn_startup(),
+        _ => {
+            println!(
+                "{{\"pool\": \"{kind}\", \"workload\": \"{workload}\", \"unsupported\": true}}"
+            );
+            return;
+        }
+    };
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("\"{k}\": {v}"))
+        .collect();
+    println!(
+        "{{\"pool\": \"{kind}\", \"workload\": \"{workload}\", {}}}",
+        body.join(", ")
+    );
+}

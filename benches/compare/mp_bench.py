@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Python's process pools on the comparison workloads (standard library only).
+
+Usage: mp_bench.py <pool> <workload>   with pool in {mp, ppe}
+Prints one JSON object: {"pool", "workload", "value", "unit", ...}.
+Each workload mirrors a forkpool one in benches/compare/forkpool.rs; the
+runner (benches/compare/run) interleaves them and takes medians.
+"""
+import json
+import multiprocessing as mp
+import os
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+WORKERS = 2
+CTX = mp.get_context("fork")
+
+
+def square(x):
+    return x * x
+
+
+def echo(b):
+    return b
+
+
+def spin(n):
+    acc = 0
+    for i in range(n):
+        acc = (acc + i * i) % 1000003
+    return acc
+
+
+def crash(_):
+    os.abort()
+
+
+def make_pool(kind, workers=WORKERS):
+    if kind == "mp":
+        return CTX.Pool(workers)
+    return ProcessPoolExecutor(workers, mp_context=CTX)
+
+
+def pool_map(kind, pool, f, items, chunksize=None):
+    if kind == "mp":
+        if chunksize is None:
+            return pool.map(f, items)
+        return pool.map(f, items, chunksize)
+    return list(pool.map(f, items, chunksize=chunksize or 1))
+
+
+def apply(kind, pool, f, arg):
+    if kind == "mp":
+        return pool.apply(f, (arg,))
+    return pool.submit(f, arg).result()
+
+
+def close(kind, pool):
+    if kind == "mp":
+        pool.close()
+        pool.join()
+    else:
+        pool.shutdown()
+
+
+def warm(kind, pool):
+    pool_map(kind, pool, square, range(WORKERS * 4), 1)
+
+
+def w_map_tiny(kind):
+    n = 1_000_000
+    pool = make_pool(kind)
+    warm(kind, pool)
+    rates = []
+    for _ in range(3 if kind == "mp" else 1):
+        t = time.perf_counter()
+        out = pool_map(kind, pool, square, range(n))
+        dt = time.perf_counter() - t
+        assert out[-1] == (n - 1) ** 2
+        rates.append(n / dt)
+    close(kind, pool)
+    rates.sort()
+    return {"value": rates[len(rates) // 2], "unit": "items/s"}
+
+
+def w_map_chunk1(kind):
+    n = 20_000
+    pool = make_pool(kind)
+    warm(kind, pool)
+    t = time.perf_counter()
+    out = pool_map(kind, pool, square, range(n), 1)
+    dt = time.perf_counter() - t
+    assert out[-1] == (n - 1) ** 2
+    close(kind, pool)
+    return {"value": n / dt, "unit": "items/s"}
+
+
+def w_apply(kind):
+    n = 2000
+    pool = make_pool(kind)
+    warm(kind, pool)
+    lat = []
+    for i in range(n):
+        t = time.perf_counter()
+        apply(kind, pool, square, i)
+        lat.append(time.perf_counter() - t)
+    close(kind, pool)
+    lat.sort()
+    return {"value": lat[n // 2] * 1e6, "unit": "us", "p99": lat[int(n * 0.99)] * 1e6}
+
+
+def w_payload(kind):
+    n, size = 64, 1 << 20
+    items = [bytes([i % 256]) * size for i in range(n)]
+    pool = make_pool(kind)
+    warm(kind, pool)
+    t = time.perf_counter()
+    out = pool_map(kind, pool, echo, items, 1)
+    dt = time.perf_counter() - t
+    assert all(len(o) == size for o in out)
+    close(kind, pool)
+    return {"value": n * size / dt / 1e9, "unit": "GB/s"}
+
+
+def cpu_time(kind, workers):
+    jobs = [300_000] * 16
+    pool = make_pool(kind, workers)
+    warm(kind, pool)
+    t = time.perf_counter()
+    pool_map(kind, pool, spin, jobs, 1)
+    dt = time.perf_counter() - t
+    close(kind, pool)
+    return dt
+
+
+def w_cpu(kind):
+    one = cpu_time(kind, 1)
+    two = cpu_time(kind, 2)
+    return {"value": one / two, "unit": "x"}
+
+
+def w_startup(kind):
+    n = 20
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        pool = make_pool(kind)
+        apply(kind, pool, square, 3)
+        close(kind, pool)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return {"value": times[n // 2] * 1e3, "unit": "ms"}
+
+
+WORKLOADS = {
+    "map_tiny": w_map_tiny,
+    "map_chunk1": w_map_chunk1,
+    "apply": w_apply,
+    "payload_1mib": w_payload,
+    "cpu_2v1": w_cpu,
+    "startup": w_startup,
+}
+
+if __name__ == "__main__":
+    kind, workload = sys.argv[1], sys.argv[2]
+    result = WORKLOADS[workload](kind)
+    result.update(pool=kind, workload=workload)
+    print(json.dumps(result))
