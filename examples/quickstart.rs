@@ -5,7 +5,9 @@
 //! only that job: the pool replaces the worker and keeps serving.
 //!
 //! With `-- --long` it ends with a long `map` to try Ctrl-C on: the handler
-//! terminates the pool (no worker is left behind) and exits with status 130.
+//! terminates the pool (no worker is left behind), the program reports how
+//! every job ended — each exactly once: completed, failed or cancelled — and
+//! exits with status 130.
 
 use forkpool::{JobError, Pool};
 use std::io::Write;
@@ -33,6 +35,8 @@ fn slow(x: u64) -> u64 {
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Set while the long map runs: then `main` reports and exits after Ctrl-C.
+static LONG_MAP: AtomicBool = AtomicBool::new(false);
 
 fn main() -> Result<(), forkpool::Error> {
     let pool = Pool::builder().time_limit(Duration::from_secs(2)).build()?;
@@ -42,8 +46,12 @@ fn main() -> Result<(), forkpool::Error> {
     ctrlc::set_handler(move || {
         INTERRUPTED.store(true, Ordering::SeqCst);
         eprintln!("\ninterrupted: terminating the pool");
+        // Every job not finished resolves to Cancelled; nothing waits.
         on_ctrl_c.clone().terminate();
-        std::process::exit(130);
+        if !LONG_MAP.load(Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        // The long map returns now; `main` reports and exits.
     })
     .expect("install the Ctrl-C handler");
 
@@ -85,14 +93,18 @@ fn main() -> Result<(), forkpool::Error> {
     );
 
     if std::env::args().any(|a| a == "--long") {
+        LONG_MAP.store(true, Ordering::SeqCst);
         println!("long map running: press Ctrl-C to stop it");
         std::io::stdout().flush().ok();
         let done = pool.map(slow, 0..100_000u64).map(|v| v.len());
         if INTERRUPTED.load(Ordering::SeqCst) {
-            // The handler is terminating the pool and will exit with 130.
-            loop {
-                std::thread::park();
-            }
+            // Terminated: every job has resolved, and exactly once.
+            let s = pool.stats();
+            println!(
+                "interrupted: {} jobs: {} completed, {} failed, {} cancelled",
+                s.submitted, s.completed, s.failed, s.cancelled
+            );
+            std::process::exit(130);
         }
         println!("long map finished: {done:?}");
     }

@@ -4,8 +4,8 @@
 //! supervisor, and the small internal interface higher layers build on: a
 //! function ([`Call`]), encoded arguments, per-job options ([`JobOpts`]:
 //! time limits, a start time, an expiry), and a [`Sink`] that receives each
-//! item's outcome. A function may also have a dispatch [`Gate`] (see
-//! `gate.rs`), which the supervisor attaches by itself.
+//! item's outcome. A function may also have a [`Throttle`] (see
+//! `throttle.rs`), which the supervisor attaches by itself.
 //!
 //! A `Batch` always describes the items *not yet delivered*: delivering
 //! items advances it, and whatever is left when it is dropped is delivered
@@ -13,8 +13,9 @@
 //! panic in the supervisor — can leave a job unresolved: nothing hangs.
 
 use crate::error::JobError;
-use crate::gate::Gate;
+use crate::gate::Ticket;
 use crate::job::{Call, JobId};
+use crate::throttle::Throttle;
 use crate::wire;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,10 +84,14 @@ pub(crate) struct Batch {
     pub opts: JobOpts,
     /// Set for a single cancellable job (`submit`).
     pub job: Option<JobId>,
-    /// The dispatch gate of the batch's function, attached by the supervisor.
-    pub gate: Option<Arc<dyn Gate>>,
-    /// The gate already gave this batch a start time it waited for.
-    pub gate_waited: bool,
+    /// Places in the pool's bounded queue (see `crate::gate`), held until
+    /// the items are handed to a worker or resolved.
+    pub ticket: Option<Box<Ticket>>,
+    /// The throttle of the batch's function (its rate limit), attached by
+    /// the supervisor.
+    pub throttle: Option<Arc<dyn Throttle>>,
+    /// The throttle already gave this batch a start time it waited for.
+    pub throttle_waited: bool,
 }
 
 impl Batch {
@@ -108,8 +113,9 @@ impl Batch {
             sink,
             opts,
             job,
-            gate: None,
-            gate_waited: false,
+            ticket: None,
+            throttle: None,
+            throttle_waited: false,
         }
     }
 
@@ -182,8 +188,12 @@ impl Batch {
             sink: self.sink.clone(),
             opts: self.opts,
             job: self.job,
-            gate: self.gate.clone(),
-            gate_waited: self.gate_waited,
+            ticket: self
+                .ticket
+                .as_mut()
+                .map(|t| Box::new(t.split(u64::from(n)))),
+            throttle: self.throttle.clone(),
+            throttle_waited: self.throttle_waited,
         };
         self.items.drain(..off);
         self.count -= n;

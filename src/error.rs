@@ -110,6 +110,46 @@ pub(crate) fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// Why [`Pool::try_submit`](crate::Pool::try_submit) did not take a job.
+/// Either way the argument comes back, untouched.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TrySubmitError<A> {
+    /// [`queue_capacity`](crate::PoolBuilder::queue_capacity) jobs are
+    /// already waiting for a worker.
+    Full(A),
+    /// The pool is closed (or terminated) and accepts no new jobs.
+    Closed(A),
+}
+
+impl<A> TrySubmitError<A> {
+    /// The argument that was not submitted.
+    pub fn into_inner(self) -> A {
+        match self {
+            TrySubmitError::Full(a) | TrySubmitError::Closed(a) => a,
+        }
+    }
+}
+
+impl<A> fmt::Debug for TrySubmitError<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySubmitError::Full(_) => f.write_str("Full(..)"),
+            TrySubmitError::Closed(_) => f.write_str("Closed(..)"),
+        }
+    }
+}
+
+impl<A> fmt::Display for TrySubmitError<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TrySubmitError::Full(_) => "the pool's job queue is full",
+            TrySubmitError::Closed(_) => "the pool is closed and accepts no new jobs",
+        })
+    }
+}
+
+impl<A> std::error::Error for TrySubmitError<A> {}
+
 /// A pool-level failure.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1,77 +1,183 @@
-//! Dispatch gates: a per-function say over when its jobs may start.
+//! Back-pressure: a bound on the jobs waiting for a worker.
 //!
-//! This is the core's whole knowledge of rate limits. A [`Gate`] belongs to
-//! a function (keyed by its address, like the function pointer a batch
-//! carries); the supervisor attaches it to every batch of that function it
-//! receives and asks it, each time it is about to hand one item to an idle
-//! worker, whether the item may start now or not before some instant. A
-//! refused item waits in the supervisor's timers, never in a worker, and
-//! jobs of other functions keep flowing past it.
+//! With [`PoolBuilder::queue_capacity`](crate::PoolBuilder::queue_capacity)
+//! set, every submission takes a [`Ticket`] for its jobs (map items count
+//! one each) before it reaches the supervisor, and the ticket is given back
+//! when the jobs are handed to a worker — or when they resolve without ever
+//! being handed (cancelled, failed to start, the pool terminated). "Waiting"
+//! therefore means: submitted, not yet handed to a worker.
 //!
-//! Gated items are dispatched one at a time, and only to a worker with
-//! nothing else queued, so "dispatched" is "started" up to the worker's
-//! wake-up latency, and the gate's count of starts is the real one.
+//! A submission is admitted when nothing waits or when it fits; so a batch
+//! larger than the capacity is still admitted, alone. A submitter that
+//! cannot be admitted blocks until tickets come back or the pool is closed
+//! (then it is refused): it never waits on a pool that can no longer drain.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-/// Decides when items of one function may start.
-pub(crate) trait Gate: Send + Sync {
-    /// May an item start at `now` (coarse-clock nanoseconds)? `Ok`: it
-    /// starts now, and the gate counts it. `Err(at)`: ask again at `at`.
-    /// `waited` is true when the item already waited for an instant this
-    /// gate gave it (so it keeps its place ahead of newcomers).
-    fn admit(&self, now: u64, waited: bool) -> Result<(), u64>;
+/// The shared count of waiting jobs.
+pub(crate) struct Gate {
+    capacity: u64,
+    state: Mutex<State>,
+    freed: Condvar,
 }
 
-/// The gates of one pool, by function address.
-#[derive(Default)]
-pub(crate) struct Gates {
-    /// Whether any gate was ever installed: lets the supervisor skip the
-    /// lookup entirely for pools without one.
-    any: AtomicBool,
-    map: RwLock<HashMap<usize, Arc<dyn Gate>>>,
+struct State {
+    waiting: u64,
+    closed: bool,
 }
 
-impl Gates {
-    /// The gate of function `func`, if it has one.
-    pub(crate) fn get(&self, func: usize) -> Option<Arc<dyn Gate>> {
-        if !self.any.load(Ordering::Acquire) {
-            return None;
-        }
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        map.get(&func).cloned()
+/// Why a submission was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The queue is full (only from [`Gate::try_acquire`]).
+    Full,
+    /// The pool was closed or terminated.
+    Closed,
+}
+
+impl Gate {
+    pub(crate) fn new(capacity: u64) -> Arc<Gate> {
+        Arc::new(Gate {
+            capacity,
+            state: Mutex::new(State {
+                waiting: 0,
+                closed: false,
+            }),
+            freed: Condvar::new(),
+        })
     }
 
-    /// Installs `gate` for function `func`, replacing any other. Batches
-    /// already received keep the gate they were given.
-    pub(crate) fn insert(&self, func: usize, gate: Arc<dyn Gate>) {
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        map.insert(func, gate);
-        self.any.store(true, Ordering::Release);
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fits(&self, s: &State, n: u64) -> bool {
+        s.waiting == 0 || s.waiting.saturating_add(n) <= self.capacity
+    }
+
+    /// Admits `n` jobs, blocking while the queue is full.
+    pub(crate) fn acquire(self: &Arc<Self>, n: u64) -> Result<Ticket, Refused> {
+        let mut s = self.lock();
+        loop {
+            if s.closed {
+                return Err(Refused::Closed);
+            }
+            if self.fits(&s, n) {
+                s.waiting += n;
+                return Ok(Ticket {
+                    gate: self.clone(),
+                    n,
+                });
+            }
+            s = self.freed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Admits `n` jobs if they fit now.
+    pub(crate) fn try_acquire(self: &Arc<Self>, n: u64) -> Result<Ticket, Refused> {
+        let mut s = self.lock();
+        if s.closed {
+            return Err(Refused::Closed);
+        }
+        if !self.fits(&s, n) {
+            return Err(Refused::Full);
+        }
+        s.waiting += n;
+        Ok(Ticket {
+            gate: self.clone(),
+            n,
+        })
+    }
+
+    /// Refuses every submission from now on and wakes blocked submitters.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.freed.notify_all();
+    }
+
+    /// Jobs waiting now.
+    #[cfg(test)]
+    fn waiting(&self) -> u64 {
+        self.lock().waiting
+    }
+
+    fn release(&self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut s = self.lock();
+        s.waiting = s.waiting.saturating_sub(n);
+        drop(s);
+        self.freed.notify_all();
+    }
+}
+
+/// Admission of some jobs; dropping it gives their places back.
+pub(crate) struct Ticket {
+    gate: Arc<Gate>,
+    n: u64,
+}
+
+impl Ticket {
+    /// Splits off a ticket for `n` of the jobs (at most all of them).
+    pub(crate) fn split(&mut self, n: u64) -> Ticket {
+        let n = n.min(self.n);
+        self.n -= n;
+        Ticket {
+            gate: self.gate.clone(),
+            n,
+        }
+    }
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Ticket({})", self.n)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.gate.release(self.n);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Never;
-    impl Gate for Never {
-        fn admit(&self, now: u64, _: bool) -> Result<(), u64> {
-            Err(now + 1)
-        }
-    }
+    use std::time::Duration;
 
     #[test]
-    fn gates_are_per_function() {
-        let gates = Gates::default();
-        assert!(gates.get(1).is_none());
-        let a: Arc<dyn Gate> = Arc::new(Never);
-        gates.insert(1, a.clone());
-        assert!(Arc::ptr_eq(&gates.get(1).unwrap(), &a));
-        assert!(gates.get(2).is_none());
-        assert_eq!(a.admit(5, false), Err(6));
+    fn admits_up_to_capacity_and_blocks_until_freed_or_closed() {
+        let g = Gate::new(3);
+        let a = g.try_acquire(2).unwrap();
+        let mut b = g.try_acquire(1).unwrap();
+        assert_eq!(g.try_acquire(1).unwrap_err(), Refused::Full);
+        assert_eq!(g.waiting(), 3);
+        let part = b.split(1);
+        assert_eq!(b.n, 0);
+        drop(part);
+        assert_eq!(g.waiting(), 2);
+        let c = g.try_acquire(1).unwrap();
+        drop((a, b));
+        // Something waits: a batch larger than what is left must wait...
+        assert_eq!(g.try_acquire(3).unwrap_err(), Refused::Full);
+        drop(c);
+        // ...and is admitted alone once nothing does.
+        let big = g.try_acquire(10).unwrap();
+        let g2 = g.clone();
+        let blocked = std::thread::spawn(move || g2.acquire(1).map(|_| ()));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!blocked.is_finished());
+        drop(big);
+        assert_eq!(blocked.join().unwrap(), Ok(()));
+        let _full = g.try_acquire(3).unwrap();
+        let g3 = g.clone();
+        let blocked = std::thread::spawn(move || g3.acquire(1).map(|_| ()));
+        std::thread::sleep(Duration::from_millis(50));
+        g.close();
+        assert_eq!(blocked.join().unwrap(), Err(Refused::Closed));
+        assert_eq!(g.try_acquire(1).unwrap_err(), Refused::Closed);
     }
 }

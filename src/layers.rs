@@ -6,18 +6,18 @@
 //! (`signature.rs`), retries (`retry.rs`), callbacks (`callbacks.rs`),
 //! results by id (`results.rs`), rate limits (`rate.rs`), progress
 //! (`progress.rs`, `progress_bar.rs`) — talk to it only through batches,
-//! sinks, job options and dispatch gates, and keep what they need here.
+//! sinks, job options and throttles, and keep what they need here.
 //!
 //! Nothing here holds the pool itself: the last `Pool` handle dropping
 //! still terminates it.
 
 use crate::callbacks::Callbacks;
 use crate::error::Error;
-use crate::gate::Gates;
 use crate::pool::PoolBuilder;
 use crate::rate::{RateLimit, RateLimits};
 use crate::results::Store;
 use crate::retry::RetryPolicy;
+use crate::throttle::Throttles;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,8 +72,8 @@ pub(crate) struct Layers {
 }
 
 impl Layers {
-    pub(crate) fn new(settings: LayerSettings, gates: Arc<Gates>) -> Layers {
-        let rates = RateLimits::new(gates);
+    pub(crate) fn new(settings: LayerSettings, throttles: Arc<Throttles>) -> Layers {
+        let rates = RateLimits::new(throttles);
         for (func, limit) in settings.rate_limits {
             rates.set(func, Some(limit));
         }

@@ -102,6 +102,10 @@
 //! thread might have held while the pool was built, and must not rely on
 //! threads started before `build()` — they do not exist in the worker. A
 //! time limit turns such a deadlock into a `TimedOut` rather than a hang.
+//! A job must not write to its worker's descriptors 3 and 4 or to its shared
+//! memory either: the supervisor then kills the worker and the job is
+//! [`JobError::Crashed`]. `RELIABILITY.md` in the repository lists what
+//! forkpool guarantees under faults and what it does not protect against.
 //!
 //! # Platform
 //!
@@ -133,14 +137,16 @@ mod retry;
 mod ring;
 mod shm;
 mod signature;
+mod spin;
 mod stats;
 mod supervisor;
+mod throttle;
 mod wire;
 mod worker;
 mod zygote;
 
 pub use callbacks::Failure;
-pub use error::{Error, JobError};
+pub use error::{Error, JobError, TrySubmitError};
 pub use job::{JobHandle, JobId};
 pub use map::{Imap, ImapUnordered};
 pub use pool::{Pool, PoolBuilder};

@@ -7,14 +7,15 @@
 
 use crate::batch::{Batch, JobOpts};
 use crate::codec;
-use crate::error::{Error, JobError};
-use crate::gate::Gates;
+use crate::error::{Error, JobError, TrySubmitError};
+use crate::gate::{Gate, Refused, Ticket};
 use crate::job::{Call, JobHandle, JobId, Slot};
 use crate::layers::{LayerSettings, Layers};
 use crate::map::{self, Imap, ImapUnordered};
 use crate::shm;
 use crate::stats::{Counters, Stats};
 use crate::supervisor::{self, Command, Driver, Submitter, Whereabouts};
+use crate::throttle::Throttles;
 use crate::wire;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -37,6 +38,7 @@ pub(crate) struct Config {
     pub chunk_size: Option<usize>,
     pub max_message_size: u64,
     pub ring_size: usize,
+    pub queue_capacity: Option<u64>,
 }
 
 impl Config {
@@ -75,6 +77,7 @@ pub struct PoolBuilder {
     /// Settings of the layers above the core (retries, results, rate
     /// limits, progress bar): see `layers.rs`.
     pub(crate) layers: LayerSettings,
+    queue_capacity: Option<u64>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -89,6 +92,7 @@ impl fmt::Debug for PoolBuilder {
             .field("chunk_size", &self.chunk_size)
             .field("max_message_size", &self.max_message_size)
             .field("layers", &self.layers)
+            .field("queue_capacity", &self.queue_capacity)
             .finish()
     }
 }
@@ -105,6 +109,7 @@ impl Default for PoolBuilder {
             chunk_size: None,
             max_message_size: wire::DEFAULT_MAX_MESSAGE,
             layers: LayerSettings::default(),
+            queue_capacity: None,
         }
     }
 }
@@ -167,6 +172,23 @@ impl PoolBuilder {
         self
     }
 
+    /// Bounds the jobs waiting for a worker (submitted, not yet handed to
+    /// one; `map` items count one each). Default: unbounded.
+    ///
+    /// When `n` jobs wait, [`Pool::submit`], [`Pool::apply`], `map` and the
+    /// `imap`s block until workers take some, and [`Pool::try_submit`]
+    /// gives the argument back with [`TrySubmitError::Full`]. A batch of
+    /// more than `n` items is admitted alone, when nothing waits. A blocked
+    /// submitter wakes when the pool is closed or terminated, and its jobs
+    /// fail with [`JobError::PoolClosed`]. Jobs already handed to workers
+    /// (a few per worker are queued in its ring) do not count.
+    ///
+    /// [`TrySubmitError::Full`]: crate::TrySubmitError::Full
+    pub fn queue_capacity(mut self, n: usize) -> Self {
+        self.queue_capacity = Some(n as u64);
+        self
+    }
+
     /// Forks the fork server and starts the pool.
     pub fn build(mut self) -> Result<Pool, Error> {
         let layers = std::mem::take(&mut self.layers);
@@ -200,6 +222,9 @@ impl PoolBuilder {
         if self.chunk_size == Some(0) {
             return bad("chunk_size must be at least 1".into());
         }
+        if self.queue_capacity == Some(0) {
+            return bad("queue_capacity must be at least 1".into());
+        }
         let cap_max = u64::from(u32::MAX) - 64;
         if !(1024..=cap_max).contains(&self.max_message_size) {
             return bad(format!(
@@ -216,6 +241,7 @@ impl PoolBuilder {
             chunk_size: self.chunk_size,
             max_message_size: self.max_message_size,
             ring_size: shm::DEFAULT_RING,
+            queue_capacity: self.queue_capacity,
         })
     }
 }
@@ -247,6 +273,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     pub(crate) config: Arc<Config>,
     closed: AtomicBool,
+    /// The bounded queue, with `queue_capacity`.
+    gate: Option<Arc<Gate>>,
     next_id: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// State of the layers above the core (results, callbacks, rate limits).
@@ -258,14 +286,32 @@ impl Shared {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Stops taking jobs: refuses new ones and wakes blocked submitters.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(g) = &self.gate {
+            g.close();
+        }
+    }
+
     /// Queues a batch; if the supervisor is gone, its items resolve as cancelled.
     pub(crate) fn submit_batch(&self, batch: Batch) {
         self.submit(batch, false);
     }
 
-    /// Queues a batch; `quiet` leaves the supervisor thread asleep, for a
-    /// caller that helps right away.
-    fn submit(&self, batch: Batch, quiet: bool) {
+    /// Queues a batch, first waiting for room in a bounded queue (unless
+    /// the batch already holds its places); `quiet` leaves the supervisor
+    /// thread asleep, for a caller that helps right away. If the pool
+    /// closes while it waits, its items fail with `PoolClosed`.
+    fn submit(&self, mut batch: Batch, quiet: bool) {
+        if let Some(gate) = &self.gate
+            && batch.ticket.is_none()
+        {
+            match gate.acquire(u64::from(batch.count())) {
+                Ok(t) => batch.ticket = Some(Box::new(t)),
+                Err(_) => return batch.fail(batch.count(), JobError::PoolClosed),
+            }
+        }
         let n = u64::from(batch.count());
         self.counters.submitted.fetch_add(n, Ordering::Relaxed);
         let cmd = Command::Submit(batch);
@@ -333,7 +379,7 @@ impl Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.closed.store(true, Ordering::Release);
+        self.close();
         self.shutdown(Command::Terminate);
     }
 }
@@ -352,10 +398,11 @@ impl Pool {
     fn start(config: Config, layers: LayerSettings) -> Result<Pool, Error> {
         let config = Arc::new(config);
         let counters = Arc::new(Counters::default());
-        let gates = Arc::new(Gates::default());
-        let layers = Layers::new(layers, gates.clone());
+        let throttles = Arc::new(Throttles::default());
+        let layers = Layers::new(layers, throttles.clone());
         let (submitter, driver, thread) =
-            supervisor::start(config.clone(), counters.clone(), gates)?;
+            supervisor::start(config.clone(), counters.clone(), throttles)?;
+        let gate = config.queue_capacity.map(Gate::new);
         Ok(Pool {
             shared: Arc::new(Shared {
                 submitter,
@@ -363,6 +410,7 @@ impl Pool {
                 counters,
                 config,
                 closed: AtomicBool::new(false),
+                gate,
                 next_id: AtomicU64::new(1),
                 thread: Mutex::new(Some(thread)),
                 layers,
@@ -378,18 +426,67 @@ impl Pool {
     /// Runs `f(arg)` in a worker; returns at once with a handle to the result.
     ///
     /// Submitting to a closed pool gives a handle that resolves to
-    /// [`JobError::PoolClosed`]. The pool's default retry policy
-    /// ([`PoolBuilder::retry`]) applies; for other options, build the job
-    /// with [`Pool::job`].
+    /// [`JobError::PoolClosed`]. With a
+    /// [`queue_capacity`](PoolBuilder::queue_capacity), this blocks while
+    /// the queue is full.
+    /// The pool's default retry policy ([`PoolBuilder::retry`]) applies; for
+    /// other options, build the job with [`Pool::job`].
     pub fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> JobHandle<R>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.submit_job(f, arg, false)
+        self.submit_job(f, arg, false, None)
     }
 
-    fn submit_job<A, R>(&self, f: fn(A) -> R, arg: A, quiet: bool) -> JobHandle<R>
+    /// Like [`submit`](Pool::submit), but never blocks: when
+    /// [`queue_capacity`](PoolBuilder::queue_capacity) jobs already wait,
+    /// or the pool is closed, the argument comes back in the error.
+    ///
+    /// ```
+    /// use forkpool::{Pool, TrySubmitError};
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(std::time::Duration::from_millis(ms)); ms }
+    /// let pool = Pool::builder().workers(1).queue_capacity(1).build()?;
+    /// let mut handles = Vec::new();
+    /// let mut arg = 50;
+    /// loop {
+    ///     match pool.try_submit(nap, arg) {
+    ///         Ok(h) => handles.push(h),
+    ///         Err(TrySubmitError::Full(back)) => { arg = back; break } // do something else
+    ///         Err(e) => panic!("{e}"),
+    ///     }
+    /// }
+    /// assert_eq!(arg, 50);
+    /// for h in handles { assert_eq!(h.get(), Ok(50)); }
+    /// # Ok(()) }
+    /// ```
+    pub fn try_submit<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<JobHandle<R>, TrySubmitError<A>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        if self.shared.is_closed() {
+            return Err(TrySubmitError::Closed(arg));
+        }
+        let ticket = match &self.shared.gate {
+            None => None,
+            Some(gate) => match gate.try_acquire(1) {
+                Ok(t) => Some(t),
+                Err(Refused::Full) => return Err(TrySubmitError::Full(arg)),
+                Err(Refused::Closed) => return Err(TrySubmitError::Closed(arg)),
+            },
+        };
+        Ok(self.submit_job(f, arg, false, ticket))
+    }
+
+    fn submit_job<A, R>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        quiet: bool,
+        ticket: Option<Ticket>,
+    ) -> JobHandle<R>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
@@ -422,7 +519,7 @@ impl Pool {
             slot.resolve(Err(error));
             return handle;
         }
-        let batch = Batch::new(
+        let mut batch = Batch::new(
             Call::new(f),
             items,
             1,
@@ -431,6 +528,7 @@ impl Pool {
             shared.config.job_opts(),
             Some(id),
         );
+        batch.ticket = ticket.map(Box::new);
         shared.submit(batch, quiet);
         handle
     }
@@ -445,7 +543,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.submit_job(f, arg, true).get()
+        self.submit_job(f, arg, true, None).get()
     }
 
     /// Runs `f` on every item, in parallel, and returns the results in
@@ -492,7 +590,7 @@ impl Pool {
     /// Stops accepting jobs. Jobs already submitted still run; submitting
     /// afterwards gives [`JobError::PoolClosed`].
     pub fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
+        self.shared.close();
         let _ = self.shared.submitter.send(Command::Close);
     }
 
@@ -519,7 +617,7 @@ impl Pool {
     /// [`JobError::Cancelled`]; nothing waits. Dropping the last handle of a
     /// pool does the same.
     pub fn terminate(self) {
-        self.shared.closed.store(true, Ordering::Release);
+        self.shared.close();
         self.shared.shutdown(Command::Terminate);
     }
 

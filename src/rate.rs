@@ -1,5 +1,5 @@
 //! Rate limits: [`RateLimit`] in Celery's `"10/s"` form, and the per-function
-//! limiter that the supervisor consults as a dispatch gate.
+//! limiter that the supervisor consults as a throttle.
 //!
 //! A limit belongs to a function within a pool: every job of that function
 //! — [`Pool::submit`], [`Pool::job`], `map` items alike — starts no faster
@@ -13,8 +13,8 @@
 //! because their machine code is identical share an address, and a limit.
 
 use crate::clock;
-use crate::gate::{Gate, Gates};
 use crate::pool::Pool;
+use crate::throttle::{Throttle, Throttles};
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -192,7 +192,7 @@ impl fmt::Display for RateLimit {
     }
 }
 
-/// One function's limiter: a gate that spaces its starts by an interval.
+/// One function's limiter: a throttle that spaces its starts by an interval.
 pub(crate) struct RateLimiter {
     /// Nanoseconds between starts; 0 when the limit was lifted.
     interval_ns: AtomicU64,
@@ -221,7 +221,7 @@ impl RateLimiter {
     }
 }
 
-impl Gate for RateLimiter {
+impl Throttle for RateLimiter {
     fn admit(&self, now: u64, waited: bool) -> Result<(), u64> {
         let interval = self.interval_ns.load(Ordering::Relaxed);
         if interval == 0 {
@@ -247,14 +247,14 @@ impl Gate for RateLimiter {
 
 /// The rate limits of one pool.
 pub(crate) struct RateLimits {
-    gates: Arc<Gates>,
+    throttles: Arc<Throttles>,
     limiters: Mutex<HashMap<usize, Arc<RateLimiter>>>,
 }
 
 impl RateLimits {
-    pub(crate) fn new(gates: Arc<Gates>) -> RateLimits {
+    pub(crate) fn new(throttles: Arc<Throttles>) -> RateLimits {
         RateLimits {
-            gates,
+            throttles,
             limiters: Mutex::new(HashMap::new()),
         }
     }
@@ -268,7 +268,7 @@ impl RateLimits {
             None => {
                 let l = Arc::new(RateLimiter::new());
                 l.set(limit);
-                self.gates.insert(func, l.clone());
+                self.throttles.insert(func, l.clone());
                 map.insert(func, l);
             }
         }

@@ -81,6 +81,9 @@ pub(crate) struct WorkerStatus {
     /// `CLOCK_MONOTONIC_COARSE` nanoseconds when that item started (only
     /// written for batches with a time limit).
     pub started_ns: AtomicU64,
+    /// The CPU the worker last ran on, as it started to wait for work (see
+    /// `crate::spin`).
+    pub cpu: AtomicU32,
 }
 
 /// The latest progress a job reported (`forkpool::report_progress`): plain
@@ -140,17 +143,24 @@ pub(crate) struct StatusPage {
     pub worker: WorkerStatus,
     /// `seq + 1` of the item whose soft time limit has passed (0: none).
     pub soft_expired: Line<AtomicU64>,
-    /// Progress reported by the running job.
-    pub progress: ProgressCell,
+    /// The CPU of the thread that last stepped the supervisor — the one that
+    /// will hand the worker its next frame (see `crate::spin`).
+    pub driver_cpu: Line<AtomicU32>,
     /// `(job_id << 2) | SLOT_*` for each cancellable job in flight.
     pub cancel: [AtomicU64; CANCEL_SLOTS],
     /// The ring that carries batches to the worker.
     pub to_worker: RingCtl,
     /// The ring that carries records to the supervisor.
     pub to_supervisor: RingCtl,
+    /// Progress reported by the running job (last, so that the offsets
+    /// above stay put).
+    pub progress: ProgressCell,
 }
 
 const _: () = assert!(std::mem::size_of::<StatusPage>() <= PAGE);
+// tests/hostile.rs forges a worker's result-ring write position at this
+// offset (a test outside the crate cannot name the field): keep them in step.
+const _: () = assert!(std::mem::offset_of!(StatusPage, to_supervisor) == 960);
 
 /// A worker's shared memory, mapped into this process.
 pub(crate) struct Region {

@@ -50,6 +50,8 @@ pub struct Stats {
     /// Workers started to replace one that exited (crash, time limit,
     /// task or memory limit, cancellation).
     pub worker_restarts: u64,
+    /// Fork servers started to replace one that died (see `RELIABILITY.md`).
+    pub fork_server_restarts: u64,
 }
 
 /// The live counters behind [`Stats`].
@@ -69,6 +71,7 @@ pub(crate) struct Counters {
     pub retried: AtomicU64,
     pub scheduled: AtomicU64,
     pub worker_restarts: AtomicU64,
+    pub fork_server_restarts: AtomicU64,
 }
 
 impl Counters {
@@ -88,6 +91,7 @@ impl Counters {
             retried: self.retried.load(Relaxed),
             scheduled: self.scheduled.load(Relaxed),
             worker_restarts: self.worker_restarts.load(Relaxed),
+            fork_server_restarts: self.fork_server_restarts.load(Relaxed),
         }
     }
 

@@ -25,6 +25,9 @@ pub(crate) const HEADER: usize = 5;
 /// Default cap on one frame's body: 1 GiB.
 pub(crate) const DEFAULT_MAX_MESSAGE: u64 = 1 << 30;
 
+/// Buffer a [`RecordReader`] keeps between records (see `release_idle`).
+const RETAIN: usize = 16 << 20;
+
 /// Control records carry short bodies; anything longer is a protocol error.
 const CONTROL_MAX: u32 = 64 * 1024;
 
@@ -336,6 +339,17 @@ impl RecordReader {
         unsafe { self.buf.set_len(old + n) };
     }
 
+    /// Frees the buffer if it is large and everything in it was consumed,
+    /// so that one big record does not keep its size allocated for the
+    /// life of the stream. Above `RETAIN`, which is more than the
+    /// supervisor pulls at once, so ordinary traffic never churns.
+    pub(crate) fn release_idle(&mut self) {
+        if self.start == self.buf.len() && self.buf.capacity() > RETAIN {
+            self.buf = Vec::new();
+            self.start = 0;
+        }
+    }
+
     /// Appends received bytes.
     #[cfg(test)]
     pub(crate) fn extend(&mut self, bytes: &[u8]) {
@@ -534,6 +548,19 @@ mod tests {
     }
 
     #[test]
+    fn a_big_record_does_not_pin_its_buffer() {
+        let mut r = RecordReader::new(1 << 30);
+        r.extend(&rec(Tag::Ok, &vec![7; RETAIN + 1]));
+        assert_eq!(r.next().unwrap().unwrap().body.len(), RETAIN + 1);
+        r.release_idle();
+        assert_eq!(r.capacity(), 0);
+        r.extend(&rec(Tag::Ok, b"small"));
+        r.release_idle();
+        assert!(r.capacity() > 0, "unconsumed bytes are kept");
+        assert_eq!(r.next().unwrap().unwrap().body, b"small");
+    }
+
+    #[test]
     fn unknown_and_wrong_direction_tags_are_refused() {
         let mut r = RecordReader::new(1024);
         r.extend(&[1, 0, 0, 0, 0x7f, 0]);
@@ -586,5 +613,152 @@ mod tests {
             3,
             "a failed encode leaves no trace"
         );
+    }
+
+    /// Property tests: whatever a worker writes, the decoder returns records
+    /// that are exactly the bytes it was given, or an error — it never
+    /// panics, never believes a length above the cap, and never allocates
+    /// more than (about) the bytes it was actually handed.
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        const ITEM_TAGS: [Tag; 5] = [Tag::Ok, Tag::Panic, Tag::Codec, Tag::Skipped, Tag::TooLarge];
+        const CONTROL_TAGS: [Tag; 3] = [Tag::Ready, Tag::InitFailed, Tag::Retire];
+
+        /// Feeds `input` in pieces of the given sizes, draining after each;
+        /// returns the records (re-encoded), the first error, and checks
+        /// the allocation bound on the way.
+        fn feed(cap: u64, input: &[u8], cuts: &[usize]) -> (Vec<u8>, Option<WireError>) {
+            let mut r = RecordReader::new(cap);
+            let mut out = Vec::new();
+            let mut err = None;
+            let mut given = 0usize;
+            let mut rest = input;
+            let mut cuts = cuts.iter().cycle();
+            while !rest.is_empty() {
+                let n = (*cuts.next().unwrap()).clamp(1, rest.len());
+                r.extend(&rest[..n]);
+                given += n;
+                rest = &rest[n..];
+                loop {
+                    match r.next() {
+                        Ok(Some(rec)) => {
+                            let limit = if rec.tag.is_item() {
+                                cap
+                            } else {
+                                CONTROL_MAX as u64
+                            };
+                            assert!(rec.body.len() as u64 <= limit, "a record above its cap");
+                            assert!(rec.tag.sent_by_worker(), "a tag workers may not send");
+                            out.extend_from_slice(&header(rec.tag, rec.body.len() as u32));
+                            out.extend_from_slice(rec.body);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            // Once broken, always broken.
+                            assert_eq!(r.next(), Err(e.clone()));
+                            err.get_or_insert(e);
+                            break;
+                        }
+                    }
+                }
+                assert!(
+                    r.capacity() <= 2 * given + 64,
+                    "holds {} bytes of buffer after being given {given}",
+                    r.capacity()
+                );
+            }
+            (out, err)
+        }
+
+        fn record() -> impl Strategy<Value = Vec<u8>> {
+            let tag = prop_oneof![
+                proptest::sample::select(ITEM_TAGS.to_vec()),
+                proptest::sample::select(CONTROL_TAGS.to_vec()),
+            ];
+            (tag, proptest::collection::vec(any::<u8>(), 0..300))
+                .prop_map(|(t, body)| rec(t, &body))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn random_bytes_never_panic_and_records_are_the_input(
+                input in proptest::collection::vec(any::<u8>(), 0..4096),
+                cuts in proptest::collection::vec(1usize..700, 1..8),
+                cap in 1u64..100_000,
+            ) {
+                let (out, err) = feed(cap, &input, &cuts);
+                // What came out is exactly a prefix of what went in.
+                prop_assert!(input.starts_with(&out));
+                if err.is_none() {
+                    // The rest is an incomplete record, never a lost one.
+                    let tail = &input[out.len()..];
+                    if tail.len() >= HEADER {
+                        let (len, _) = split_header(tail[..HEADER].try_into().unwrap());
+                        prop_assert!(tail.len() < HEADER + len as usize);
+                    }
+                }
+            }
+
+            #[test]
+            fn a_truncated_stream_yields_the_whole_records_and_waits(
+                recs in proptest::collection::vec(record(), 0..20),
+                cut in any::<prop::sample::Index>(),
+                cuts in proptest::collection::vec(1usize..500, 1..8),
+            ) {
+                let stream: Vec<u8> = recs.concat();
+                let at = if stream.is_empty() { 0 } else { cut.index(stream.len() + 1) };
+                let (out, err) = feed(1 << 20, &stream[..at], &cuts);
+                prop_assert_eq!(err, None);
+                // Exactly the records that end at or before the cut.
+                let mut whole = 0;
+                for r in &recs {
+                    if whole + r.len() > at {
+                        break;
+                    }
+                    whole += r.len();
+                }
+                prop_assert_eq!(&out[..], &stream[..whole]);
+            }
+
+            #[test]
+            fn an_oversized_length_is_refused_without_allocating_it(
+                cap in 1024u64..(1 << 24),
+                over in 1u64..u64::MAX,
+                item in any::<bool>(),
+                which in 0usize..5,
+                before in proptest::collection::vec(record(), 0..4),
+                junk in proptest::collection::vec(any::<u8>(), 0..2000),
+            ) {
+                let (tag, limit) = if item {
+                    (ITEM_TAGS[which], cap)
+                } else {
+                    (CONTROL_TAGS[which % 3], CONTROL_MAX as u64)
+                };
+                let len = (limit + 1 + over % (u64::from(u32::MAX) - limit)).min(u64::from(u32::MAX));
+                let mut input: Vec<u8> = before.concat();
+                let good = input.len();
+                input.extend_from_slice(&header(tag, len as u32));
+                input.extend_from_slice(&junk);
+                let (out, err) = feed(cap, &input, &[97, 1, 4096]);
+                prop_assert_eq!(out.len(), good, "the records before it still count");
+                let refused = matches!(err, Some(WireError::TooLong { .. }));
+                prop_assert!(refused, "got {:?}", err);
+            }
+
+            #[test]
+            fn batch_items_never_read_past_their_buffer(
+                buf in proptest::collection::vec(any::<u8>(), 0..512),
+                n in 0u32..64,
+            ) {
+                let total: usize = Items::new(&buf).map(|i| i.len() + 4).sum();
+                prop_assert!(total <= buf.len());
+                prop_assert!(item_offset(&buf, n) <= buf.len());
+                let _ = BatchHeader::decode(&buf);
+            }
+        }
     }
 }

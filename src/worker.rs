@@ -28,7 +28,7 @@ use crate::out::Out;
 use crate::pool::Config;
 use crate::ring::{Consumer, Producer};
 use crate::shm::{DONE, KILL, RUNNING, Region, SLOT_QUEUED, SLOT_TAKEN, StatusPage};
-use crate::supervisor::HOT_SPIN;
+use crate::spin::{Budget, Wait};
 use crate::wire::{self, BatchHeader, HEADER, Items, Tag};
 use crate::zygote::{WORKER_BELL_IN, WORKER_BELL_OUT};
 use std::any::Any;
@@ -36,25 +36,31 @@ use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// This worker's status page, once it runs (null in the caller).
 static PAGE: AtomicPtr<StatusPage> = AtomicPtr::new(std::ptr::null_mut());
 /// `seq + 1` of the item running now, 0 between items.
 static CURRENT: AtomicU64 = AtomicU64::new(0);
 
-/// Bounds of the adaptive spin before a worker sleeps: it doubles when work
-/// arrived while spinning and halves when it did not, so a worker fed back
-/// to back never pays a wake-up, and an idle one spins at most `SPIN_MAX`
-/// once before it sleeps.
-const SPIN_MIN: Duration = Duration::from_micros(5);
-const SPIN_START: Duration = Duration::from_micros(50);
-const SPIN_MAX: Duration = Duration::from_micros(200);
+/// The adaptive spin before a worker sleeps (see `crate::spin`): a worker
+/// fed back to back never pays a wake-up, and an idle one spins at most
+/// 200 µs once before it sleeps.
+fn spin_budget() -> Budget {
+    Budget::new(
+        Duration::from_micros(100),
+        Duration::from_micros(50),
+        Duration::from_micros(200),
+    )
+}
 
 /// Exit code for a broken frame from the supervisor (a bug, not a job's fault).
 const EXIT_PROTOCOL: i32 = 70;
 /// Exit code after the initializer panicked.
 const EXIT_INIT_FAILED: i32 = 1;
+
+/// Result buffer a worker keeps between frames.
+const SCRATCH_RETAIN: usize = 16 << 20;
 
 /// Whether the soft time limit of the running job has passed.
 ///
@@ -179,7 +185,7 @@ struct Worker {
     next_seq: u64,
     scratch: Vec<u8>,
     /// How long to spin for the next frame before sleeping (see `wait_for`).
-    spin: Duration,
+    spin: Budget,
 }
 
 /// The worker's main: called by the zygote's child right after fork, with
@@ -192,6 +198,9 @@ pub(crate) fn run(region: Region, config: &Config) -> ! {
     let config: &'static Config = unsafe { &*(config as *const Config) };
     let page = region.page();
     PAGE.store((page as *const StatusPage).cast_mut(), Ordering::Release);
+    page.worker
+        .cpu
+        .store(crate::spin::NO_CPU, Ordering::Relaxed);
     install_panic_hook();
     let size = region.ring_size();
     // SAFETY: the region is leaked (mapped for the process lifetime); this
@@ -209,7 +218,7 @@ pub(crate) fn run(region: Region, config: &Config) -> ! {
         config,
         next_seq: 0,
         scratch: Vec::new(),
-        spin: SPIN_START,
+        spin: spin_budget(),
     };
     if let Some(init) = config.initializer
         && let Err(text) = guarded(init)
@@ -278,23 +287,18 @@ impl Worker {
     /// Spins up to the current budget for `need` inbox bytes, adapting the
     /// budget to whether they came.
     fn spin_for(&mut self, need: usize) -> Option<usize> {
-        let start = Instant::now();
+        let budget = self.spin.get();
+        let wait = Wait::new(budget);
+        self.page.worker.cpu.store(wait.cpu(), Ordering::Relaxed);
         loop {
-            for _ in 0..32 {
-                std::hint::spin_loop();
-                let avail = self.inbox.available().unwrap_or(0);
-                if avail >= need {
-                    self.spin = (self.spin * 2).min(SPIN_MAX);
-                    return Some(avail);
-                }
+            let avail = self.inbox.available().unwrap_or(0);
+            if avail >= need {
+                self.spin.adapt(true, budget);
+                return Some(avail);
             }
-            let spent = start.elapsed();
-            if spent >= HOT_SPIN {
-                // Give the CPU away if anyone else wants it.
-                std::thread::yield_now();
-            }
-            if spent >= self.spin {
-                self.spin = (self.spin / 2).max(SPIN_MIN);
+            // The next frame comes from whoever steps the supervisor.
+            if !wait.pause(self.page.driver_cpu.0.load(Ordering::Relaxed)) {
+                self.spin.adapt(false, budget);
                 return None;
             }
         }
@@ -392,6 +396,7 @@ impl Worker {
             self.run_batch(&body, None);
         }
         self.flush();
+        self.trim_scratch();
         self.check_memory();
     }
 
@@ -545,6 +550,15 @@ impl Worker {
         // result now rather than at the end of the batch.
         if self.outbox.consumer_asleep() {
             self.flush();
+        }
+    }
+
+    /// Frees the result buffer after a big result: its capacity would
+    /// otherwise stay resident (and count against the memory limit) for the
+    /// worker's lifetime.
+    fn trim_scratch(&mut self) {
+        if self.scratch.capacity() > SCRATCH_RETAIN {
+            self.scratch = Vec::new();
         }
     }
 

@@ -73,8 +73,9 @@ fn imap_over_an_endless_input_pulls_lazily() {
         assert_eq!(it.next(), Some(Ok(i * i)));
     }
     let n = pulled.load(Ordering::Relaxed);
+    // At most a window (4096 items) runs ahead of what was consumed.
     assert!(
-        (5_000..=5_000 + 1_000).contains(&n),
+        (5_000..=5_000 + 4_096).contains(&n),
         "pulled {n} items for 5000 results"
     );
     drop(it);

@@ -1,5 +1,6 @@
 //! A caller that dies — killed with SIGKILL, or exiting without shutting
-//! its pool down — takes its fork server and workers with it.
+//! its pool down — takes its fork server and workers with it; also when its
+//! first fork server had died and the workers it forked are orphans.
 //!
 //! The test runs this same binary as the caller (the ignored helper test
 //! below) and becomes a child subreaper, so that the orphaned zygote and
@@ -27,13 +28,30 @@ fn caller_process() {
         return;
     };
     let pool = Pool::new(2).unwrap();
+    let me = std::process::id() as i32;
+    let mut orphans = Vec::new();
+    if mode == "orphans" {
+        // The fork server dies first: its workers become orphans (not our
+        // descendants any more), kept busy, and a new fork server is forked.
+        fn pid_after(ms: u64) -> i32 {
+            std::thread::sleep(Duration::from_millis(ms));
+            std::process::id() as i32
+        }
+        orphans = pool.map(pid_after, vec![50u64; 8]).unwrap();
+        orphans.sort();
+        orphans.dedup();
+        let zygote = common::children_of(me)[0];
+        // SAFETY: killing our own child, the pool's fork server.
+        unsafe { libc::kill(zygote, libc::SIGKILL) };
+    }
     let busy = pool.clone();
     std::thread::spawn(move || busy.map(nap_ms, vec![60_000u64; 4]));
-    assert!(wait_until(Duration::from_secs(30), || pool
-        .stats()
-        .live_workers
-        == 2));
-    let tree = descendants(std::process::id() as i32);
+    assert!(wait_until(Duration::from_secs(30), || {
+        let s = pool.stats();
+        s.live_workers == 2 && s.fork_server_restarts == u64::from(mode == "orphans")
+    }));
+    let mut tree = descendants(me);
+    tree.extend(orphans);
     println!("READY {tree:?}");
     if mode == "exit" {
         std::process::exit(0);
@@ -107,4 +125,11 @@ fn a_caller_killed_with_sigkill_takes_its_workers_along() {
 #[test]
 fn a_caller_that_exits_without_joining_takes_its_workers_along() {
     run_caller("exit", false);
+}
+
+#[test]
+fn a_caller_killed_after_its_fork_server_died_takes_the_orphans_along() {
+    // Orphaned workers are init's children (here: this subreaper's) and
+    // busy with minute-long jobs; the replacement fork server adopted them.
+    run_caller("orphans", true);
 }

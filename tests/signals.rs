@@ -1,7 +1,7 @@
 //! Signals: workers ignore SIGINT (Ctrl-C is the caller's to handle), a
 //! SIGTERM kills a worker like any crash, the quickstart's Ctrl-C handler
-//! exits 130 with nothing left behind, and each worker holds only its own
-//! descriptors.
+//! exits 130 with nothing left behind and no job half-reported, and each
+//! worker holds only its own descriptors.
 
 mod common;
 
@@ -132,6 +132,28 @@ fn ctrl_c_in_the_quickstart_exits_130_and_leaves_no_process() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(130));
+    // No job half-reported: after Ctrl-C every job the program submitted
+    // resolved exactly once (completed, failed or cancelled), the long map
+    // was cut short, and the report line is whole.
+    let report: Vec<String> = lines.map_while(Result::ok).collect();
+    let line = report
+        .iter()
+        .find(|l| l.starts_with("interrupted: "))
+        .unwrap_or_else(|| panic!("no report after Ctrl-C: {report:?}"));
+    let n: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let [submitted, completed, failed, cancelled] = n[..] else {
+        panic!("malformed report: {line:?}");
+    };
+    assert_eq!(submitted, completed + failed + cancelled, "{line}");
+    assert!(
+        submitted > 1_000_000 + 100_000 / 2,
+        "the long map was submitted: {line}"
+    );
+    assert!(cancelled > 0, "the long map was cut short: {line}");
     let gone = wait_until(Duration::from_secs(2), || {
         // SAFETY: probing a process group with signal 0.
         let r = unsafe { libc::kill(-group, 0) };

@@ -244,8 +244,16 @@ fn procspawn_chunk1() -> Fields {
     let n = 20_000u64;
     let pool = procspawn_pool();
     let t = Instant::now();
-    let handles: Vec<_> = (0..n).map(|i| pool.spawn(i, square)).collect();
-    for h in handles {
+    // Every handle holds descriptors: keep at most 512 outstanding.
+    let mut window = std::collections::VecDeque::new();
+    for i in 0..n {
+        if window.len() == 512 {
+            let h: procspawn::JoinHandle<u64> = window.pop_front().unwrap();
+            h.join().unwrap();
+        }
+        window.push_back(pool.spawn(i, square));
+    }
+    for h in window {
         h.join().unwrap();
     }
     let dt = t.elapsed().as_secs_f64();

@@ -20,7 +20,7 @@ use crate::error::{ExitStatus, JobError};
 use crate::job::JobId;
 use crate::progress::Progress;
 use crate::ring::{Consumer, Producer};
-use crate::shm::{KILL, RUNNING, Region, SLOT_CANCELLED, SLOT_QUEUED, StatusPage};
+use crate::shm::{DONE, KILL, RUNNING, Region, SLOT_CANCELLED, SLOT_QUEUED, StatusPage};
 use crate::stats::Counters;
 use crate::wire::{self, BATCH_HEADER, BatchHeader, HEADER, Record, RecordReader, Tag};
 use std::collections::VecDeque;
@@ -198,6 +198,9 @@ pub(super) struct Conn {
     pub gone: bool,
     /// The zygote could not fork it.
     pub spawn_failed: bool,
+    /// Its fork server died: it is nobody's child of ours any more, so its
+    /// exit status cannot be learned (see `supervisor::restart`).
+    pub orphaned: bool,
     /// Its wait status, once the zygote reaped it.
     pub status: Option<ExitStatus>,
     /// Items it may still be given (`max_tasks_per_worker`).
@@ -259,6 +262,7 @@ impl Conn {
             hup: false,
             gone: false,
             spawn_failed: false,
+            orphaned: false,
             status: None,
             tasks_left: tasks,
             region,
@@ -374,7 +378,8 @@ impl Conn {
                 )
             };
         } else if let Some(pid) = self.pid {
-            if self.status.is_none() {
+            // An orphan's pid may already be reaped (by init) and reused.
+            if self.status.is_none() && !self.orphaned {
                 // SAFETY: plain kill of a worker not yet known to be reaped.
                 unsafe { libc::kill(pid, sig) };
             }
@@ -505,10 +510,21 @@ impl Conn {
     }
 
     /// Makes what was written visible to the worker, waking it if it sleeps.
-    pub(super) fn publish(&mut self) {
+    /// Also records the CPU of the stepping thread, which the worker checks
+    /// before it spins for its next frame (see `crate::spin`).
+    pub(super) fn publish(&mut self, cpu: u32) {
+        let driver_cpu = &self.page().driver_cpu.0;
+        if driver_cpu.load(Ordering::Relaxed) != cpu {
+            driver_cpu.store(cpu, Ordering::Relaxed);
+        }
         if self.tx.publish() {
             bell::ring(self.bell_to.as_raw_fd());
         }
+    }
+
+    /// The CPU the worker last ran on as it waited for work.
+    pub(super) fn worker_cpu(&self) -> u32 {
+        self.page().worker.cpu.load(Ordering::Relaxed)
     }
 
     /// Reads the doorbell after the poller flagged it.
@@ -636,7 +652,12 @@ impl Conn {
             // Slow path, one record: control records, a killed item, errors.
             match self.reader.next() {
                 Ok(Some(rec)) => self.book.on_record(rec, ctx)?,
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    // One big result must not pin its size for the
+                    // worker's lifetime.
+                    self.reader.release_idle();
+                    return Ok(());
+                }
                 Err(e) => return Err(e.to_string()),
             }
         }
@@ -804,39 +825,53 @@ impl Conn {
     }
 
     /// Whether the process is known to be dead and its books can be closed.
-    pub(super) fn finished(&self, zygote_alive: bool) -> bool {
-        self.spawn_failed || self.status.is_some() || (!zygote_alive && (self.gone || self.hup))
+    /// An orphan's death is seen by its pidfd (or, without one, its pipe).
+    pub(super) fn finished(&self) -> bool {
+        self.spawn_failed
+            || self.status.is_some()
+            || (self.orphaned && (self.gone || (self.hup && !self.pidfd_registered)))
     }
 
     /// Closes the books of a dead worker: delivers every result it left
     /// (a worker commits each record before it marks the item done), charges
-    /// the item it was running, and returns the batches whose items never
-    /// started, to be run elsewhere.
+    /// every item it started without answering, and returns the batches
+    /// whose items never started, to be run elsewhere.
     pub(super) fn finalize(&mut self, ctx: &mut Ctx<'_>) -> Vec<Batch> {
-        self.pump_rx(ctx);
+        if self.violated.is_none() {
+            self.pump_rx(ctx);
+        } else {
+            self.salvage(ctx);
+        }
         let cur = self.page().worker.current.load(Ordering::Acquire);
         let (cseq, cstate) = (cur >> 2, cur & 3);
-        let was_running = cstate == RUNNING || cstate == KILL;
-        if let Some(first) = self.book.first_undelivered() {
-            let kill = self.book.kill.take().filter(|k| k.seq == first);
-            let charge = if let Some(k) = kill {
-                Some(k.reason)
-            } else if self.violated.is_some() || (was_running && cseq >= first) {
-                Some(ExitStatus::crashed(self.status))
-            } else {
-                None
+        // Items it started: those before `cseq`, and `cseq` itself unless
+        // the word is still the initial "nothing started". A position past
+        // what was sent is a lie; it cannot make us charge more than that.
+        let started_through = match cstate {
+            DONE | RUNNING | KILL => cseq.saturating_add(1),
+            _ => 0,
+        }
+        .min(self.next_seq);
+        // Every item it started and did not answer is charged: the running
+        // one with what killed it; an earlier one whose record could not be
+        // read (only after a protocol violation) with the crash too — it
+        // ran, so it must not run again. Items it never started are requeued.
+        while let Some(first) = self.book.first_undelivered()
+            && first < started_through
+        {
+            let error = match self.book.kill.take_if(|k| k.seq == first) {
+                Some(k) => k.reason,
+                None => ExitStatus::crashed(self.status),
             };
-            if let Some(error) = charge {
-                let front = self.book.inflight.front_mut().expect("first item exists");
-                if error == JobError::Cancelled {
-                    front.batch.forget(1); // resolved and counted when cancelled
-                } else {
-                    ctx.counters.count_error(&error, 1);
-                    front.batch.fail(1, error);
-                }
-                front.seq0 += 1;
-                self.book.pop_finished(ctx);
+            let front = self.book.inflight.front_mut().expect("first item exists");
+            if error == JobError::Cancelled {
+                front.batch.forget(1); // resolved and counted when cancelled
+            } else {
+                ctx.counters.count_error(&error, 1);
+                front.batch.fail(1, error);
             }
+            front.seq0 += 1;
+            self.book.pop_finished(ctx);
         }
         let page = self.region.page();
         let mut requeue = Vec::new();
@@ -854,6 +889,21 @@ impl Conn {
         }
         self.book.cancel_used = 0;
         requeue
+    }
+
+    /// After a protocol violation `pump_rx` believes nothing more; when the
+    /// worker is dead, the well-formed records it committed before the first
+    /// bad one are still delivered, so that only the item it was running
+    /// when caught is not believed. (If its ring position itself is
+    /// impossible, nothing more is read.)
+    fn salvage(&mut self, ctx: &mut Ctx<'_>) {
+        if let Ok(n) = self.rx.available() {
+            self.pull(n);
+            let _ = self.parse(ctx);
+        }
+        if !self.book.inflight.is_empty() {
+            self.book.flush_out(ctx);
+        }
     }
 
     /// Gives up on everything in flight (the pool is terminating): counts

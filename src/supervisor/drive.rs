@@ -19,14 +19,15 @@
 //! Nothing here decides *what* a step does; that is `super`.
 
 use super::{Command, Supervisor};
+use crate::spin::{Budget, NO_CPU, Wait};
 use crossbeam_channel::Sender;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Wakes the supervisor thread when it sleeps.
 pub(crate) struct Wake {
@@ -90,23 +91,22 @@ impl Submitter {
     }
 }
 
-/// How long a helping caller spins: adapts between these bounds, doubling
-/// when its job finished in time and halving when it did not, so callers of
-/// long jobs soon stop spending CPU on it.
-const HELP_MIN: Duration = Duration::from_micros(20);
-const HELP_MAX: Duration = Duration::from_micros(400);
-
-/// How long a spinner (helper or worker) spins flat out before it starts
-/// yielding the CPU between checks: a job that comes back this quickly is
-/// the fast path; past it, a loaded machine must not be robbed.
-pub(crate) const HOT_SPIN: Duration = Duration::from_micros(10);
+/// How long a helping caller spins before it sleeps (see `crate::spin`):
+/// up to 400 µs for quick jobs, down to 50 µs for long ones.
+fn help_budget() -> Budget {
+    Budget::new(
+        Duration::from_micros(100),
+        Duration::from_micros(50),
+        Duration::from_micros(400),
+    )
+}
 
 /// Lets callers take supervisor steps.
 pub(crate) struct Driver {
     core: Arc<Mutex<Supervisor>>,
     wake: Arc<Wake>,
-    /// Current help budget, in nanoseconds.
-    budget_ns: AtomicU64,
+    /// How long a helper spins.
+    budget: Budget,
     /// A caller is helping: one at a time is enough (its steps deliver
     /// everyone's results); other waiters just wait.
     helping: AtomicBool,
@@ -121,7 +121,7 @@ impl Driver {
         Driver {
             core,
             wake,
-            budget_ns: AtomicU64::new(100_000),
+            budget: help_budget(),
             helping: AtomicBool::new(false),
         }
     }
@@ -143,45 +143,34 @@ impl Driver {
     }
 
     fn help(&self, done: &dyn Fn() -> bool) -> bool {
-        let budget = Duration::from_nanos(self.budget_ns.load(Ordering::Relaxed));
-        let start = Instant::now();
+        let budget = self.budget.get();
+        let wait = Wait::new(budget);
         let finished = loop {
             if done() {
                 break true;
             }
+            // The answer comes from a worker: spin flat out only if none of
+            // the busy ones runs on this CPU.
+            let mut peer = NO_CPU;
             if let Ok(mut sup) = self.core.try_lock() {
                 sup.helping();
                 if !sup.step() {
                     // Terminate or join: the supervisor thread's business.
                     break done();
                 }
+                if sup.busy_worker_on(wait.cpu()) {
+                    peer = wait.cpu();
+                }
             }
             if done() {
                 break true;
             }
-            let spent = start.elapsed();
-            if spent < HOT_SPIN {
-                for _ in 0..16 {
-                    std::hint::spin_loop();
-                }
-            } else {
-                // Past the hot phase, spin politely: give the CPU away when
-                // another thread (maybe our worker) wants it.
-                std::thread::yield_now();
-            }
-            if spent >= budget {
+            if !wait.pause(peer) {
                 break false;
             }
         };
-        self.adapt(finished, budget);
+        self.budget.adapt(finished, budget);
         finished
-    }
-
-    fn adapt(&self, finished: bool, budget: Duration) {
-        let next = if finished { budget * 2 } else { budget / 2 };
-        let next = next.clamp(HELP_MIN, HELP_MAX);
-        self.budget_ns
-            .store(next.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Hands back to the supervisor thread: wake it if there is work it must

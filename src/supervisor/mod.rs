@@ -15,7 +15,7 @@
 //! Jobs that may not start yet (a countdown, an ETA, a retry's backoff, a
 //! rate limit's next slot) wait in its timers (`timers.rs`), not in a
 //! worker; a job whose expiry passes before it started is resolved as
-//! expired wherever it waits; a function's dispatch gate (`gate.rs`) is
+//! expired wherever it waits; a function's throttle (`throttle.rs`, its rate limit) is
 //! asked before each of its items is handed to an idle worker.
 //!
 //! Promises: every batch it receives is resolved exactly once per item — by
@@ -25,24 +25,27 @@
 
 mod conn;
 mod drive;
+mod restart;
 mod timers;
 
-pub(crate) use drive::{Driver, HOT_SPIN, Submitter};
+pub(crate) use drive::{Driver, Submitter};
 
 use crate::batch::Batch;
 use crate::bell::Drained;
 use crate::clock;
 use crate::error::{Error, JobError};
-use crate::gate::Gates;
 use crate::job::JobId;
 use crate::pool::Config;
 use crate::progress::Progress;
+use crate::spin;
 use crate::stats::Counters;
+use crate::throttle::Throttles;
 use crate::zygote::{Event, Polled, ZygoteLink};
 use conn::{Conn, Ctx};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use drive::Wake;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use restart::Restart;
 use std::collections::{HashMap, VecDeque};
 
 use std::sync::atomic::{Ordering, fence};
@@ -98,7 +101,7 @@ pub(crate) enum Whereabouts {
 pub(crate) fn start(
     config: Arc<Config>,
     counters: Arc<Counters>,
-    gates: Arc<Gates>,
+    throttles: Arc<Throttles>,
 ) -> Result<(Submitter, Driver, JoinHandle<()>), Error> {
     let zygote = ZygoteLink::start(&config)?;
     let wake = Arc::new(Wake::new()?);
@@ -116,6 +119,7 @@ pub(crate) fn start(
         wake: wake.clone(),
         epoll: epoll.clone(),
         zygote: Some(zygote),
+        restart: None,
         zygote_ready: true,
         steps: 0,
         conns: Vec::new(),
@@ -123,7 +127,7 @@ pub(crate) fn start(
         spawned: 0,
         pending: VecDeque::new(),
         timers: Timers::default(),
-        gates,
+        throttles,
         dispatched_jobs: HashMap::new(),
         done_jobs: Vec::new(),
         closing: false,
@@ -160,6 +164,8 @@ struct Supervisor {
     wake: Arc<Wake>,
     epoll: Arc<Epoll>,
     zygote: Option<ZygoteLink>,
+    /// A new fork server being forked after the last one died.
+    restart: Option<Restart>,
     /// The fork server's socket is readable (polling it costs a system
     /// call, so only after the poller said so).
     zygote_ready: bool,
@@ -173,8 +179,8 @@ struct Supervisor {
     pending: VecDeque<Batch>,
     /// Batches waiting for their start time, and jobs' expiry times.
     timers: Timers,
-    /// Dispatch gates (rate limits) by function.
-    gates: Arc<Gates>,
+    /// Throttles (rate limits) by function.
+    throttles: Arc<Throttles>,
     /// Cancellable jobs sent to a worker: job → worker key.
     dispatched_jobs: HashMap<JobId, u64>,
     done_jobs: Vec<JobId>,
@@ -207,6 +213,9 @@ impl Supervisor {
         // caller helping (whom the poller does not wake) learns of a dead
         // worker without waiting for the supervisor thread.
         self.steps = self.steps.wrapping_add(1);
+        if self.restart.is_some() {
+            self.restarted();
+        }
         if std::mem::take(&mut self.zygote_ready) || self.steps.is_multiple_of(16) {
             self.zygote_events();
         }
@@ -236,8 +245,9 @@ impl Supervisor {
             }
             self.conns.iter_mut().for_each(Conn::request_exit);
         }
+        let cpu = spin::current_cpu();
         for c in &mut self.conns {
-            c.publish();
+            c.publish(cpu);
         }
         self.update_live();
         true
@@ -295,7 +305,7 @@ impl Supervisor {
     /// Takes in a submitted batch: to the timers if it may not start yet,
     /// else to the dispatch queue.
     fn accept(&mut self, mut batch: Batch) {
-        batch.gate = self.gates.get(batch.call.func);
+        batch.throttle = self.throttles.get(batch.call.func);
         if let (Some(at), Some(id)) = (batch.opts.expires_at, batch.job) {
             self.timers.watch_expiry(at, id);
         }
@@ -396,13 +406,7 @@ impl Supervisor {
             let Some(z) = &self.zygote else { return };
             match z.poll() {
                 Polled::Empty => return,
-                Polled::Closed => {
-                    // The fork server died. Running workers keep serving;
-                    // none can be replaced.
-                    let _ = self.epoll.delete(z.fd());
-                    self.zygote = None;
-                    return;
-                }
+                Polled::Closed => return self.zygote_lost(),
                 Polled::Event(Event::Spawned { key, pid, pidfd }) => {
                     if let Some(c) = self.conns.iter_mut().find(|c| c.key == key) {
                         c.spawned(pid, pidfd);
@@ -427,10 +431,65 @@ impl Supervisor {
         }
     }
 
+    /// The fork server died (or broke the protocol). Its workers keep
+    /// serving as orphans; `maintain` forks a new fork server. A worker it
+    /// was asked for but never confirmed (it may have died mid-`fork`) is
+    /// let go if it holds no job (if it exists, it exits on its doorbell's
+    /// end-of-file); one that holds jobs is asked to exit once it has
+    /// answered them, and is known until then by its pipe only.
+    fn zygote_lost(&mut self) {
+        if let Some(z) = self.zygote.take() {
+            let _ = self.epoll.delete(z.fd());
+            drop(z); // reaps it (or, if it lives, stops it and then reaps it)
+        }
+        for c in &mut self.conns {
+            if c.pid().is_none() && !c.busy() {
+                c.spawn_failed = true;
+            } else {
+                c.orphaned = true;
+                if c.pid().is_none() {
+                    // Known by its pipe only: let it answer what it holds,
+                    // then exit (its pipe's end-of-file closes its books),
+                    // and count a replacement for it at once.
+                    c.request_exit();
+                }
+            }
+        }
+    }
+
+    /// Installs the new fork server once the helper has forked it.
+    fn restarted(&mut self) {
+        let Some(result) = self.restart.as_ref().and_then(Restart::poll) else {
+            return;
+        };
+        self.restart = None;
+        let registered = result.and_then(|link| {
+            let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_ZYGOTE);
+            self.epoll.add(link.fd(), ev)?;
+            Ok(link)
+        });
+        match registered {
+            Ok(link) => {
+                // The dead fork server's workers: the new one kills them
+                // too if the caller dies.
+                for c in self.conns.iter().filter(|c| c.orphaned) {
+                    if let (Some(pid), Some(fd)) = (c.pid(), c.pidfd()) {
+                        let _ = link.adopt(c.key, pid, fd);
+                    }
+                }
+                self.zygote = Some(link);
+                self.zygote_ready = true;
+                self.counters
+                    .fork_server_restarts
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.start_failed(format!("could not restart the fork server: {e}")),
+        }
+    }
+
     /// Takes in answers, continues streaming frames, and closes the books
     /// of workers that died.
     fn service_workers(&mut self) {
-        let zygote_alive = self.zygote.is_some();
         let mut i = 0;
         while i < self.conns.len() {
             let mut ctx = Ctx {
@@ -443,7 +502,7 @@ impl Supervisor {
             if c.is_ready() {
                 self.start_failures = 0;
             }
-            if !c.finished(zygote_alive) {
+            if !c.finished() {
                 i += 1;
                 continue;
             }
@@ -535,8 +594,8 @@ impl Supervisor {
             }
             let Some(i) = self.pick(front) else { return };
             let mut batch = self.pending.pop_front().expect("front exists");
-            if batch.gate.is_some() {
-                match self.pass_gate(batch, now) {
+            if batch.throttle.is_some() {
+                match self.pass_throttle(batch, now) {
                     Some(admitted) => batch = admitted,
                     None => continue,
                 }
@@ -550,8 +609,11 @@ impl Supervisor {
             }
             let job = batch.job;
             let key = self.conns[i].key;
+            // Handed to a worker, the items leave the bounded queue.
+            let ticket = batch.ticket.take();
             match self.conns[i].try_send(batch) {
                 Ok(()) => {
+                    drop(ticket);
                     if let Some(id) = job {
                         self.dispatched_jobs.insert(id, key);
                     }
@@ -559,7 +621,8 @@ impl Supervisor {
                         self.conns[i].request_exit();
                     }
                 }
-                Err(batch) => {
+                Err(mut batch) => {
+                    batch.ticket = ticket;
                     self.pending.push_front(batch);
                     return;
                 }
@@ -567,21 +630,21 @@ impl Supervisor {
         }
     }
 
-    /// Asks the batch's gate whether its first item may start now. Gated
+    /// Asks the batch's throttle whether its first item may start now. Throttled
     /// items go one at a time: the rest of the batch goes back to the
     /// queue's front. An item refused waits in the timers until the instant
-    /// the gate gave, then queues again.
-    fn pass_gate(&mut self, mut batch: Batch, now: u64) -> Option<Batch> {
+    /// the throttle gave, then queues again.
+    fn pass_throttle(&mut self, mut batch: Batch, now: u64) -> Option<Batch> {
         if batch.count() > 1 {
             let one = batch.split_front(1);
             self.pending.push_front(batch);
             batch = one;
         }
-        let gate = batch.gate.as_ref().expect("gated batch");
-        match gate.admit(now, batch.gate_waited) {
+        let throttle = batch.throttle.as_ref().expect("throttled batch");
+        match throttle.admit(now, batch.throttle_waited) {
             Ok(()) => Some(batch),
             Err(at) => {
-                batch.gate_waited = true;
+                batch.throttle_waited = true;
                 self.timers.schedule(at.max(now + 1), batch);
                 None
             }
@@ -602,7 +665,7 @@ impl Supervisor {
             .iter()
             .enumerate()
             .filter(|(_, c)| c.accepts(batch.job.is_some()) && c.inflight_batches() < queue_limit)
-            .filter(|(_, c)| batch.gate.is_none() || !c.busy())
+            .filter(|(_, c)| batch.throttle.is_none() || !c.busy())
             .min_by_key(|(_, c)| (c.inflight_items(), !c.is_ready()))
             .map(|(i, _)| i)
     }
@@ -610,13 +673,13 @@ impl Supervisor {
     /// Starts workers until the pool is at strength.
     fn maintain(&mut self) {
         if self.zygote.is_none() {
-            if !self.pending.is_empty() && !self.conns.iter().any(Conn::counts_toward_strength) {
-                let error = JobError::WorkerStart {
-                    message: "the fork server died and no worker is left".into(),
-                };
-                for mut batch in self.pending.drain(..) {
-                    self.counters.count_error(&error, u64::from(batch.count()));
-                    batch.fail(batch.count(), error.clone());
+            // Jobs wait for it; if forking it keeps failing, `start_failed`
+            // fails them rather than let them hang.
+            let idle = self.closing && self.pending.is_empty();
+            if self.restart.is_none() && !idle && clock::coarse_ns() >= self.spawn_after {
+                match Restart::begin(self.config.clone(), self.wake.clone()) {
+                    Ok(r) => self.restart = Some(r),
+                    Err(e) => self.start_failed(format!("could not restart the fork server: {e}")),
                 }
             }
             return;
@@ -696,6 +759,9 @@ impl Supervisor {
         fence(Ordering::SeqCst);
         let room = self.pending.front().map_or(0, |b| b.items_len() + 64);
         let mut idle = self.cmds.is_empty();
+        // A new fork server forked (and rung for) just before we set the
+        // flag: take it now, its wake-up may have come too early.
+        idle &= !self.restart.as_ref().is_some_and(Restart::done);
         for c in &mut self.conns {
             idle &= c.prepare_sleep(room);
         }
@@ -753,6 +819,11 @@ impl Supervisor {
         }
     }
 
+    /// Whether a worker with work in flight last ran on `cpu`.
+    fn busy_worker_on(&self, cpu: u32) -> bool {
+        self.conns.iter().any(|c| c.busy() && c.worker_cpu() == cpu)
+    }
+
     /// Ends the pool: kills every worker, resolves every job left as
     /// cancelled, and waits for the fork server to reap everything.
     fn shutdown(&mut self) {
@@ -773,6 +844,9 @@ impl Supervisor {
         drop(waiting);
         self.conns.clear();
         self.zygote = None;
+        if let Some(r) = self.restart.take() {
+            r.abandon();
+        }
         // From now on a send fails at once and its batch resolves as
         // cancelled on the sender's side.
         let cmds = std::mem::replace(&mut self.cmds, crossbeam_channel::never());

@@ -113,6 +113,18 @@ impl ZygoteLink {
         msg::send(self.fd().as_raw_fd(), &m, &raw)
     }
 
+    /// Hands over worker `key` (pid `pid`) of a fork server that died, by
+    /// its pidfd: this zygote kills it, too, when the caller goes away.
+    pub(crate) fn adopt(&self, key: u64, pid: i32, pidfd: BorrowedFd<'_>) -> io::Result<()> {
+        let m = msg::Msg {
+            kind: msg::ADOPT,
+            pid,
+            key,
+            value: 0,
+        };
+        msg::send(self.fd().as_raw_fd(), &m, &[pidfd.as_raw_fd()])
+    }
+
     /// The next report from the zygote, without blocking.
     pub(crate) fn poll(&self) -> Polled {
         let got = match msg::recv(self.fd().as_raw_fd(), true) {

@@ -21,6 +21,10 @@ pub(crate) const SPAWN_FAILED: u32 = 3;
 /// Zygote → supervisor: worker `key` (pid `pid`) exited; `value` is its wait status.
 pub(crate) const EXITED: u32 = 4;
 
+/// Supervisor → zygote: watch worker `key` (pid `pid`) of a fork server that
+/// died, and kill it when shutting down; fd: its pidfd. No answer.
+pub(crate) const ADOPT: u32 = 5;
+
 /// Most descriptors one message carries.
 pub(crate) const MAX_FDS: usize = 3;
 

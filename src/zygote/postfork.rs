@@ -131,3 +131,17 @@ pub(crate) fn pidfd_open(pid: libc::pid_t) -> RawFd {
     }
     fd
 }
+
+/// Sends SIGKILL through a pidfd (which cannot name a recycled pid).
+pub(crate) fn pidfd_kill(pidfd: RawFd) {
+    // SAFETY: pidfd_send_signal on a descriptor we own; no pointer is passed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            libc::SIGKILL,
+            ptr::null::<u8>(),
+            0,
+        )
+    };
+}

@@ -2,11 +2,18 @@
 //! and take them all down when the caller goes away.
 //!
 //! The zygote is a single-threaded copy of the caller taken at
-//! `Pool::build()`. It keeps one descriptor (its socket to the supervisor)
-//! plus one pidfd per live worker, and uses only system calls and the
-//! fixed-size [`Table`] allocated before it was forked.
+//! `Pool::build()` (or when the previous one died). It keeps one descriptor
+//! (its socket to the supervisor) plus one pidfd per live worker, and uses
+//! only system calls and the fixed-size [`Table`] allocated before it was
+//! forked.
+//!
+//! A fork server that replaces a dead one also *adopts* the dead one's
+//! workers (now init's children): it gets their pidfds, forgets each when
+//! its pidfd reports it gone, and kills them with its own children when the
+//! caller goes away — so a caller killed with SIGKILL still takes every
+//! worker along.
 
-use super::msg::{self, EXITED, Msg, SPAWN, SPAWN_FAILED, SPAWNED};
+use super::msg::{self, ADOPT, EXITED, Msg, SPAWN, SPAWN_FAILED, SPAWNED};
 use super::postfork;
 use crate::pool::Config;
 use crate::shm::Region;
@@ -21,6 +28,10 @@ pub(crate) struct Table {
     keys: Vec<u64>,
     pids: Vec<libc::pid_t>,
     pidfds: Vec<RawFd>,
+    /// Not our child: a dead fork server's worker, known by its pidfd only.
+    adopted: Vec<bool>,
+    /// Index in `polls` of each entry's pidfd, for the last poll.
+    slots: Vec<usize>,
     polls: Vec<libc::pollfd>,
     len: usize,
 }
@@ -32,6 +43,8 @@ impl Table {
             keys: vec![0; capacity],
             pids: vec![0; capacity],
             pidfds: vec![-1; capacity],
+            adopted: vec![false; capacity],
+            slots: vec![0; capacity],
             polls: vec![
                 libc::pollfd {
                     fd: -1,
@@ -53,6 +66,8 @@ impl Table {
         self.keys[i] = self.keys[last];
         self.pids[i] = self.pids[last];
         self.pidfds[i] = self.pidfds[last];
+        self.adopted[i] = self.adopted[last];
+        self.slots[i] = self.slots[last];
         self.len = last;
     }
 }
@@ -62,6 +77,9 @@ pub(crate) fn serve(sock: RawFd, mut table: Table, config: &Config) -> ! {
     if !postfork::install_fds(&[sock]) {
         postfork::exit(70);
     }
+    // dup2 cleared close-on-exec; the zygote never execs, but nothing of
+    // the pool's may leak into a program started by a descendant.
+    postfork::set_cloexec(SOCK);
     postfork::reset_signals(false);
     loop {
         table.polls[0] = libc::pollfd {
@@ -73,6 +91,7 @@ pub(crate) fn serve(sock: RawFd, mut table: Table, config: &Config) -> ! {
         let mut blind = false;
         for i in 0..table.len {
             if table.pidfds[i] >= 0 {
+                table.slots[i] = n;
                 table.polls[n] = libc::pollfd {
                     fd: table.pidfds[i],
                     events: libc::POLLIN,
@@ -90,9 +109,21 @@ pub(crate) fn serve(sock: RawFd, mut table: Table, config: &Config) -> ! {
         if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             shutdown(&mut table);
         }
+        forget_adopted(&mut table);
         reap(&mut table);
         if table.polls[0].revents != 0 {
             serve_request(&mut table, config);
+        }
+    }
+}
+
+/// Forgets adopted workers whose pidfd reported them gone (their exit is
+/// not ours to report: the supervisor sees it on its own pidfd). Runs
+/// before `reap`, while `slots` still match the last poll.
+fn forget_adopted(table: &mut Table) {
+    for i in (0..table.len).rev() {
+        if table.adopted[i] && table.polls[table.slots[i]].revents != 0 {
+            table.remove(i);
         }
     }
 }
@@ -106,7 +137,7 @@ fn reap(table: &mut Table) {
         if pid <= 0 {
             return;
         }
-        let Some(i) = (0..table.len).find(|&i| table.pids[i] == pid) else {
+        let Some(i) = (0..table.len).find(|&i| !table.adopted[i] && table.pids[i] == pid) else {
             continue;
         };
         let m = Msg {
@@ -145,6 +176,21 @@ fn serve_request(table: &mut Table, config: &Config) {
             shutdown(table);
         }
     };
+    if req.msg.kind == ADOPT && req.nfds == 1 {
+        let i = table.len;
+        if i == table.keys.len() {
+            // SAFETY: closing the descriptor we received and own.
+            unsafe { libc::close(req.fds[0]) };
+            return;
+        }
+        postfork::set_cloexec(req.fds[0]);
+        table.keys[i] = key;
+        table.pids[i] = req.msg.pid;
+        table.pidfds[i] = req.fds[0];
+        table.adopted[i] = true;
+        table.len += 1;
+        return;
+    }
     if req.msg.kind != SPAWN || req.nfds != 3 {
         return fail(table, libc::EINVAL);
     }
@@ -172,6 +218,7 @@ fn serve_request(table: &mut Table, config: &Config) {
     table.keys[i] = key;
     table.pids[i] = pid;
     table.pidfds[i] = pidfd;
+    table.adopted[i] = false;
     table.len += 1;
     let m = Msg {
         kind: SPAWNED,
@@ -211,10 +258,14 @@ fn become_worker(fds: [RawFd; 3], config: &Config) -> ! {
 /// Kills and reaps every child, then exits: the caller is gone (or asked).
 fn shutdown(table: &mut Table) -> ! {
     for i in 0..table.len {
-        // SAFETY: our unreaped children, so the pids cannot be recycled.
-        unsafe { libc::kill(table.pids[i], libc::SIGKILL) };
+        if table.adopted[i] {
+            postfork::pidfd_kill(table.pidfds[i]);
+        } else {
+            // SAFETY: our unreaped children, so the pids cannot be recycled.
+            unsafe { libc::kill(table.pids[i], libc::SIGKILL) };
+        }
     }
-    for i in 0..table.len {
+    for i in (0..table.len).filter(|&i| !table.adopted[i]) {
         let mut status = 0;
         // SAFETY: waiting for our own child.
         while unsafe { libc::waitpid(table.pids[i], &mut status, 0) } < 0
