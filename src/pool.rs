@@ -303,7 +303,7 @@ impl Shared {
     /// the batch already holds its places); `quiet` leaves the supervisor
     /// thread asleep, for a caller that helps right away. If the pool
     /// closes while it waits, its items fail with `PoolClosed`.
-    fn submit(&self, mut batch: Batch, quiet: bool) {
+    pub(crate) fn submit(&self, mut batch: Batch, quiet: bool) {
         if let Some(gate) = &self.gate
             && batch.ticket.is_none()
         {
@@ -492,7 +492,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         if self.shared.layers.retry.is_some() {
-            return self.job(f).submit(arg);
+            return self.job(f).submit_admitted(arg, ticket, quiet);
         }
         let shared = &self.shared;
         let id = JobId(shared.next_id.fetch_add(1, Ordering::Relaxed));

@@ -18,6 +18,7 @@ use crate::callbacks::{self, Failure, JobCallbacks, OnError, OnSuccess, RawFailu
 use crate::clock;
 use crate::codec;
 use crate::error::JobError;
+use crate::gate::Ticket;
 use crate::job::{Call, Finisher, JobHandle, JobId, Slot};
 use crate::pool::Pool;
 use crate::rate::RateLimit;
@@ -433,14 +434,14 @@ where
     /// once it finishes) for [`Pool::status`] and [`Pool::take_result`] —
     /// how a web handler hands work off and a later request collects it.
     pub fn detach(&self, arg: A) -> JobId {
-        self.launch(&arg, Target::Store).id
+        self.launch(&arg, Target::Store, None, false).id
     }
 
     /// Submits the job and forgets it: its value is dropped in the worker
     /// (as with [`ignore_result`](Self::ignore_result)) and nothing is
     /// kept. Its callbacks still run, and the pool's stats count it.
     pub fn spawn(&self, arg: A) -> JobId {
-        self.launch(&arg, Target::Nowhere).id
+        self.launch(&arg, Target::Nowhere, None, false).id
     }
 
     /// Turns the options into the core's.
@@ -529,8 +530,9 @@ where
         })
     }
 
-    /// Submits one job; returns its slot.
-    fn launch(&self, arg: &A, target: Target) -> Arc<Slot> {
+    /// Submits one job; returns its slot. `ticket`: places in the bounded
+    /// queue the caller already holds; `quiet`: the caller helps right away.
+    fn launch(&self, arg: &A, target: Target, ticket: Option<Ticket>, quiet: bool) -> Arc<Slot> {
         let shared = &self.pool.shared;
         let id = shared.next_job_id();
         let slot = Arc::new(Slot::new(id));
@@ -585,7 +587,9 @@ where
             ),
             _ => slot.clone(),
         };
-        shared.submit_batch(Batch::new(call, items, 1, 0, sink, opts, Some(id)));
+        let mut batch = Batch::new(call, items, 1, 0, sink, opts, Some(id));
+        batch.ticket = ticket.map(Box::new);
+        shared.submit(batch, quiet);
         slot
     }
 }
@@ -624,7 +628,18 @@ where
 
     /// Submits the job; returns a handle to its result.
     pub fn submit(&self, arg: A) -> JobHandle<R> {
-        let slot = self.launch(&arg, Target::Handle);
+        self.submit_admitted(arg, None, false)
+    }
+
+    /// `submit` for `Pool::submit`, `try_submit` and `apply` when the pool
+    /// has a default retry policy: with the queue places they may hold.
+    pub(crate) fn submit_admitted(
+        &self,
+        arg: A,
+        ticket: Option<Ticket>,
+        quiet: bool,
+    ) -> JobHandle<R> {
+        let slot = self.launch(&arg, Target::Handle, ticket, quiet);
         JobHandle::new(slot, Arc::downgrade(&self.pool.shared))
     }
 }
@@ -673,7 +688,7 @@ where
     /// Submits the job; returns a handle to its result: `Ok(Ok(value))`,
     /// `Ok(Err(e))` with the job's own error, or `Err(JobError)`.
     pub fn submit(&self, arg: A) -> JobHandle<Result<T, E>> {
-        let slot = self.launch(&arg, Target::Handle);
+        let slot = self.launch(&arg, Target::Handle, None, false);
         JobHandle::new(slot, Arc::downgrade(&self.pool.shared))
     }
 }

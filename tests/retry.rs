@@ -265,3 +265,25 @@ fn join_waits_for_retries() {
     std::fs::remove_dir_all(dir).unwrap();
     std::fs::remove_dir_all(dir2).unwrap();
 }
+
+fn double(x: u64) -> u64 {
+    2 * x
+}
+
+#[test]
+fn a_default_policy_works_with_a_bounded_queue() {
+    // The places try_submit takes travel with the job into the retry path.
+    let pool = Pool::builder()
+        .workers(1)
+        .queue_capacity(1)
+        .retry(RetryPolicy::new(1))
+        .build()
+        .unwrap();
+    let h = pool.try_submit(double, 21).unwrap();
+    assert_eq!(h.get(), Ok(42));
+    assert_eq!(pool.apply(double, 2), Ok(4));
+    let dir = temp_dir("retry-bounded");
+    let h = pool.submit(flaky_plain, args(&dir, 1, Fail::Panic));
+    assert_eq!(h.get(), Ok(2));
+    std::fs::remove_dir_all(dir).unwrap();
+}
