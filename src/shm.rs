@@ -14,9 +14,10 @@
 //! The status page is the scoreboard the design asks for: which item the
 //! worker is on and since when (so the supervisor can enforce time limits and
 //! charge the right item when a worker dies, without a message per item),
-//! the soft-limit flag, the running job's latest progress report, cancel
-//! slots, and the rings' positions and sleep flags. Every field is an atomic; the worker's side is untrusted, so the
-//! supervisor validates whatever it reads from here.
+//! the soft-limit flag, cancel slots, the rings' positions and sleep flags,
+//! and the running job's latest progress report. Every field is an atomic;
+//! the worker's side is untrusted, so the supervisor validates whatever it
+//! reads from here.
 //!
 //! This module owns `memfd_create`, `ftruncate`, `mmap` and `munmap`. The
 //! mapping functions use raw system calls only, so a freshly forked worker
