@@ -2,8 +2,10 @@
 //!
 //! This is the unit the pool's front (`submit`, `map`, `imap`) hands to the
 //! supervisor, and the small internal interface higher layers build on: a
-//! function ([`Call`]), encoded arguments, per-job options, and a [`Sink`]
-//! that receives each item's outcome.
+//! function ([`Call`]), encoded arguments, per-job options ([`JobOpts`]:
+//! time limits, a start time, an expiry), and a [`Sink`] that receives each
+//! item's outcome. A function may also have a [`Throttle`] (see
+//! `throttle.rs`), which the supervisor attaches by itself.
 //!
 //! A `Batch` always describes the items *not yet delivered*: delivering
 //! items advances it, and whatever is left when it is dropped is delivered
@@ -13,6 +15,7 @@
 use crate::error::JobError;
 use crate::gate::Ticket;
 use crate::job::{Call, JobId};
+use crate::throttle::Throttle;
 use crate::wire;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +45,13 @@ pub(crate) trait Sink: Send + Sync {
     /// Resolves the (single) job as cancelled right away, ahead of the
     /// worker's own answer. Returns false if it was already resolved.
     fn cancel_now(&self) -> bool {
+        self.fail_now(JobError::Cancelled)
+    }
+
+    /// Resolves the (single) job with `error` right away, ahead of the
+    /// worker's own answer (which will be a skip). Returns false if it was
+    /// already resolved, or if this sink cannot be resolved early.
+    fn fail_now(&self, _error: JobError) -> bool {
         false
     }
 }
@@ -53,6 +63,12 @@ pub(crate) struct JobOpts {
     pub time_limit: Option<Duration>,
     /// Soft limit per item: the job is told it is over time.
     pub soft_time_limit: Option<Duration>,
+    /// Coarse-clock instant before which no item starts: until then the
+    /// batch waits in the supervisor's timers, not in a worker.
+    pub not_before: Option<u64>,
+    /// Coarse-clock instant after which an item that has not started never
+    /// runs: it resolves to [`JobError::Expired`].
+    pub expires_at: Option<u64>,
 }
 
 /// Undelivered items of one submission, with everything needed to run them.
@@ -71,6 +87,11 @@ pub(crate) struct Batch {
     /// Places in the pool's bounded queue (see `crate::gate`), held until
     /// the items are handed to a worker or resolved.
     pub ticket: Option<Box<Ticket>>,
+    /// The throttle of the batch's function (its rate limit), attached by
+    /// the supervisor.
+    pub throttle: Option<Arc<dyn Throttle>>,
+    /// The throttle already gave this batch a start time it waited for.
+    pub throttle_waited: bool,
 }
 
 impl Batch {
@@ -93,6 +114,8 @@ impl Batch {
             opts,
             job,
             ticket: None,
+            throttle: None,
+            throttle_waited: false,
         }
     }
 
@@ -169,6 +192,8 @@ impl Batch {
                 .ticket
                 .as_mut()
                 .map(|t| Box::new(t.split(u64::from(n)))),
+            throttle: self.throttle.clone(),
+            throttle_waited: self.throttle_waited,
         };
         self.items.drain(..off);
         self.count -= n;

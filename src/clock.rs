@@ -44,3 +44,11 @@ pub(crate) fn coarse_tick_ns() -> u64 {
 pub(crate) fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
+
+/// The coarse-clock instant by which `after` has surely passed: the coarse
+/// clock lags real time by up to one tick, so one tick is added.
+pub(crate) fn coarse_deadline(after: Duration) -> u64 {
+    coarse_ns()
+        .saturating_add(ns(after))
+        .saturating_add(coarse_tick_ns())
+}

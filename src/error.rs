@@ -57,6 +57,17 @@ pub enum JobError {
         /// The cap in force, in bytes.
         limit: u64,
     },
+    /// The job had not started when its expiry time passed
+    /// ([`Job::expires`](crate::Job::expires)), so it never ran.
+    #[error("job expired before it started")]
+    Expired,
+    /// The job's options cannot work together (a per-job soft time limit
+    /// above its hard limit, say); the job was not run.
+    #[error("invalid job options: {message}")]
+    InvalidOptions {
+        /// What is wrong with the options.
+        message: String,
+    },
     /// No worker could be started to run the job: the initializer panicked
     /// or the worker could not be forked, several times in a row.
     #[error("no worker could be started: {message}")]

@@ -22,6 +22,8 @@ use crate::codec;
 use crate::error::JobError;
 use crate::out::Out;
 use crate::pool::Shared;
+use crate::progress::Progress;
+use crate::supervisor::Whereabouts;
 use crate::wire::{self, Record, Tag};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -29,7 +31,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -125,11 +127,154 @@ where
     Tag::Ok
 }
 
+impl Call {
+    /// A job whose result is dropped in the worker: its `Ok` record is empty.
+    pub(crate) fn ignoring<A, R>(f: fn(A) -> R) -> Call
+    where
+        A: DeserializeOwned,
+    {
+        let shim: RawCall = trampoline_ignoring::<A, R>;
+        Call {
+            trampoline: shim as usize,
+            func: f as usize,
+        }
+    }
+
+    /// A fallible job: the whole `Result` is encoded, and an `Err` is
+    /// recorded under [`Tag::Err`] so the supervisor sees a failure.
+    pub(crate) fn fallible<A, T, E>(f: fn(A) -> Result<T, E>) -> Call
+    where
+        A: DeserializeOwned,
+        T: Serialize,
+        E: Serialize,
+    {
+        let shim: RawCall = trampoline_fallible::<A, T, E>;
+        Call {
+            trampoline: shim as usize,
+            func: f as usize,
+        }
+    }
+
+    /// A fallible job whose `Ok` value is dropped in the worker: it sends
+    /// back `Ok(())`, or its error.
+    pub(crate) fn fallible_ignoring<A, T, E>(f: fn(A) -> Result<T, E>) -> Call
+    where
+        A: DeserializeOwned,
+        E: Serialize,
+    {
+        let shim: RawCall = trampoline_fallible_ignoring::<A, T, E>;
+        Call {
+            trampoline: shim as usize,
+            func: f as usize,
+        }
+    }
+}
+
+/// Decodes a job's argument, then tells the worker its bytes are free; or
+/// writes why it could not into `out`.
+fn decode_arg<A: DeserializeOwned>(
+    arg: &[u8],
+    out: &mut Out<'_>,
+    decoded: &mut dyn FnMut(),
+) -> Option<A> {
+    let arg = codec::decode::<A>(arg);
+    decoded();
+    match arg {
+        Ok(a) => Some(a),
+        Err(e) => {
+            out.write_bytes(format!("argument: {e}").as_bytes());
+            None
+        }
+    }
+}
+
+/// Encodes a job's outcome into `out` under `tag`, or a codec error.
+fn encode_outcome<T: Serialize + ?Sized>(out: &mut Out<'_>, value: &T, tag: Tag) -> Tag {
+    if let Err(e) = codec::encode_into(&mut *out, value) {
+        out.clear();
+        out.write_bytes(format!("result: {e}").as_bytes());
+        return Tag::Codec;
+    }
+    tag
+}
+
+/// # Safety
+/// As [`trampoline`]: `func` is the `fn(A) -> R` stored by [`Call::ignoring`].
+unsafe fn trampoline_ignoring<A, R>(
+    func: usize,
+    arg: &[u8],
+    out: &mut Out<'_>,
+    decoded: &mut dyn FnMut(),
+) -> Tag
+where
+    A: DeserializeOwned,
+{
+    // SAFETY: Call::ignoring stores `f as usize` beside this instantiation.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
+    let Some(arg) = decode_arg::<A>(arg, out, decoded) else {
+        return Tag::Codec;
+    };
+    drop(f(arg));
+    Tag::Ok
+}
+
+/// # Safety
+/// As [`trampoline`]: `func` is the `fn(A) -> Result<T, E>` stored by
+/// [`Call::fallible`].
+unsafe fn trampoline_fallible<A, T, E>(
+    func: usize,
+    arg: &[u8],
+    out: &mut Out<'_>,
+    decoded: &mut dyn FnMut(),
+) -> Tag
+where
+    A: DeserializeOwned,
+    T: Serialize,
+    E: Serialize,
+{
+    // SAFETY: Call::fallible stores `f as usize` beside this instantiation.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> Result<T, E>>(func) };
+    let Some(arg) = decode_arg::<A>(arg, out, decoded) else {
+        return Tag::Codec;
+    };
+    let result = f(arg);
+    let tag = if result.is_ok() { Tag::Ok } else { Tag::Err };
+    encode_outcome(out, &result, tag)
+}
+
+/// # Safety
+/// As [`trampoline`]: `func` is the `fn(A) -> Result<T, E>` stored by
+/// [`Call::fallible_ignoring`].
+unsafe fn trampoline_fallible_ignoring<A, T, E>(
+    func: usize,
+    arg: &[u8],
+    out: &mut Out<'_>,
+    decoded: &mut dyn FnMut(),
+) -> Tag
+where
+    A: DeserializeOwned,
+    E: Serialize,
+{
+    // SAFETY: Call::fallible_ignoring stores `f as usize` beside this instantiation.
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> Result<T, E>>(func) };
+    let Some(arg) = decode_arg::<A>(arg, out, decoded) else {
+        return Tag::Codec;
+    };
+    match f(arg) {
+        Ok(value) => {
+            drop(value);
+            encode_outcome(out, &Ok::<(), E>(()), Tag::Ok)
+        }
+        Err(e) => encode_outcome(out, &Err::<(), E>(e), Tag::Err),
+    }
+}
+
 /// What one item record means for its job.
 pub(crate) fn outcome(rec: Record<'_>) -> Result<&[u8], JobError> {
     let text = || String::from_utf8_lossy(rec.body).into_owned();
     match rec.tag {
-        Tag::Ok => Ok(rec.body),
+        // A fallible job's `Err` travels as its encoded `Result`, like `Ok`.
+        Tag::Ok | Tag::Err => Ok(rec.body),
         Tag::Panic => Err(JobError::Panicked { message: text() }),
         Tag::Codec => Err(JobError::Codec(text())),
         Tag::Skipped => Err(JobError::Cancelled),
@@ -158,10 +303,19 @@ const DISPATCHED: u8 = 1;
 const RESOLVED: u8 = 2;
 const CANCELLED: u8 = 3;
 
+/// Runs once, with a job's final outcome, on the thread that resolves it
+/// (often the supervisor's: it must be quick and must not panic), and
+/// returns what the slot keeps. Layers use it for callbacks, stored
+/// results and stripping ignored results.
+pub(crate) type Finisher =
+    Box<dyn FnOnce(Result<Vec<u8>, JobError>) -> Result<Vec<u8>, JobError> + Send>;
+
 /// Where one job's outcome lands.
 pub(crate) struct Slot {
     pub(crate) id: JobId,
     state: AtomicU8,
+    /// Attempts made so far: 1, plus one per retry.
+    attempts: AtomicU32,
     inner: Mutex<SlotInner>,
     ready: Condvar,
 }
@@ -171,6 +325,7 @@ struct SlotInner {
     /// The job's record (header and body), or its failure.
     result: Option<Result<Vec<u8>, JobError>>,
     waker: Option<Waker>,
+    finisher: Option<Finisher>,
 }
 
 impl Slot {
@@ -178,9 +333,24 @@ impl Slot {
         Slot {
             id,
             state: AtomicU8::new(PENDING),
+            attempts: AtomicU32::new(1),
             inner: Mutex::new(SlotInner::default()),
             ready: Condvar::new(),
         }
+    }
+
+    /// Installs the code that sees the final outcome (before it resolves).
+    pub(crate) fn set_finisher(&self, finisher: Finisher) {
+        self.lock().finisher = Some(finisher);
+    }
+
+    /// Counts one more attempt (a retry was scheduled).
+    pub(crate) fn add_attempt(&self) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, SlotInner> {
@@ -193,6 +363,10 @@ impl Slot {
         if inner.result.is_some() {
             return false;
         }
+        let result = match inner.finisher.take() {
+            Some(finish) => finish(result),
+            None => result,
+        };
         inner.result = Some(result);
         let _ =
             self.state
@@ -279,8 +453,8 @@ impl Sink for Slot {
         }
     }
 
-    fn cancel_now(&self) -> bool {
-        self.resolve(Err(JobError::Cancelled))
+    fn fail_now(&self, error: JobError) -> bool {
+        self.resolve(Err(error))
     }
 }
 
@@ -336,8 +510,12 @@ impl<R: DeserializeOwned> JobHandle<R> {
     }
 
     fn decode(raw: Result<Vec<u8>, JobError>) -> Result<R, JobError> {
-        let buf = raw?;
-        match wire::records(&buf).next() {
+        Self::decode_record(&raw?)
+    }
+
+    /// Decodes the result from a job's record buffer.
+    pub(crate) fn decode_record(buf: &[u8]) -> Result<R, JobError> {
+        match wire::records(buf).next() {
             Some(rec) => decode_result(rec),
             None => Err(JobError::Codec("empty result record".into())),
         }
@@ -358,6 +536,50 @@ impl<R: DeserializeOwned> JobHandle<R> {
         self.slot.id
     }
 
+    /// How many times the job was tried: 1, plus one per retry its
+    /// [`RetryPolicy`](crate::RetryPolicy) scheduled so far.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// use forkpool::{Pool, RetryPolicy};
+    /// fn flaky(attempt_marker: String) -> u32 {
+    ///     // Fails the first time: the marker file does not exist yet.
+    ///     if std::fs::metadata(&attempt_marker).is_err() {
+    ///         std::fs::write(&attempt_marker, b"1").unwrap();
+    ///         panic!("first attempt fails");
+    ///     }
+    ///     7
+    /// }
+    /// let marker = std::env::temp_dir().join(format!("forkpool-doc-{}", std::process::id()));
+    /// let _ = std::fs::remove_file(&marker);
+    /// let pool = Pool::new(1)?;
+    /// let handle = pool
+    ///     .job(flaky)
+    ///     .retry(RetryPolicy::new(3))
+    ///     .submit(marker.display().to_string());
+    /// assert!(handle.wait_timeout(std::time::Duration::from_secs(30)));
+    /// assert_eq!(handle.attempts(), 2);
+    /// assert_eq!(handle.get(), Ok(7));
+    /// # std::fs::remove_file(&marker).unwrap();
+    /// # Ok(()) }
+    /// ```
+    pub fn attempts(&self) -> u32 {
+        self.slot.attempts()
+    }
+
+    /// The latest progress the running job reported with
+    /// [`report_progress`](crate::report_progress); `None` while it waits,
+    /// before its first report, and once it is finished.
+    pub fn progress(&self) -> Option<Progress> {
+        if self.slot.is_ready() {
+            return None;
+        }
+        match self.pool.upgrade()?.inspect(self.slot.id) {
+            Whereabouts::Running { progress } => progress,
+            _ => None,
+        }
+    }
+
     /// Cancels the job. A job that has not started never runs; a running
     /// job's worker is killed and replaced. Either way [`get`](Self::get)
     /// then returns `Err(JobError::Cancelled)`, and this returns true. It
@@ -367,6 +589,8 @@ impl<R: DeserializeOwned> JobHandle<R> {
         if self.slot.cancel_pending() {
             if let Some(p) = &pool {
                 p.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+                // It may be waiting in the supervisor's timers: free it now.
+                p.discard(self.slot.id);
             }
             return true;
         }

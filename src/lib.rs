@@ -37,6 +37,47 @@
 //! }
 //! ```
 //!
+//! # Job options
+//!
+//! [`Pool::job`] (or [`Pool::try_job`] for a fallible `fn(A) -> Result<T, E>`)
+//! gives a [`Job`]: the function with Celery-style options — a countdown
+//! or ETA, an expiry, per-job time limits, a [`RetryPolicy`], success and
+//! error callbacks, a [`RateLimit`], `ignore_result` — submitted for a
+//! handle, [detached](Job::detach) for an id ([`Pool::status`],
+//! [`Pool::take_result`]), or [spawned](Job::spawn) and forgotten. A job
+//! can report how far it is with [`report_progress`].
+//!
+//! ```
+//! use forkpool::{Failure, JobStatus, Pool, RetryPolicy};
+//! use std::time::Duration;
+//!
+//! fn fetch(page: u32) -> Result<String, String> {
+//!     if page == 0 { Err("no page 0".into()) } else { Ok(format!("page {page}")) }
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let pool = Pool::builder().workers(2).rate_limit(fetch, "20/s".parse()?).build()?;
+//!     let job = pool
+//!         .try_job(fetch)
+//!         .retry(RetryPolicy::new(2).backoff(Duration::from_millis(10)))
+//!         .expires(Duration::from_secs(60))
+//!         .on_error(|f: &Failure<String>| eprintln!("fetch failed: {f}"));
+//!
+//!     assert_eq!(job.submit(1).get()?, Ok("page 1".to_string()));
+//!     let handle = job.submit(0);
+//!     assert_eq!(handle.get()?, Err("no page 0".to_string())); // typed, after 3 attempts
+//!
+//!     let id = job.detach(2); // a web handler returns this id ...
+//!     while !matches!(pool.status(id), JobStatus::Succeeded | JobStatus::Failed) {
+//!         std::thread::sleep(Duration::from_millis(10)); // ... a later request polls
+//!     }
+//!     let page: Result<String, String> = pool.take_result(id).unwrap()?;
+//!     assert_eq!(page, Ok("page 2".to_string()));
+//!     pool.join()?;
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # How it works
 //!
 //! Building a pool forks a single-threaded *fork server* (zygote) from the
@@ -71,29 +112,48 @@
 //! Linux only (it relies on `fork`, `memfd_create`, `epoll` and pidfds).
 
 #![warn(missing_docs)]
+// A `Batch` (and the `Command` carrying one) is handed back by value when it
+// cannot be sent (`Submitter::send`, `Conn::try_send`): moving ~180 bytes
+// beats boxing every batch on the dispatch path.
+#![allow(clippy::result_large_err)]
 
 mod batch;
 mod bell;
+mod callbacks;
 mod clock;
 mod codec;
 mod error;
 mod gate;
 mod job;
+mod layers;
 mod map;
 mod out;
 mod pool;
+mod progress;
+mod progress_bar;
+mod rate;
+mod results;
+mod retry;
 mod ring;
 mod shm;
+mod signature;
 mod spin;
 mod stats;
 mod supervisor;
+mod throttle;
 mod wire;
 mod worker;
 mod zygote;
 
+pub use callbacks::Failure;
 pub use error::{Error, JobError, TrySubmitError};
 pub use job::{JobHandle, JobId};
 pub use map::{Imap, ImapUnordered};
 pub use pool::{Pool, PoolBuilder};
+pub use progress::{Progress, report_progress};
+pub use rate::{RateLimit, RateLimitError};
+pub use results::JobStatus;
+pub use retry::{RetryOn, RetryPolicy};
+pub use signature::{Expiry, Job, NoError};
 pub use stats::Stats;
 pub use worker::soft_time_limit_exceeded;

@@ -17,6 +17,7 @@ use crate::codec;
 use crate::error::{Error, JobError};
 use crate::job::{Call, decode_result};
 use crate::pool::Pool;
+use crate::progress_bar::Bar;
 use crate::wire;
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
@@ -193,6 +194,10 @@ where
     let (sink, rx) = stream();
     let mut batcher = Batcher::new(pool, Call::new(f), sink, chunk);
     let mut out = Collector::with_capacity(estimate);
+    let bar = Bar::new(
+        shared.layers.progress_bar,
+        (hi == Some(lo)).then_some(lo as u64),
+    );
     let mut total = 0u64;
     // The calling thread hands its batches to workers and takes their
     // answers itself (see `supervisor::drive`): the bytes then cross
@@ -226,6 +231,7 @@ where
             while let Ok((base, outcome)) = rx.try_recv() {
                 out.accept(base, outcome);
             }
+            bar.set(out.resolved);
         }
     }
     if let Some(b) = batcher.take() {
@@ -245,7 +251,9 @@ where
             break;
         };
         out.accept(base, outcome);
+        bar.set(out.resolved);
     }
+    bar.finish();
     out.finish(total)
 }
 
@@ -402,6 +410,7 @@ struct Stream<I: Iterator, R> {
     /// Unordered: results in arrival order.
     ready: VecDeque<Result<R, JobError>>,
     closed: bool,
+    bar: Bar,
     _input: PhantomData<fn(I::Item)>,
 }
 
@@ -420,6 +429,11 @@ where
         let (sink, rx) = stream();
         let batcher = Batcher::new(&pool, Call::new(f), sink, chunk);
         let closed = pool.shared.is_closed();
+        let (lo, hi) = input.size_hint();
+        let bar = Bar::new(
+            pool.shared.layers.progress_bar,
+            (hi == Some(lo)).then_some(lo as u64),
+        );
         Stream {
             pool,
             input: Some(input.fuse()),
@@ -436,6 +450,7 @@ where
             slots: VecDeque::new(),
             ready: VecDeque::new(),
             closed,
+            bar,
             _input: PhantomData,
         }
     }
@@ -527,11 +542,13 @@ where
             }
             self.fill();
             if self.pulled == self.yielded {
+                self.bar.finish();
                 return None;
             }
             let (base, outcome) = self.rx.recv().ok()?;
             let mut got = Vec::new();
             let n = unpack(base, outcome, |i, r| got.push((i, r)));
+            self.bar.inc(n);
             for (i, r) in got {
                 self.place(i, r);
             }

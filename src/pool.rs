@@ -10,10 +10,12 @@ use crate::codec;
 use crate::error::{Error, JobError, TrySubmitError};
 use crate::gate::{Gate, Refused, Ticket};
 use crate::job::{Call, JobHandle, JobId, Slot};
+use crate::layers::{LayerSettings, Layers};
 use crate::map::{self, Imap, ImapUnordered};
 use crate::shm;
 use crate::stats::{Counters, Stats};
-use crate::supervisor::{self, Command, Driver, Submitter};
+use crate::supervisor::{self, Command, Driver, Submitter, Whereabouts};
+use crate::throttle::Throttles;
 use crate::wire;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -44,6 +46,7 @@ impl Config {
         JobOpts {
             time_limit: self.time_limit,
             soft_time_limit: self.soft_time_limit,
+            ..JobOpts::default()
         }
     }
 }
@@ -71,6 +74,9 @@ pub struct PoolBuilder {
     initializer: Option<fn()>,
     chunk_size: Option<usize>,
     max_message_size: u64,
+    /// Settings of the layers above the core (retries, results, rate
+    /// limits, progress bar): see `layers.rs`.
+    pub(crate) layers: LayerSettings,
     queue_capacity: Option<u64>,
 }
 
@@ -85,6 +91,7 @@ impl fmt::Debug for PoolBuilder {
             .field("initializer", &self.initializer.is_some())
             .field("chunk_size", &self.chunk_size)
             .field("max_message_size", &self.max_message_size)
+            .field("layers", &self.layers)
             .field("queue_capacity", &self.queue_capacity)
             .finish()
     }
@@ -101,6 +108,7 @@ impl Default for PoolBuilder {
             initializer: None,
             chunk_size: None,
             max_message_size: wire::DEFAULT_MAX_MESSAGE,
+            layers: LayerSettings::default(),
             queue_capacity: None,
         }
     }
@@ -182,9 +190,11 @@ impl PoolBuilder {
     }
 
     /// Forks the fork server and starts the pool.
-    pub fn build(self) -> Result<Pool, Error> {
+    pub fn build(mut self) -> Result<Pool, Error> {
+        let layers = std::mem::take(&mut self.layers);
+        layers.validate()?;
         let config = self.validate()?;
-        Pool::start(config)
+        Pool::start(config, layers)
     }
 
     fn validate(self) -> Result<Config, Error> {
@@ -257,7 +267,7 @@ impl fmt::Debug for Pool {
 
 /// State shared by every handle of one pool.
 pub(crate) struct Shared {
-    submitter: Submitter,
+    pub(crate) submitter: Submitter,
     /// Lets a waiting caller step the supervisor itself (see `supervisor::drive`).
     pub(crate) driver: Driver,
     pub(crate) counters: Arc<Counters>,
@@ -267,6 +277,8 @@ pub(crate) struct Shared {
     gate: Option<Arc<Gate>>,
     next_id: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// State of the layers above the core (results, callbacks, rate limits).
+    pub(crate) layers: Layers,
 }
 
 impl Shared {
@@ -321,6 +333,30 @@ impl Shared {
         }
     }
 
+    /// A fresh job id.
+    pub(crate) fn next_job_id(&self) -> JobId {
+        JobId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Asks the supervisor where single job `id` is now.
+    pub(crate) fn inspect(&self, id: JobId) -> Whereabouts {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self
+            .submitter
+            .send(Command::Inspect { id, reply: tx })
+            .is_err()
+        {
+            return Whereabouts::Elsewhere;
+        }
+        rx.recv().unwrap_or(Whereabouts::Elsewhere)
+    }
+
+    /// Tells the supervisor that job `id`, cancelled before dispatch, can
+    /// be dropped from its timers.
+    pub(crate) fn discard(&self, id: JobId) {
+        let _ = self.submitter.send(Command::Discard(id));
+    }
+
     /// Asks the supervisor to cancel a job already handed to it.
     pub(crate) fn cancel_dispatched(&self, id: JobId) -> bool {
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -340,6 +376,11 @@ impl Shared {
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(handle) = handle else { return true };
         let _ = self.submitter.send(cmd);
+        if handle.thread().id() == std::thread::current().id() {
+            // The last handle went with something the supervisor dropped
+            // (a job's callback that held a Pool): it ends on the command.
+            return true;
+        }
         handle.join().is_ok()
     }
 }
@@ -362,10 +403,13 @@ impl Pool {
         PoolBuilder::default()
     }
 
-    fn start(config: Config) -> Result<Pool, Error> {
+    fn start(config: Config, layers: LayerSettings) -> Result<Pool, Error> {
         let config = Arc::new(config);
         let counters = Arc::new(Counters::default());
-        let (submitter, driver, thread) = supervisor::start(config.clone(), counters.clone())?;
+        let throttles = Arc::new(Throttles::default());
+        let layers = Layers::new(layers, throttles.clone());
+        let (submitter, driver, thread) =
+            supervisor::start(config.clone(), counters.clone(), throttles)?;
         let gate = config.queue_capacity.map(Gate::new);
         Ok(Pool {
             shared: Arc::new(Shared {
@@ -377,6 +421,7 @@ impl Pool {
                 gate,
                 next_id: AtomicU64::new(1),
                 thread: Mutex::new(Some(thread)),
+                layers,
             }),
         })
     }
@@ -392,6 +437,8 @@ impl Pool {
     /// [`JobError::PoolClosed`]. With a
     /// [`queue_capacity`](PoolBuilder::queue_capacity), this blocks while
     /// the queue is full.
+    /// The pool's default retry policy ([`PoolBuilder::retry`]) applies; for
+    /// other options, build the job with [`Pool::job`].
     pub fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> JobHandle<R>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
@@ -452,6 +499,9 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        if self.shared.layers.retry.is_some() {
+            return self.job(f).submit_admitted(arg, ticket, quiet);
+        }
         let shared = &self.shared;
         let id = JobId(shared.next_id.fetch_add(1, Ordering::Relaxed));
         let slot = Arc::new(Slot::new(id));
@@ -554,9 +604,15 @@ impl Pool {
 
     /// Closes the pool, waits for every submitted job to finish, then for
     /// the workers to exit.
+    ///
+    /// Jobs waiting for a countdown, an ETA or a retry are waited for too
+    /// (cancel them, or use [`terminate`](Pool::terminate), not to wait),
+    /// and so are the success and error callbacks of finished jobs.
     pub fn join(self) -> Result<(), Error> {
         self.close();
-        if self.shared.shutdown(Command::Join) {
+        let ended = self.shared.shutdown(Command::Join);
+        self.shared.layers.callbacks.finish();
+        if ended {
             Ok(())
         } else {
             Err(Error::Io(std::io::Error::other(

@@ -14,9 +14,10 @@
 //! The status page is the scoreboard the design asks for: which item the
 //! worker is on and since when (so the supervisor can enforce time limits and
 //! charge the right item when a worker dies, without a message per item),
-//! the soft-limit flag, cancel slots, and the rings' positions and sleep
-//! flags. Every field is an atomic; the worker's side is untrusted, so the
-//! supervisor validates whatever it reads from here.
+//! the soft-limit flag, cancel slots, the rings' positions and sleep flags,
+//! and the running job's latest progress report. Every field is an atomic;
+//! the worker's side is untrusted, so the supervisor validates whatever it
+//! reads from here.
 //!
 //! This module owns `memfd_create`, `ftruncate`, `mmap` and `munmap`. The
 //! mapping functions use raw system calls only, so a freshly forked worker
@@ -25,7 +26,7 @@
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::ptr;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 /// Size of the status page; also the alignment of every part of the file.
 pub(crate) const PAGE: usize = 4096;
@@ -86,6 +87,57 @@ pub(crate) struct WorkerStatus {
     pub cpu: AtomicU32,
 }
 
+/// The latest progress a job reported (`forkpool::report_progress`): plain
+/// stores, no message. A seqlock: the worker makes `version` odd, writes the
+/// three fields, then makes it even; a reader that sees the same even
+/// version before and after read a consistent triple.
+#[repr(C, align(64))]
+#[derive(Default)]
+pub(crate) struct ProgressCell {
+    pub version: AtomicU64,
+    /// `seq + 1` of the item that reported.
+    pub item: AtomicU64,
+    pub done: AtomicU64,
+    pub total: AtomicU64,
+}
+
+impl ProgressCell {
+    /// Worker side: publishes `done` of `total` for item `item` (`seq + 1`).
+    pub(crate) fn write(&self, item: u64, done: u64, total: u64) {
+        let v = self.version.load(Ordering::Relaxed);
+        self.version.store(v.wrapping_add(1) | 1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.item.store(item, Ordering::Relaxed);
+        self.done.store(done, Ordering::Relaxed);
+        self.total.store(total, Ordering::Relaxed);
+        self.version
+            .store((v | 1).wrapping_add(1), Ordering::Release);
+    }
+
+    /// Supervisor side: `(done, total)` last reported by item `item`, if a
+    /// consistent reading shows one. The worker is untrusted: a few tries,
+    /// then give up.
+    pub(crate) fn read(&self, item: u64) -> Option<(u64, u64)> {
+        for _ in 0..16 {
+            let v1 = self.version.load(Ordering::Acquire);
+            if v1 & 1 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let (it, done, total) = (
+                self.item.load(Ordering::Relaxed),
+                self.done.load(Ordering::Relaxed),
+                self.total.load(Ordering::Relaxed),
+            );
+            fence(Ordering::Acquire);
+            if self.version.load(Ordering::Relaxed) == v1 {
+                return (it == item).then_some((done, total));
+            }
+        }
+        None
+    }
+}
+
 /// The status page at the start of a worker's shared memory.
 #[repr(C)]
 pub(crate) struct StatusPage {
@@ -101,6 +153,9 @@ pub(crate) struct StatusPage {
     pub to_worker: RingCtl,
     /// The ring that carries records to the supervisor.
     pub to_supervisor: RingCtl,
+    /// Progress reported by the running job (last, so that the offsets
+    /// above stay put).
+    pub progress: ProgressCell,
 }
 
 const _: () = assert!(std::mem::size_of::<StatusPage>() <= PAGE);
@@ -236,7 +291,20 @@ fn errno() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn progress_is_read_whole_and_per_item() {
+        let cell = ProgressCell::default();
+        assert_eq!(cell.read(1), None, "nothing reported");
+        cell.write(1, 3, 10);
+        assert_eq!(cell.read(1), Some((3, 10)));
+        assert_eq!(cell.read(2), None, "another item's report");
+        cell.write(2, 7, 8);
+        assert_eq!(cell.read(2), Some((7, 8)));
+        // A writer caught mid-update (odd version) is not believed.
+        cell.version.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(cell.read(2), None);
+    }
 
     #[test]
     fn mirrored_views_alias() {

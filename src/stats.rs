@@ -3,8 +3,12 @@
 //!
 //! Every job is counted once in `submitted` and, when it resolves, exactly
 //! once in `completed`, `failed` or `cancelled`; `panicked`, `crashed`,
-//! `timed_out` and `codec_errors` break `failed` down. So at any moment
-//! `submitted == completed + failed + cancelled + (jobs still in progress)`.
+//! `timed_out`, `codec_errors`, `errored` and `expired` break `failed` down.
+//! So at any moment `submitted == completed + failed + cancelled + (jobs
+//! still in progress)`.
+//!
+//! A retried job counts once per attempt: each attempt that fails is
+//! counted as failed, and each retry as submitted again (and in `retried`).
 
 use crate::error::JobError;
 use crate::wire::{Run, Tag};
@@ -30,8 +34,19 @@ pub struct Stats {
     pub timed_out: u64,
     /// Failed jobs whose argument or result could not be encoded, or was too large.
     pub codec_errors: u64,
+    /// Failed jobs that returned their own `Err` (jobs built with
+    /// [`Pool::try_job`](crate::Pool::try_job)).
+    pub errored: u64,
+    /// Failed jobs that expired before they started.
+    pub expired: u64,
     /// Jobs cancelled before they produced a result.
     pub cancelled: u64,
+    /// Attempts resubmitted by a retry policy (each is also counted in
+    /// `submitted`).
+    pub retried: u64,
+    /// Jobs waiting for a time now: a countdown or ETA, a retry's backoff,
+    /// or their function's rate limit. A gauge, not a running total.
+    pub scheduled: u64,
     /// Workers started to replace one that exited (crash, time limit,
     /// task or memory limit, cancellation).
     pub worker_restarts: u64,
@@ -50,7 +65,11 @@ pub(crate) struct Counters {
     pub crashed: AtomicU64,
     pub timed_out: AtomicU64,
     pub codec_errors: AtomicU64,
+    pub errored: AtomicU64,
+    pub expired: AtomicU64,
     pub cancelled: AtomicU64,
+    pub retried: AtomicU64,
+    pub scheduled: AtomicU64,
     pub worker_restarts: AtomicU64,
     pub fork_server_restarts: AtomicU64,
 }
@@ -66,7 +85,11 @@ impl Counters {
             crashed: self.crashed.load(Relaxed),
             timed_out: self.timed_out.load(Relaxed),
             codec_errors: self.codec_errors.load(Relaxed),
+            errored: self.errored.load(Relaxed),
+            expired: self.expired.load(Relaxed),
             cancelled: self.cancelled.load(Relaxed),
+            retried: self.retried.load(Relaxed),
+            scheduled: self.scheduled.load(Relaxed),
             worker_restarts: self.worker_restarts.load(Relaxed),
             fork_server_restarts: self.fork_server_restarts.load(Relaxed),
         }
@@ -80,6 +103,7 @@ impl Counters {
             JobError::Crashed { .. } => Some(&self.crashed),
             JobError::TimedOut { .. } => Some(&self.timed_out),
             JobError::Codec(_) | JobError::TooLarge { .. } => Some(&self.codec_errors),
+            JobError::Expired => Some(&self.expired),
             _ => None,
         };
         if let Some(c) = kind {
@@ -95,7 +119,11 @@ impl Counters {
         add(&self.completed, run.ok.into());
         add(&self.panicked, run.panicked.into());
         add(&self.codec_errors, run.codec.into());
-        add(&self.failed, u64::from(run.panicked + run.codec));
+        add(&self.errored, run.errored.into());
+        add(
+            &self.failed,
+            u64::from(run.panicked + run.codec + run.errored),
+        );
     }
 
     /// Counts a job answered by its worker with a record of `tag`.
@@ -108,6 +136,10 @@ impl Counters {
             }
             Tag::Codec | Tag::TooLarge => {
                 add(&self.codec_errors, 1);
+                add(&self.failed, 1);
+            }
+            Tag::Err => {
+                add(&self.errored, 1);
                 add(&self.failed, 1);
             }
             // A skipped job was counted when it was cancelled.

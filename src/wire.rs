@@ -49,6 +49,9 @@ pub(crate) enum Tag {
     Skipped = 0x13,
     /// Item's result exceeded the message cap; body is its size as u64.
     TooLarge = 0x14,
+    /// Item of a fallible job returned its own error; body is the encoded
+    /// `Result` (an `Err`), exactly as an `Ok` record would carry it.
+    Err = 0x15,
     /// Worker finished its initializer; body is its pid as u32.
     Ready = 0x20,
     /// Worker's initializer panicked; body is the UTF-8 message.
@@ -68,6 +71,7 @@ impl Tag {
             0x12 => Tag::Codec,
             0x13 => Tag::Skipped,
             0x14 => Tag::TooLarge,
+            0x15 => Tag::Err,
             0x20 => Tag::Ready,
             0x21 => Tag::InitFailed,
             0x22 => Tag::Retire,
@@ -79,7 +83,7 @@ impl Tag {
     pub(crate) fn is_item(self) -> bool {
         matches!(
             self,
-            Tag::Ok | Tag::Panic | Tag::Codec | Tag::Skipped | Tag::TooLarge
+            Tag::Ok | Tag::Panic | Tag::Codec | Tag::Skipped | Tag::TooLarge | Tag::Err
         )
     }
 
@@ -290,6 +294,8 @@ pub(crate) struct Run {
     pub ok: u32,
     pub panicked: u32,
     pub codec: u32,
+    /// Fallible jobs that returned their own `Err`.
+    pub errored: u32,
 }
 
 /// Incremental decoder for the untrusted byte stream coming from a worker.
@@ -428,6 +434,7 @@ impl RecordReader {
                 Tag::Ok => run.ok += 1,
                 Tag::Panic => run.panicked += 1,
                 Tag::Codec | Tag::TooLarge => run.codec += 1,
+                Tag::Err => run.errored += 1,
                 _ => {}
             }
             at = end;

@@ -27,7 +27,7 @@ use crate::job::{Call, RawCall};
 use crate::out::Out;
 use crate::pool::Config;
 use crate::ring::{Consumer, Producer};
-use crate::shm::{DONE, RUNNING, Region, SLOT_QUEUED, SLOT_TAKEN, StatusPage};
+use crate::shm::{DONE, KILL, RUNNING, Region, SLOT_QUEUED, SLOT_TAKEN, StatusPage};
 use crate::spin::{Budget, Wait};
 use crate::wire::{self, BatchHeader, HEADER, Items, Tag};
 use crate::zygote::{WORKER_BELL_IN, WORKER_BELL_OUT};
@@ -91,6 +91,21 @@ pub fn soft_time_limit_exceeded() -> bool {
     }
     // SAFETY: PAGE is only set in a worker, to its leaked, never-unmapped region.
     unsafe { &*page }.soft_expired.0.load(Ordering::Acquire) == cur
+}
+
+/// The status page and `seq + 1` of the item this worker is running, when
+/// called from inside a job; `None` anywhere else (the caller, a worker
+/// between items). Read from the page's `current` word, which every item
+/// sets (`CURRENT` is kept for timed batches only).
+pub(crate) fn running_item() -> Option<(&'static StatusPage, u64)> {
+    let page = PAGE.load(Ordering::Acquire);
+    if page.is_null() {
+        return None;
+    }
+    // SAFETY: PAGE is only set in a worker, to its leaked, never-unmapped region.
+    let page = unsafe { &*page };
+    let cur = page.worker.current.load(Ordering::Relaxed);
+    matches!(cur & 3, RUNNING | KILL).then_some((page, (cur >> 2) + 1))
 }
 
 thread_local! {

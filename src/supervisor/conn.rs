@@ -12,11 +12,13 @@
 //! record headers and doorbell bytes are validated, and a worker caught
 //! lying is killed and treated as crashed.
 
+use super::Whereabouts;
 use crate::batch::Batch;
 use crate::bell::{self, Drained};
 use crate::clock;
 use crate::error::{ExitStatus, JobError};
 use crate::job::JobId;
+use crate::progress::Progress;
 use crate::ring::{Consumer, Producer};
 use crate::shm::{DONE, KILL, RUNNING, Region, SLOT_CANCELLED, SLOT_QUEUED, StatusPage};
 use crate::stats::Counters;
@@ -751,6 +753,40 @@ impl Conn {
 
     /// Cancels dispatched job `id`. True if it will not produce a result.
     pub(super) fn cancel(&mut self, id: JobId, ctx: &mut Ctx<'_>) -> bool {
+        self.withdraw(id, JobError::Cancelled, ctx)
+    }
+
+    /// Where dispatched job `id` is: running (with its latest progress
+    /// report) or still queued in the worker's inbox.
+    pub(super) fn whereabouts(&self, id: JobId) -> Option<Whereabouts> {
+        let entry = self
+            .book
+            .inflight
+            .iter()
+            .find(|f| f.batch.job == Some(id))?;
+        if entry.batch.count() == 0 {
+            return None;
+        }
+        let seq = entry.seq0;
+        let page = self.page();
+        let cur = page.worker.current.load(Ordering::Acquire);
+        if cur >> 2 == seq && matches!(cur & 3, RUNNING | KILL) {
+            let progress = page
+                .progress
+                .read(seq + 1)
+                .map(|(done, total)| Progress { done, total });
+            Some(Whereabouts::Running { progress })
+        } else {
+            Some(Whereabouts::Queued)
+        }
+    }
+
+    /// Takes dispatched job `id` back with `why`: a job still queued in the
+    /// worker's inbox is skipped; a running one is killed only for a
+    /// cancellation (an expiry spares a job that has started). True if it
+    /// will not produce a result.
+    pub(super) fn withdraw(&mut self, id: JobId, why: JobError, ctx: &mut Ctx<'_>) -> bool {
+        let may_kill = why == JobError::Cancelled;
         let Some(entry) = self.book.inflight.iter().find(|f| f.batch.job == Some(id)) else {
             return false;
         };
@@ -769,6 +805,7 @@ impl Conn {
             )
             .is_ok();
         let killed = !cancelled
+            && may_kill
             && page
                 .worker
                 .current
@@ -782,8 +819,12 @@ impl Conn {
         if !cancelled && !killed {
             return false;
         }
-        if entry.batch.sink.cancel_now() {
-            ctx.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        if entry.batch.sink.fail_now(why.clone()) {
+            if why == JobError::Cancelled {
+                ctx.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            } else {
+                ctx.counters.count_error(&why, 1);
+            }
         }
         if killed {
             self.kill(seq, JobError::Cancelled);

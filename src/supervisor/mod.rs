@@ -12,6 +12,12 @@
 //! has announced that it sleeps, so a busy pool runs without wake-up
 //! system calls.
 //!
+//! Jobs that may not start yet (a countdown, an ETA, a retry's backoff, a
+//! rate limit's next slot) wait in its timers (`timers.rs`), not in a
+//! worker; a job whose expiry passes before it started is resolved as
+//! expired wherever it waits; a function's throttle (`throttle.rs`, its rate limit) is
+//! asked before each of its items is handed to an idle worker.
+//!
 //! Promises: every batch it receives is resolved exactly once per item — by
 //! a worker's answer, a charged failure, or `Cancelled` when the pool is
 //! terminated or the supervisor itself fails — and when the thread ends, no
@@ -20,6 +26,7 @@
 mod conn;
 mod drive;
 mod restart;
+mod timers;
 
 pub(crate) use drive::{Driver, Submitter};
 
@@ -29,8 +36,10 @@ use crate::clock;
 use crate::error::{Error, JobError};
 use crate::job::JobId;
 use crate::pool::Config;
+use crate::progress::Progress;
 use crate::spin;
 use crate::stats::Counters;
+use crate::throttle::Throttles;
 use crate::zygote::{Event, Polled, ZygoteLink};
 use conn::{Conn, Ctx};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -42,6 +51,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{Ordering, fence};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use timers::Timers;
 
 /// Most batches of several items queued at one worker.
 const PREFETCH_BATCHES: usize = 2;
@@ -57,6 +67,14 @@ pub(crate) enum Command {
         id: JobId,
         reply: Sender<bool>,
     },
+    /// Where is this single job now?
+    Inspect {
+        id: JobId,
+        reply: Sender<Whereabouts>,
+    },
+    /// The job was cancelled before it was dispatched: if it waits in the
+    /// timers, drop it now rather than when it falls due.
+    Discard(JobId),
     /// Accept no new work (callers check; this stops replacements when idle).
     Close,
     /// Finish all work, let the workers exit, then end.
@@ -65,10 +83,25 @@ pub(crate) enum Command {
     Terminate,
 }
 
+/// Where a single job is, as the supervisor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Whereabouts {
+    /// Waiting for a start time (countdown, ETA, retry backoff, rate limit).
+    Scheduled,
+    /// Waiting for a worker: in the queue, or in a worker's inbox behind
+    /// another job.
+    Queued,
+    /// A worker is running it; with the latest progress it reported.
+    Running { progress: Option<Progress> },
+    /// Not with the supervisor: finished, unknown, or not yet received.
+    Elsewhere,
+}
+
 /// Forks the zygote and starts the supervisor thread.
 pub(crate) fn start(
     config: Arc<Config>,
     counters: Arc<Counters>,
+    throttles: Arc<Throttles>,
 ) -> Result<(Submitter, Driver, JoinHandle<()>), Error> {
     let zygote = ZygoteLink::start(&config)?;
     let wake = Arc::new(Wake::new()?);
@@ -93,6 +126,8 @@ pub(crate) fn start(
         next_key: 1,
         spawned: 0,
         pending: VecDeque::new(),
+        timers: Timers::default(),
+        throttles,
         dispatched_jobs: HashMap::new(),
         done_jobs: Vec::new(),
         closing: false,
@@ -142,6 +177,10 @@ struct Supervisor {
     spawned: u64,
     /// Batches waiting for a worker, oldest first.
     pending: VecDeque<Batch>,
+    /// Batches waiting for their start time, and jobs' expiry times.
+    timers: Timers,
+    /// Throttles (rate limits) by function.
+    throttles: Arc<Throttles>,
     /// Cancellable jobs sent to a worker: job → worker key.
     dispatched_jobs: HashMap<JobId, u64>,
     done_jobs: Vec<JobId>,
@@ -168,6 +207,7 @@ impl Supervisor {
         if self.terminate {
             return false;
         }
+        self.run_timers();
         // Polling the fork server costs a system call: do it when the
         // poller said it has something, and every few steps anyway, so a
         // caller helping (whom the poller does not wake) learns of a dead
@@ -180,10 +220,26 @@ impl Supervisor {
             self.zygote_events();
         }
         self.service_workers();
+        if self.joining {
+            // A retry resubmits through the command queue while results are
+            // taken in: take it in before the pool may count itself done
+            // (and before the next wake-up is computed).
+            self.commands();
+            if self.terminate {
+                return false;
+            }
+        }
         self.dispatch();
-        self.next_deadline = self.deadlines();
+        self.next_deadline = match (self.deadlines(), self.timers.next_wake()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         self.maintain();
-        if self.joining && self.pending.is_empty() && !self.conns.iter().any(Conn::busy) {
+        if self.joining
+            && self.pending.is_empty()
+            && self.timers.is_empty()
+            && !self.conns.iter().any(Conn::busy)
+        {
             if self.conns.is_empty() {
                 return false;
             }
@@ -216,10 +272,18 @@ impl Supervisor {
     fn commands(&mut self) {
         loop {
             match self.cmds.try_recv() {
-                Ok(Command::Submit(batch)) => self.pending.push_back(batch),
+                Ok(Command::Submit(batch)) => self.accept(batch),
                 Ok(Command::Cancel { id, reply }) => {
                     let done = self.cancel(id);
                     let _ = reply.send(done);
+                }
+                Ok(Command::Inspect { id, reply }) => {
+                    let _ = reply.send(self.whereabouts(id));
+                }
+                Ok(Command::Discard(id)) => {
+                    if let Some(mut batch) = self.timers.take_job(id) {
+                        batch.forget(batch.count());
+                    }
                 }
                 Ok(Command::Close) => self.closing = true,
                 Ok(Command::Join) => {
@@ -238,9 +302,86 @@ impl Supervisor {
         }
     }
 
+    /// Takes in a submitted batch: to the timers if it may not start yet,
+    /// else to the dispatch queue.
+    fn accept(&mut self, mut batch: Batch) {
+        batch.throttle = self.throttles.get(batch.call.func);
+        if let (Some(at), Some(id)) = (batch.opts.expires_at, batch.job) {
+            self.timers.watch_expiry(at, id);
+        }
+        match batch.opts.not_before {
+            Some(at) if at > clock::coarse_ns() => self.timers.schedule(at, batch),
+            _ => self.pending.push_back(batch),
+        }
+    }
+
+    /// Moves batches whose start time came to the dispatch queue, and
+    /// expires jobs whose expiry came before they started.
+    fn run_timers(&mut self) {
+        let now = clock::coarse_ns();
+        while let Some(batch) = self.timers.pop_due(now) {
+            self.pending.push_back(batch);
+        }
+        while let Some(id) = self.timers.pop_expired(now) {
+            self.expire(id);
+        }
+    }
+
+    /// Resolves job `id` as expired if it has not started; a job already
+    /// running (or finished) is left alone.
+    fn expire(&mut self, id: JobId) {
+        let batch = match self.timers.take_job(id) {
+            Some(b) => Some(b),
+            None => self
+                .pending
+                .iter()
+                .position(|b| b.job == Some(id))
+                .and_then(|pos| self.pending.remove(pos)),
+        };
+        if let Some(mut batch) = batch {
+            // Single jobs only: resolved here unless cancelled meanwhile.
+            if batch.sink.fail_now(JobError::Expired) {
+                self.counters.count_error(&JobError::Expired, 1);
+            }
+            batch.forget(batch.count());
+            return;
+        }
+        let Some(&key) = self.dispatched_jobs.get(&id) else {
+            return;
+        };
+        if let Some(conn) = self.conns.iter_mut().find(|c| c.key == key) {
+            let mut ctx = Ctx {
+                counters: &self.counters,
+                done_jobs: &mut self.done_jobs,
+            };
+            conn.withdraw(id, JobError::Expired, &mut ctx);
+        }
+    }
+
+    fn whereabouts(&self, id: JobId) -> Whereabouts {
+        if self.timers.contains(id) {
+            return Whereabouts::Scheduled;
+        }
+        if self.pending.iter().any(|b| b.job == Some(id)) {
+            return Whereabouts::Queued;
+        }
+        self.dispatched_jobs
+            .get(&id)
+            .and_then(|key| self.conns.iter().find(|c| c.key == *key))
+            .and_then(|c| c.whereabouts(id))
+            .unwrap_or(Whereabouts::Elsewhere)
+    }
+
     fn cancel(&mut self, id: JobId) -> bool {
-        if let Some(pos) = self.pending.iter().position(|b| b.job == Some(id)) {
-            let mut batch = self.pending.remove(pos).expect("position is valid");
+        let waiting = match self.timers.take_job(id) {
+            Some(b) => Some(b),
+            None => self
+                .pending
+                .iter()
+                .position(|b| b.job == Some(id))
+                .and_then(|pos| self.pending.remove(pos)),
+        };
+        if let Some(mut batch) = waiting {
             if batch.sink.cancel_now() {
                 self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
             }
@@ -437,14 +578,28 @@ impl Supervisor {
 
     /// Hands pending batches to workers.
     fn dispatch(&mut self) {
+        let now = clock::coarse_ns();
         while let Some(front) = self.pending.front() {
             if !front.sink.claim() {
                 let mut batch = self.pending.pop_front().expect("front exists");
                 batch.forget(batch.count());
                 continue;
             }
+            if front.opts.expires_at.is_some_and(|at| at <= now) {
+                let mut batch = self.pending.pop_front().expect("front exists");
+                let n = batch.count();
+                self.counters.count_error(&JobError::Expired, u64::from(n));
+                batch.fail(n, JobError::Expired);
+                continue;
+            }
             let Some(i) = self.pick(front) else { return };
             let mut batch = self.pending.pop_front().expect("front exists");
+            if batch.throttle.is_some() {
+                match self.pass_throttle(batch, now) {
+                    Some(admitted) => batch = admitted,
+                    None => continue,
+                }
+            }
             if let Some(left) = self.conns[i].tasks_left()
                 && left < u64::from(batch.count())
             {
@@ -475,8 +630,30 @@ impl Supervisor {
         }
     }
 
+    /// Asks the batch's throttle whether its first item may start now. Throttled
+    /// items go one at a time: the rest of the batch goes back to the
+    /// queue's front. An item refused waits in the timers until the instant
+    /// the throttle gave, then queues again.
+    fn pass_throttle(&mut self, mut batch: Batch, now: u64) -> Option<Batch> {
+        if batch.count() > 1 {
+            let one = batch.split_front(1);
+            self.pending.push_front(batch);
+            batch = one;
+        }
+        let throttle = batch.throttle.as_ref().expect("throttled batch");
+        match throttle.admit(now, batch.throttle_waited) {
+            Ok(()) => Some(batch),
+            Err(at) => {
+                batch.throttle_waited = true;
+                self.timers.schedule(at.max(now + 1), batch);
+                None
+            }
+        }
+    }
+
     /// The worker to send `batch` to: the least loaded that may take it,
-    /// preferring workers that are already up.
+    /// preferring workers that are already up. A gated item goes only to a
+    /// worker with nothing queued, so that it starts when it is sent.
     fn pick(&self, batch: &Batch) -> Option<usize> {
         let single = batch.count() == 1;
         let queue_limit = if single {
@@ -488,6 +665,7 @@ impl Supervisor {
             .iter()
             .enumerate()
             .filter(|(_, c)| c.accepts(batch.job.is_some()) && c.inflight_batches() < queue_limit)
+            .filter(|(_, c)| batch.throttle.is_none() || !c.busy())
             .min_by_key(|(_, c)| (c.inflight_items(), !c.is_ready()))
             .map(|(i, _)| i)
     }
@@ -567,6 +745,9 @@ impl Supervisor {
         self.counters
             .live_workers
             .store(live as u64, Ordering::Relaxed);
+        self.counters
+            .scheduled
+            .store(self.timers.items(), Ordering::Relaxed);
     }
 
     /// Gets ready to sleep until a command, a worker, the fork server or a
@@ -656,6 +837,11 @@ impl Supervisor {
         let left: u64 = self.pending.iter().map(|b| u64::from(b.count())).sum();
         self.counters.cancelled.fetch_add(left, Ordering::Relaxed);
         self.pending.clear();
+        let waiting: Vec<Batch> = self.timers.drain().collect();
+        let left: u64 = waiting.iter().map(|b| u64::from(b.count())).sum();
+        self.counters.cancelled.fetch_add(left, Ordering::Relaxed);
+        self.counters.scheduled.store(0, Ordering::Relaxed);
+        drop(waiting);
         self.conns.clear();
         self.zygote = None;
         if let Some(r) = self.restart.take() {
@@ -673,6 +859,9 @@ impl Supervisor {
                 }
                 Command::Cancel { reply, .. } => {
                     let _ = reply.send(false);
+                }
+                Command::Inspect { reply, .. } => {
+                    let _ = reply.send(Whereabouts::Elsewhere);
                 }
                 _ => {}
             }

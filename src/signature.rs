@@ -1,0 +1,694 @@
+//! Job signatures: [`Job`], one function with its options, built by
+//! [`Pool::job`] or [`Pool::try_job`] and submitted any number of times.
+//!
+//! A `Job` is what Celery calls a signature: the function plus how to run
+//! it — when to start ([`countdown`](Job::countdown), [`eta`](Job::eta)),
+//! when to give up if not started ([`expires`](Job::expires)), time limits,
+//! a [`RetryPolicy`], callbacks, a rate limit, whether to send the result
+//! back. Each `submit`, `detach` or `spawn` turns it into one job with a
+//! fresh id; the `Job` itself is unchanged and can be cloned and kept.
+//!
+//! Everything is translated here into the core's terms: a batch of one
+//! item with its options (start time, expiry, limits), a sink (the job's
+//! slot, behind a retry sink if it has a policy), and a finisher on the
+//! slot that runs the callbacks and keeps, stores or drops the outcome.
+
+use crate::batch::{Batch, JobOpts, Sink};
+use crate::callbacks::{self, Failure, JobCallbacks, OnError, OnSuccess, RawFailure};
+use crate::clock;
+use crate::codec;
+use crate::error::JobError;
+use crate::gate::Ticket;
+use crate::job::{Call, Finisher, JobHandle, JobId, Slot};
+use crate::pool::Pool;
+use crate::rate::RateLimit;
+use crate::results::Store;
+use crate::retry::{RetryPolicy, RetrySink};
+use crate::wire::{self, Tag};
+use serde::Serialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+/// The error type of a job that cannot fail by itself (one built with
+/// [`Pool::job`]). It has no values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoError {}
+
+/// When a job expires: after a time from its submission, or at a time.
+/// Built from a [`Duration`] or a [`SystemTime`]; see [`Job::expires`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// This long after the job is submitted.
+    After(Duration),
+    /// At this time.
+    At(SystemTime),
+}
+
+impl From<Duration> for Expiry {
+    fn from(d: Duration) -> Expiry {
+        Expiry::After(d)
+    }
+}
+
+impl From<SystemTime> for Expiry {
+    fn from(t: SystemTime) -> Expiry {
+        Expiry::At(t)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Countdown(Duration),
+    Eta(SystemTime),
+}
+
+/// Where a job's outcome goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// To a [`JobHandle`].
+    Handle,
+    /// To the pool's result store, by id.
+    Store,
+    /// Nowhere (fire and forget).
+    Nowhere,
+}
+
+/// A success callback and whether it needs the job's real result (it was
+/// set before [`Job::ignore_result`]).
+#[derive(Clone)]
+struct Success {
+    call: OnSuccess,
+    needs_body: bool,
+}
+
+/// A function with its options: a job to submit, once or many times.
+///
+/// Built by [`Pool::job`] for `fn(A) -> R`, or [`Pool::try_job`] for a
+/// fallible `fn(A) -> Result<R, E>`. Options are set by chaining; a job
+/// then goes to the pool with [`submit`](Job::submit) (a handle),
+/// [`detach`](Job::detach) (an id, for [`Pool::status`] and
+/// [`Pool::take_result`]) or [`spawn`](Job::spawn) (fire and forget).
+///
+/// ```
+/// use forkpool::{Pool, RetryPolicy};
+/// use std::time::Duration;
+/// # fn main() -> Result<(), forkpool::Error> {
+/// fn resize(px: u32) -> u32 { px / 2 }
+/// let pool = Pool::new(2)?;
+/// let thumbnail = pool
+///     .job(resize)
+///     .countdown(Duration::from_millis(50))   // not before 50 ms from now
+///     .expires(Duration::from_secs(60))       // not after a minute
+///     .time_limit(Duration::from_secs(10))    // per attempt
+///     .retry(RetryPolicy::new(3).backoff(Duration::from_millis(100)))
+///     .on_error(|e| eprintln!("thumbnail failed: {e}"));
+/// let a = thumbnail.submit(640);
+/// let b = thumbnail.submit(1024);  // the same options, another job
+/// assert_eq!((a.get(), b.get()), (Ok(320), Ok(512)));
+/// # Ok(()) }
+/// ```
+#[must_use = "a job does nothing until it is submitted"]
+pub struct Job<A, R, E = NoError> {
+    pool: Pool,
+    /// Sends the result back.
+    call: Call,
+    /// Drops the result in the worker.
+    call_ignoring: Call,
+    fallible: bool,
+    ignore: bool,
+    start: Option<Start>,
+    expires: Option<Expiry>,
+    time_limit: Option<Duration>,
+    soft_time_limit: Option<Duration>,
+    retry: Option<RetryPolicy>,
+    rate_limit: Option<RateLimit>,
+    on_success: Option<Success>,
+    on_error: Option<OnError>,
+    _types: PhantomData<fn(A) -> (R, E)>,
+}
+
+impl<A, R, E> Clone for Job<A, R, E> {
+    fn clone(&self) -> Self {
+        Job {
+            pool: self.pool.clone(),
+            call: self.call,
+            call_ignoring: self.call_ignoring,
+            fallible: self.fallible,
+            ignore: self.ignore,
+            start: self.start,
+            expires: self.expires,
+            time_limit: self.time_limit,
+            soft_time_limit: self.soft_time_limit,
+            retry: self.retry.clone(),
+            rate_limit: self.rate_limit,
+            on_success: self.on_success.clone(),
+            on_error: self.on_error.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<A, R, E> fmt::Debug for Job<A, R, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("function", &std::any::type_name::<fn(A) -> R>())
+            .field("fallible", &self.fallible)
+            .field("ignore_result", &self.ignore)
+            .field("start", &self.start)
+            .field("expires", &self.expires)
+            .field("time_limit", &self.time_limit)
+            .field("soft_time_limit", &self.soft_time_limit)
+            .field("retry", &self.retry)
+            .field("rate_limit", &self.rate_limit)
+            .field("on_success", &self.on_success.is_some())
+            .field("on_error", &self.on_error.is_some())
+            .finish()
+    }
+}
+
+/// Building jobs with options.
+impl Pool {
+    /// A job of `f` with options, to submit once or many times. With no
+    /// options set, `pool.job(f).submit(arg)` is `pool.submit(f, arg)`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// fn double(x: u64) -> u64 { 2 * x }
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let handle = pool.job(double).time_limit(std::time::Duration::from_secs(5)).submit(21);
+    /// assert_eq!(handle.get(), Ok(42));
+    /// # Ok(()) }
+    /// ```
+    pub fn job<A, R>(&self, f: fn(A) -> R) -> Job<A, R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Job::new(self, Call::new(f), Call::ignoring(f), false)
+    }
+
+    /// A job of a fallible function `f`. Its `Err` is a failure: retried
+    /// by [`RetryOn::ERROR`](crate::RetryOn::ERROR), passed to
+    /// [`on_error`](Job::on_error) as [`Failure::Err`], counted in
+    /// [`Stats::errored`](crate::Stats::errored). The handle gives
+    /// `Ok(Err(e))`, typed, once retries are spent; `Err(JobError)` when
+    /// the job produced nothing (it panicked, crashed, ...).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// fn parse(text: String) -> Result<u32, String> {
+    ///     text.trim().parse().map_err(|_| format!("not a number: {text:?}"))
+    /// }
+    /// let pool = forkpool::Pool::new(1)?;
+    /// assert_eq!(pool.try_job(parse).submit(" 42 ".into()).get(), Ok(Ok(42)));
+    /// let bad = pool.try_job(parse).submit("x".into()).get();
+    /// assert_eq!(bad, Ok(Err("not a number: \"x\"".to_string())));
+    /// assert_eq!(pool.stats().errored, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn try_job<A, T, E>(&self, f: fn(A) -> Result<T, E>) -> Job<A, T, E>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Job::new(self, Call::fallible(f), Call::fallible_ignoring(f), true)
+    }
+}
+
+/// Options, and submissions that give an id.
+impl<A, R, E> Job<A, R, E>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: DeserializeOwned + Send + 'static,
+    E: Send + 'static,
+{
+    fn new(pool: &Pool, call: Call, call_ignoring: Call, fallible: bool) -> Self {
+        Job {
+            pool: pool.clone(),
+            call,
+            call_ignoring,
+            fallible,
+            ignore: false,
+            start: None,
+            expires: None,
+            time_limit: None,
+            soft_time_limit: None,
+            retry: pool.shared.layers.retry.clone(),
+            rate_limit: None,
+            on_success: None,
+            on_error: None,
+            _types: PhantomData,
+        }
+    }
+
+    /// Starts the job no sooner than `delay` after it is submitted
+    /// (Celery's `countdown`). Meanwhile it waits in the pool's timers, not
+    /// in a worker, and counts in [`Stats::scheduled`](crate::Stats::scheduled).
+    /// Replaces an [`eta`](Self::eta).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::{Duration, Instant};
+    /// fn now(_: ()) -> () {}
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let submitted = Instant::now();
+    /// pool.job(now).countdown(Duration::from_millis(200)).submit(()).get()?;
+    /// assert!(submitted.elapsed() >= Duration::from_millis(200));
+    /// # Ok(()) }
+    /// ```
+    pub fn countdown(mut self, delay: Duration) -> Self {
+        self.start = Some(Start::Countdown(delay));
+        self
+    }
+
+    /// Starts the job no sooner than `at` (Celery's `eta`); a time in the
+    /// past means now. Replaces a [`countdown`](Self::countdown).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::{Duration, SystemTime};
+    /// fn stamp(_: ()) -> SystemTime { SystemTime::now() }
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let at = SystemTime::now() + Duration::from_millis(200);
+    /// let started = pool.job(stamp).eta(at).submit(()).get()?;
+    /// assert!(started >= at);
+    /// # Ok(()) }
+    /// ```
+    pub fn eta(mut self, at: SystemTime) -> Self {
+        self.start = Some(Start::Eta(at));
+        self
+    }
+
+    /// A job that has not started by then never runs: it resolves to
+    /// [`JobError::Expired`]. A [`Duration`] counts from submission; a
+    /// [`SystemTime`] is a time. A job that has started runs on; a retry
+    /// that could only start after the expiry is not made.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use forkpool::JobError;
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let busy = pool.submit(nap, 500);               // the only worker is busy
+    /// let late = pool.job(nap).expires(Duration::from_millis(100)).submit(0);
+    /// assert_eq!(late.get(), Err(JobError::Expired));
+    /// busy.get()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn expires(mut self, when: impl Into<Expiry>) -> Self {
+        self.expires = Some(when.into());
+        self
+    }
+
+    /// This job's hard time limit, in place of the pool's
+    /// ([`PoolBuilder::time_limit`](crate::PoolBuilder::time_limit)).
+    /// Each attempt gets the whole limit.
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
+        self
+    }
+
+    /// This job's soft time limit, in place of the pool's
+    /// ([`PoolBuilder::soft_time_limit`](crate::PoolBuilder::soft_time_limit)).
+    /// A soft limit above the hard one makes the job fail with
+    /// [`JobError::InvalidOptions`].
+    pub fn soft_time_limit(mut self, limit: Duration) -> Self {
+        self.soft_time_limit = Some(limit);
+        self
+    }
+
+    /// Retries the job as `policy` says, in place of the pool's default
+    /// ([`PoolBuilder::retry`](crate::PoolBuilder::retry)).
+    /// `RetryPolicy::new(0)` turns retries off.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Limits how fast jobs of this function start, across all workers. The
+    /// limit belongs to the function in this pool, as if set with
+    /// [`Pool::set_rate_limit`] when this job is submitted: it holds for
+    /// every job of the function, however submitted.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// fn fetch(id: u32) -> u32 { id }
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let fetch_job = pool.job(fetch).rate_limit("50/s".parse()?);
+    /// let handles: Vec<_> = (0..3).map(|i| fetch_job.submit(i)).collect();
+    /// for (i, h) in handles.into_iter().enumerate() {
+    ///     assert_eq!(h.get()?, i as u32);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Drops the job's value in the worker: nothing is sent back or kept
+    /// but whether it succeeded (Celery's `ignore_result`). The job's
+    /// result type becomes `()` — `Result<(), E>` for a fallible job, whose
+    /// error still comes back. A success callback set *before* this still
+    /// gets the value: then it travels back for the callback only.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// fn big(n: usize) -> Vec<u8> { vec![7; n] }
+    /// let pool = forkpool::Pool::builder().workers(1).max_message_size(4096).build()?;
+    /// // Sending 1 MB back would fail with TooLarge; nothing is sent.
+    /// assert_eq!(pool.job(big).ignore_result().submit(1 << 20).get(), Ok(()));
+    /// # Ok(()) }
+    /// ```
+    pub fn ignore_result(self) -> Job<A, (), E> {
+        Job {
+            pool: self.pool,
+            call: self.call,
+            call_ignoring: self.call_ignoring,
+            fallible: self.fallible,
+            ignore: true,
+            start: self.start,
+            expires: self.expires,
+            time_limit: self.time_limit,
+            soft_time_limit: self.soft_time_limit,
+            retry: self.retry,
+            rate_limit: self.rate_limit,
+            on_success: self.on_success,
+            on_error: self.on_error,
+            _types: PhantomData,
+        }
+    }
+
+    /// Calls `f` with the job's value when it succeeds, once, after any
+    /// retries. It runs in this process, on the pool's callback thread (not
+    /// the thread that submitted, and never holding up dispatch); replaces
+    /// an earlier success callback.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// use std::sync::mpsc;
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let job = pool.job(square).on_success(move |v: &u64| tx.send(*v).unwrap());
+    /// for x in 1..=3 {
+    ///     job.spawn(x); // fire and forget: the callback sees the value
+    /// }
+    /// let mut got: Vec<u64> = rx.iter().take(3).collect();
+    /// got.sort();
+    /// assert_eq!(got, [1, 4, 9]);
+    /// # Ok(()) }
+    /// ```
+    pub fn on_success(mut self, f: impl Fn(&R) + Send + Sync + 'static) -> Self {
+        let fallible = self.fallible;
+        let call: OnSuccess = Arc::new(move |body: &[u8]| {
+            let value: R = if fallible {
+                match codec::decode::<Result<R, IgnoredAny>>(body) {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(_)) => {
+                        return Err(JobError::Codec("success record holds an error".into()));
+                    }
+                    Err(e) => return Err(JobError::Codec(format!("result: {e}"))),
+                }
+            } else {
+                codec::decode::<R>(body).map_err(|e| JobError::Codec(format!("result: {e}")))?
+            };
+            f(&value);
+            Ok(())
+        });
+        self.on_success = Some(Success {
+            call,
+            needs_body: !self.ignore,
+        });
+        self
+    }
+
+    /// Submits the job and returns only its id: its result is kept in the
+    /// pool (for [`PoolBuilder::result_expires`](crate::PoolBuilder::result_expires)
+    /// once it finishes) for [`Pool::status`] and [`Pool::take_result`] —
+    /// how a web handler hands work off and a later request collects it.
+    pub fn detach(&self, arg: A) -> JobId {
+        self.launch(&arg, Target::Store, None, false).id
+    }
+
+    /// Submits the job and forgets it: its value is dropped in the worker
+    /// (as with [`ignore_result`](Self::ignore_result)) and nothing is
+    /// kept. Its callbacks still run, and the pool's stats count it.
+    pub fn spawn(&self, arg: A) -> JobId {
+        self.launch(&arg, Target::Nowhere, None, false).id
+    }
+
+    /// Turns the options into the core's.
+    fn job_opts(&self) -> Result<JobOpts, JobError> {
+        let config = &self.pool.shared.config;
+        let invalid = |message: String| Err(JobError::InvalidOptions { message });
+        if self.time_limit == Some(Duration::ZERO) || self.soft_time_limit == Some(Duration::ZERO) {
+            return invalid("time limits must be above zero".into());
+        }
+        let hard = self.time_limit.or(config.time_limit);
+        let soft = self.soft_time_limit.or(config.soft_time_limit);
+        if let (Some(s), Some(h)) = (soft, hard)
+            && s > h
+        {
+            return invalid(format!(
+                "soft_time_limit ({s:?}) is above time_limit ({h:?})"
+            ));
+        }
+        let from_now = |t: SystemTime| t.duration_since(SystemTime::now()).unwrap_or_default();
+        let delay = match self.start {
+            None => Duration::ZERO,
+            Some(Start::Countdown(d)) => d,
+            Some(Start::Eta(t)) => from_now(t),
+        };
+        let now = clock::coarse_ns();
+        let expires_at = self.expires.map(|e| {
+            let d = match e {
+                Expiry::After(d) => d,
+                Expiry::At(t) => from_now(t),
+            };
+            now.saturating_add(clock::ns(d))
+        });
+        Ok(JobOpts {
+            time_limit: hard,
+            soft_time_limit: soft,
+            not_before: (!delay.is_zero()).then(|| clock::coarse_deadline(delay)),
+            expires_at,
+        })
+    }
+
+    /// The record a stripped success becomes: the encoding of `()`, or of
+    /// `Ok::<(), E>(())` for a fallible job.
+    fn unit_record(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        let encoded = if self.fallible {
+            codec::encode_into(&mut body, &Ok::<(), ()>(()))
+        } else {
+            codec::encode_into(&mut body, &())
+        };
+        debug_assert!(encoded.is_ok());
+        let mut rec = wire::header(Tag::Ok, body.len() as u32).to_vec();
+        rec.extend_from_slice(&body);
+        rec
+    }
+
+    /// What runs when the job's outcome is final: callbacks, then keep it
+    /// (for a handle), store it, or drop it.
+    fn finisher(&self, id: JobId, target: Target, strip: bool) -> Finisher {
+        let layers = &self.pool.shared.layers;
+        let cbs = JobCallbacks {
+            on_success: self.on_success.as_ref().map(|s| s.call.clone()),
+            on_error: self.on_error.clone(),
+        };
+        let runner = if cbs.is_empty() {
+            None
+        } else {
+            layers.callbacks.sender()
+        };
+        let unit = strip.then(|| self.unit_record());
+        let keep: Finisher = match target {
+            Target::Handle => Box::new(|outcome| outcome),
+            Target::Store => Box::new(Store::finisher(&layers.store, id)),
+            // Nobody will read it.
+            Target::Nowhere => Box::new(|_| Err(JobError::Cancelled)),
+        };
+        callbacks::finisher(cbs, runner, move |outcome| {
+            let outcome = match (outcome, unit) {
+                (Ok(buf), Some(unit))
+                    if wire::records(&buf).next().is_some_and(|r| r.tag == Tag::Ok) =>
+                {
+                    Ok(unit)
+                }
+                (outcome, _) => outcome,
+            };
+            keep(outcome)
+        })
+    }
+
+    /// Submits one job; returns its slot. `ticket`: places in the bounded
+    /// queue the caller already holds; `quiet`: the caller helps right away.
+    fn launch(&self, arg: &A, target: Target, ticket: Option<Ticket>, quiet: bool) -> Arc<Slot> {
+        let shared = &self.pool.shared;
+        let id = shared.next_job_id();
+        let slot = Arc::new(Slot::new(id));
+        let ignore = self.ignore || target == Target::Nowhere;
+        let needs_body = self.on_success.as_ref().is_some_and(|s| s.needs_body);
+        slot.set_finisher(self.finisher(id, target, ignore && needs_body));
+        if target == Target::Store {
+            shared.layers.store.insert(slot.clone());
+        }
+        if shared.is_closed() {
+            slot.resolve(Err(JobError::PoolClosed));
+            return slot;
+        }
+        let refuse = |error: JobError| {
+            shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
+            shared.counters.count_error(&error, 1);
+            slot.resolve(Err(error));
+            slot.clone()
+        };
+        let opts = match self.job_opts() {
+            Ok(o) => o,
+            Err(e) => return refuse(e),
+        };
+        let mut items = Vec::new();
+        let cap = shared.config.max_message_size;
+        match wire::push_item(&mut items, |v| codec::encode_into(v, arg)) {
+            Err(e) => return refuse(JobError::Codec(format!("argument: {e}"))),
+            Ok(len) if len as u64 > cap => {
+                return refuse(JobError::TooLarge {
+                    size: len as u64,
+                    limit: cap,
+                });
+            }
+            Ok(_) => {}
+        }
+        if let Some(limit) = self.rate_limit {
+            shared.layers.rates.set(self.call.func, Some(limit));
+        }
+        let call = if ignore && !needs_body {
+            self.call_ignoring
+        } else {
+            self.call
+        };
+        let sink: Arc<dyn Sink> = match &self.retry {
+            Some(policy) if policy.max_retries() > 0 => RetrySink::new(
+                shared,
+                slot.clone(),
+                policy.clone(),
+                call,
+                items.clone(),
+                opts,
+            ),
+            _ => slot.clone(),
+        };
+        let mut batch = Batch::new(call, items, 1, 0, sink, opts, Some(id));
+        batch.ticket = ticket.map(Box::new);
+        shared.submit(batch, quiet);
+        slot
+    }
+}
+
+/// Callbacks and handles of jobs built with [`Pool::job`].
+impl<A, R> Job<A, R, NoError>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: DeserializeOwned + Send + 'static,
+{
+    /// Calls `f` with the error when the job fails, once, after any
+    /// retries (cancellation and expiry included). It runs in this
+    /// process, on the pool's callback thread; replaces an earlier error
+    /// callback.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// use forkpool::JobError;
+    /// use std::sync::mpsc;
+    /// fn boom(_: ()) { panic!("boom") }
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// pool.job(boom).on_error(move |e: &JobError| tx.send(e.clone()).unwrap()).spawn(());
+    /// assert!(matches!(rx.recv().unwrap(), JobError::Panicked { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub fn on_error(mut self, f: impl Fn(&JobError) + Send + Sync + 'static) -> Self {
+        self.on_error = Some(Arc::new(move |failure| match failure {
+            RawFailure::Job(e) => f(&e),
+            RawFailure::Returned(_) => f(&JobError::Codec(
+                "an infallible job returned an error record".into(),
+            )),
+        }));
+        self
+    }
+
+    /// Submits the job; returns a handle to its result.
+    pub fn submit(&self, arg: A) -> JobHandle<R> {
+        self.submit_admitted(arg, None, false)
+    }
+
+    /// `submit` for `Pool::submit`, `try_submit` and `apply` when the pool
+    /// has a default retry policy: with the queue places they may hold.
+    pub(crate) fn submit_admitted(
+        &self,
+        arg: A,
+        ticket: Option<Ticket>,
+        quiet: bool,
+    ) -> JobHandle<R> {
+        let slot = self.launch(&arg, Target::Handle, ticket, quiet);
+        JobHandle::new(slot, Arc::downgrade(&self.pool.shared))
+    }
+}
+
+/// Callbacks and handles of fallible jobs, built with [`Pool::try_job`].
+impl<A, T, E> Job<A, T, E>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    T: DeserializeOwned + Send + 'static,
+    E: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// Calls `f` when the job fails, once, after any retries: with
+    /// [`Failure::Err`] and the job's own error, or [`Failure::Job`] when
+    /// it produced nothing (panic, crash, timeout, cancellation, expiry).
+    /// It runs on the pool's callback thread; replaces an earlier one.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// use forkpool::Failure;
+    /// use std::sync::mpsc;
+    /// fn check(x: i32) -> Result<i32, String> {
+    ///     if x < 0 { Err(format!("{x} is negative")) } else { Ok(x) }
+    /// }
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let job = pool.try_job(check).on_error(move |f: &Failure<String>| tx.send(f.clone()).unwrap());
+    /// assert_eq!(job.submit(-1).get(), Ok(Err("-1 is negative".to_string())));
+    /// assert_eq!(rx.recv().unwrap(), Failure::Err("-1 is negative".to_string()));
+    /// # Ok(()) }
+    /// ```
+    pub fn on_error(mut self, f: impl Fn(&Failure<E>) + Send + Sync + 'static) -> Self {
+        self.on_error = Some(Arc::new(move |failure| {
+            let failure = match failure {
+                RawFailure::Job(e) => Failure::Job(e),
+                RawFailure::Returned(body) => match codec::decode::<Result<IgnoredAny, E>>(&body) {
+                    Ok(Err(e)) => Failure::Err(e),
+                    Ok(Ok(_)) => Failure::Job(JobError::Codec("error record holds a value".into())),
+                    Err(e) => Failure::Job(JobError::Codec(format!("error: {e}"))),
+                },
+            };
+            f(&failure)
+        }));
+        self
+    }
+
+    /// Submits the job; returns a handle to its result: `Ok(Ok(value))`,
+    /// `Ok(Err(e))` with the job's own error, or `Err(JobError)`.
+    pub fn submit(&self, arg: A) -> JobHandle<Result<T, E>> {
+        let slot = self.launch(&arg, Target::Handle, None, false);
+        JobHandle::new(slot, Arc::downgrade(&self.pool.shared))
+    }
+}
