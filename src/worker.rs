@@ -125,21 +125,32 @@ fn payload_text(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// Panics inside jobs are captured (message and location) instead of
+/// Makes panics inside jobs be captured (message and location) instead of
 /// printed: the caller receives them as `JobError::Panicked`.
-fn install_panic_hook() {
-    panic::set_hook(Box::new(|info| {
-        let msg = payload_text(info.payload());
-        let text = match info.location() {
-            Some(l) => format!("{msg} (at {}:{}:{})", l.file(), l.line(), l.column()),
-            None => msg,
-        };
-        if IN_JOB.get() {
+///
+/// The hook is installed once, in the caller, before the first fork server
+/// is forked, and workers inherit it with the rest of the memory image. It
+/// wraps whatever hook was there: on a thread that is not running a job —
+/// every thread of the caller — it defers to it, so the caller's panics
+/// print as before. Installing it in a worker instead would take std's hook
+/// lock after a fork, which another caller thread, caught mid-panic at that
+/// moment, may hold forever in the copy.
+pub(crate) fn capture_job_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !IN_JOB.get() {
+                return previous(info);
+            }
+            let msg = payload_text(info.payload());
+            let text = match info.location() {
+                Some(l) => format!("{msg} (at {}:{}:{})", l.file(), l.line(), l.column()),
+                None => msg,
+            };
             PANIC_TEXT.set(Some(text));
-        } else {
-            eprintln!("forkpool worker {}: panic: {text}", std::process::id());
-        }
-    }));
+        }));
+    });
 }
 
 /// Runs `f` as user code: a panic comes back as its message.
@@ -201,7 +212,6 @@ pub(crate) fn run(region: Region, config: &Config) -> ! {
     page.worker
         .cpu
         .store(crate::spin::NO_CPU, Ordering::Relaxed);
-    install_panic_hook();
     let size = region.ring_size();
     // SAFETY: the region is leaked (mapped for the process lifetime); this
     // process is the only consumer of the inbox and producer of the outbox.

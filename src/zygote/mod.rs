@@ -24,6 +24,7 @@ mod server;
 
 use crate::error::ExitStatus;
 use crate::pool::Config;
+use crate::worker;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -67,7 +68,8 @@ impl ZygoteLink {
         let (ours, theirs) = msg::socket_pair()?;
         // SAFETY: socket_pair just returned both descriptors; each is owned once.
         let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(ours), OwnedFd::from_raw_fd(theirs)) };
-        // Everything the zygote will use is allocated before the fork.
+        // Everything the zygote will use is set up before the fork.
+        worker::capture_job_panics();
         let table = server::Table::with_capacity(2 * config.workers + 8);
         let mut out = io::stdout().lock();
         out.flush()?;
