@@ -25,6 +25,7 @@ use crate::pool::Shared;
 use crate::progress::Progress;
 use crate::supervisor::Whereabouts;
 use crate::wire::{self, Record, Tag};
+use crate::worker::{BatchRun, Release};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -53,13 +54,12 @@ impl fmt::Display for JobId {
     }
 }
 
-/// The shim a worker calls: decode the argument, call `decoded` (after
-/// which `arg` is never read again, so the worker may release the bytes
-/// under it), run, encode the result into `out`. Returns the record tag
-/// ([`Tag::Ok`] or [`Tag::Codec`], with the error text in `out`). Panics
-/// propagate to the worker's catch.
-pub(crate) type RawCall =
-    unsafe fn(func: usize, arg: &[u8], out: &mut Out<'_>, decoded: &mut dyn FnMut()) -> Tag;
+/// The shim a worker calls to run a batch: it loops over the items through
+/// [`BatchRun::drive`], with the job's own decode, call and encode inlined
+/// in the loop (a shim per argument and result type, so no indirect call
+/// per item). Panics propagate to the worker's catch, which resumes the
+/// batch after the item that panicked.
+pub(crate) type RawCall = unsafe fn(func: usize, run: &mut BatchRun<'_, '_>);
 
 /// A job's function as two addresses valid in every worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl Call {
         A: DeserializeOwned,
         R: Serialize,
     {
-        let shim: RawCall = trampoline::<A, R>;
+        let shim: RawCall = batch::<A, R>;
         Call {
             trampoline: shim as usize,
             func: f as usize,
@@ -93,14 +93,17 @@ impl Call {
     }
 }
 
+/// One item of a plain job: decode, call, encode.
+///
 /// # Safety
 /// `func` must be the address of an `fn(A) -> R`, as stored by [`Call::new`]
 /// next to this very instantiation.
+#[inline(always)]
 unsafe fn trampoline<A, R>(
     func: usize,
     arg: &[u8],
     out: &mut Out<'_>,
-    decoded: &mut dyn FnMut(),
+    decoded: &mut Release<'_>,
 ) -> Tag
 where
     A: DeserializeOwned,
@@ -110,7 +113,7 @@ where
     // `func` is a valid `fn(A) -> R` of the same image.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
     let arg = codec::decode::<A>(arg);
-    decoded();
+    decoded.done();
     let arg = match arg {
         Ok(a) => a,
         Err(e) => {
@@ -133,7 +136,7 @@ impl Call {
     where
         A: DeserializeOwned,
     {
-        let shim: RawCall = trampoline_ignoring::<A, R>;
+        let shim: RawCall = batch_ignoring::<A, R>;
         Call {
             trampoline: shim as usize,
             func: f as usize,
@@ -148,7 +151,7 @@ impl Call {
         T: Serialize,
         E: Serialize,
     {
-        let shim: RawCall = trampoline_fallible::<A, T, E>;
+        let shim: RawCall = batch_fallible::<A, T, E>;
         Call {
             trampoline: shim as usize,
             func: f as usize,
@@ -162,7 +165,7 @@ impl Call {
         A: DeserializeOwned,
         E: Serialize,
     {
-        let shim: RawCall = trampoline_fallible_ignoring::<A, T, E>;
+        let shim: RawCall = batch_fallible_ignoring::<A, T, E>;
         Call {
             trampoline: shim as usize,
             func: f as usize,
@@ -172,13 +175,14 @@ impl Call {
 
 /// Decodes a job's argument, then tells the worker its bytes are free; or
 /// writes why it could not into `out`.
+#[inline(always)]
 fn decode_arg<A: DeserializeOwned>(
     arg: &[u8],
     out: &mut Out<'_>,
-    decoded: &mut dyn FnMut(),
+    decoded: &mut Release<'_>,
 ) -> Option<A> {
     let arg = codec::decode::<A>(arg);
-    decoded();
+    decoded.done();
     match arg {
         Ok(a) => Some(a),
         Err(e) => {
@@ -189,6 +193,7 @@ fn decode_arg<A: DeserializeOwned>(
 }
 
 /// Encodes a job's outcome into `out` under `tag`, or a codec error.
+#[inline(always)]
 fn encode_outcome<T: Serialize + ?Sized>(out: &mut Out<'_>, value: &T, tag: Tag) -> Tag {
     if let Err(e) = codec::encode_into(&mut *out, value) {
         out.clear();
@@ -200,11 +205,12 @@ fn encode_outcome<T: Serialize + ?Sized>(out: &mut Out<'_>, value: &T, tag: Tag)
 
 /// # Safety
 /// As [`trampoline`]: `func` is the `fn(A) -> R` stored by [`Call::ignoring`].
+#[inline(always)]
 unsafe fn trampoline_ignoring<A, R>(
     func: usize,
     arg: &[u8],
     out: &mut Out<'_>,
-    decoded: &mut dyn FnMut(),
+    decoded: &mut Release<'_>,
 ) -> Tag
 where
     A: DeserializeOwned,
@@ -221,11 +227,12 @@ where
 /// # Safety
 /// As [`trampoline`]: `func` is the `fn(A) -> Result<T, E>` stored by
 /// [`Call::fallible`].
+#[inline(always)]
 unsafe fn trampoline_fallible<A, T, E>(
     func: usize,
     arg: &[u8],
     out: &mut Out<'_>,
-    decoded: &mut dyn FnMut(),
+    decoded: &mut Release<'_>,
 ) -> Tag
 where
     A: DeserializeOwned,
@@ -245,11 +252,12 @@ where
 /// # Safety
 /// As [`trampoline`]: `func` is the `fn(A) -> Result<T, E>` stored by
 /// [`Call::fallible_ignoring`].
+#[inline(always)]
 unsafe fn trampoline_fallible_ignoring<A, T, E>(
     func: usize,
     arg: &[u8],
     out: &mut Out<'_>,
-    decoded: &mut dyn FnMut(),
+    decoded: &mut Release<'_>,
 ) -> Tag
 where
     A: DeserializeOwned,
@@ -267,6 +275,41 @@ where
         }
         Err(e) => encode_outcome(out, &Err::<(), E>(e), Tag::Err),
     }
+}
+
+/// The batch shims: a whole batch with one item function inlined.
+///
+/// # Safety (all four)
+/// `func` is the function address stored beside this instantiation by the
+/// matching `Call` constructor, so the item function's contract holds.
+unsafe fn batch<A: DeserializeOwned, R: Serialize>(func: usize, run: &mut BatchRun<'_, '_>) {
+    // SAFETY: see above.
+    run.drive(|arg, out, decoded| unsafe { trampoline::<A, R>(func, arg, out, decoded) })
+}
+
+unsafe fn batch_ignoring<A: DeserializeOwned, R>(func: usize, run: &mut BatchRun<'_, '_>) {
+    // SAFETY: see above.
+    run.drive(|arg, out, decoded| unsafe { trampoline_ignoring::<A, R>(func, arg, out, decoded) })
+}
+
+unsafe fn batch_fallible<A: DeserializeOwned, T: Serialize, E: Serialize>(
+    func: usize,
+    run: &mut BatchRun<'_, '_>,
+) {
+    // SAFETY: see above.
+    run.drive(|arg, out, decoded| unsafe {
+        trampoline_fallible::<A, T, E>(func, arg, out, decoded)
+    })
+}
+
+unsafe fn batch_fallible_ignoring<A: DeserializeOwned, T, E: Serialize>(
+    func: usize,
+    run: &mut BatchRun<'_, '_>,
+) {
+    // SAFETY: see above.
+    run.drive(|arg, out, decoded| unsafe {
+        trampoline_fallible_ignoring::<A, T, E>(func, arg, out, decoded)
+    })
 }
 
 /// What one item record means for its job.

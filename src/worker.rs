@@ -433,7 +433,17 @@ impl Worker {
         // item); when an item panics, it is answered and the loop resumes
         // with the next one.
         while batch.left > 0 {
-            let outcome = guarded(|| self.run_items(&mut batch));
+            let (shim, func) = (batch.shim, h.func as usize);
+            // SAFETY: shim and func were paired by a Call constructor.
+            let outcome = guarded(|| unsafe {
+                shim(
+                    func,
+                    &mut BatchRun {
+                        w: self,
+                        b: &mut batch,
+                    },
+                )
+            });
             if let Err(text) = outcome {
                 let Some(seq) = batch.current.take() else {
                     // A panic outside user code is a bug of ours.
@@ -450,84 +460,6 @@ impl Worker {
         }
         CURRENT.store(0, Ordering::Relaxed);
         batch.frame
-    }
-
-    /// Runs the batch's remaining items; a panic unwinds out of here with
-    /// `batch.current` naming the item.
-    fn run_items(&mut self, batch: &mut Running<'_>) {
-        let h = batch.header;
-        let timed = h.flags & wire::FLAG_TIMED != 0;
-        let cancellable = h.flags & wire::FLAG_CANCELLABLE != 0;
-        let mut scratch = std::mem::take(&mut self.scratch);
-        while batch.left > 0 {
-            let Some(arg) = batch.items.next() else {
-                exit(EXIT_PROTOCOL)
-            };
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let status = &self.page.worker;
-            if timed {
-                status
-                    .started_ns
-                    .store(clock::coarse_ns(), Ordering::Relaxed);
-                CURRENT.store(seq + 1, Ordering::Relaxed);
-            }
-            status.current.store(seq << 2 | RUNNING, Ordering::Release);
-            let taken = !cancellable || {
-                let slot = &self.page.cancel[h.cancel_slot as usize];
-                let queued = h.job_id << 2 | SLOT_QUEUED;
-                slot.compare_exchange(
-                    queued,
-                    h.job_id << 2 | SLOT_TAKEN,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-            };
-            let tag = if taken {
-                batch.current = Some(seq);
-                // Once the last argument is decoded, the frame can go back
-                // to the supervisor, which can then send the next one while
-                // this job runs.
-                let last = batch.left == 1;
-                let (inbox, frame) = (&mut self.inbox, &mut batch.frame);
-                let mut release = || {
-                    if last
-                        && let Some(n) = frame.take()
-                        && inbox.consume(n)
-                    {
-                        bell::ring(WORKER_BELL_OUT);
-                    }
-                };
-                // The result is encoded straight into the ring's free
-                // space, after room for its record header.
-                let (space, free) = self.outbox.space();
-                let room = free.saturating_sub(HEADER);
-                // SAFETY: the free space belongs to this producer until it
-                // advances; nothing else touches it while `out` lives.
-                let mut out = unsafe { Out::new(space.wrapping_add(HEADER), room, &mut scratch) };
-                // SAFETY: shim and func were paired by Call::new.
-                let tag = unsafe { (batch.shim)(h.func as usize, arg, &mut out, &mut release) };
-                batch.current = None;
-                let (len, direct) = (out.len(), out.is_direct());
-                if len as u64 > self.config.max_message_size {
-                    self.record_too_large(len);
-                } else if direct {
-                    self.outbox
-                        .advance_with_head(&wire::header(tag, len as u32), len);
-                } else {
-                    self.record(tag, &scratch);
-                }
-                tag
-            } else {
-                self.record(Tag::Skipped, &[]);
-                Tag::Skipped
-            };
-            let _ = tag;
-            self.finish(seq, h.flags);
-            batch.left -= 1;
-        }
-        self.scratch = scratch;
     }
 
     /// Marks item `seq` done: its record is committed first, so a crash
@@ -583,6 +515,109 @@ impl Worker {
             self.flush();
             exit(0);
         }
+    }
+}
+
+/// The worker's side of one batch, handed to the job's batch shim (see
+/// `job::RawCall`): the shim loops through [`drive`](Self::drive) with its
+/// item function inlined, and the bookkeeping around each item is inlined
+/// there too.
+pub(crate) struct BatchRun<'w, 'b> {
+    w: &'w mut Worker,
+    b: &'w mut Running<'b>,
+}
+
+/// Releases a batch's input frame once its last argument is decoded, so
+/// the supervisor can send the next frame while the job runs.
+pub(crate) struct Release<'a> {
+    inbox: &'a mut Consumer,
+    frame: &'a mut Option<usize>,
+    last: bool,
+}
+
+impl Release<'_> {
+    /// The argument is decoded: its bytes are no longer read.
+    #[inline(always)]
+    pub(crate) fn done(&mut self) {
+        if self.last
+            && let Some(n) = self.frame.take()
+            && self.inbox.consume(n)
+        {
+            bell::ring(WORKER_BELL_OUT);
+        }
+    }
+}
+
+impl BatchRun<'_, '_> {
+    /// Runs the batch's remaining items with `item` (decode, call, encode);
+    /// a panic unwinds out of here with `current` naming the item.
+    #[inline(always)]
+    pub(crate) fn drive<F>(&mut self, mut item: F)
+    where
+        F: FnMut(&[u8], &mut Out<'_>, &mut Release<'_>) -> Tag,
+    {
+        let (w, batch) = (&mut *self.w, &mut *self.b);
+        let h = batch.header;
+        let timed = h.flags & wire::FLAG_TIMED != 0;
+        let cancellable = h.flags & wire::FLAG_CANCELLABLE != 0;
+        let mut scratch = std::mem::take(&mut w.scratch);
+        while batch.left > 0 {
+            let Some(arg) = batch.items.next() else {
+                exit(EXIT_PROTOCOL)
+            };
+            let seq = w.next_seq;
+            w.next_seq += 1;
+            let status = &w.page.worker;
+            if timed {
+                status
+                    .started_ns
+                    .store(clock::coarse_ns(), Ordering::Relaxed);
+                CURRENT.store(seq + 1, Ordering::Relaxed);
+            }
+            status.current.store(seq << 2 | RUNNING, Ordering::Release);
+            let taken = !cancellable || {
+                let slot = &w.page.cancel[h.cancel_slot as usize];
+                let queued = h.job_id << 2 | SLOT_QUEUED;
+                slot.compare_exchange(
+                    queued,
+                    h.job_id << 2 | SLOT_TAKEN,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            };
+            if taken {
+                batch.current = Some(seq);
+                let mut release = Release {
+                    inbox: &mut w.inbox,
+                    frame: &mut batch.frame,
+                    last: batch.left == 1,
+                };
+                // The result is encoded straight into the ring's free
+                // space, after room for its record header.
+                let (space, free) = w.outbox.space();
+                let room = free.saturating_sub(HEADER);
+                // SAFETY: the free space belongs to this producer until it
+                // advances; nothing else touches it while `out` lives.
+                let mut out = unsafe { Out::new(space.wrapping_add(HEADER), room, &mut scratch) };
+                let tag = item(arg, &mut out, &mut release);
+                batch.current = None;
+                let (len, direct) = (out.len(), out.is_direct());
+                if len as u64 > w.config.max_message_size {
+                    w.record_too_large(len);
+                } else if direct {
+                    w.outbox
+                        .advance_with_head(&wire::header(tag, len as u32), len);
+                } else {
+                    w.record(tag, &scratch);
+                }
+            } else {
+                w.record(Tag::Skipped, &[]);
+            }
+            w.finish(seq, h.flags);
+            batch.left -= 1;
+        }
+        w.scratch = scratch;
     }
 }
 
