@@ -18,6 +18,7 @@ use crate::error::{Error, JobError};
 use crate::job::{Call, decode_result};
 use crate::pool::Pool;
 use crate::progress_bar::Bar;
+use crate::supervisor::Help;
 use crate::wire;
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
@@ -33,6 +34,10 @@ use std::time::Instant;
 
 /// Close a batch once its encoded items reach this size.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// How long `map` keeps helping without an answer coming in, before it
+/// leaves the rest to the supervisor thread and sleeps.
+const MAP_PATIENCE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Largest batch `map` chooses by itself.
 const MAX_AUTO_CHUNK: usize = 16384;
 /// Largest batch the `imap`s choose by themselves, and most items they keep
@@ -245,7 +250,23 @@ where
         if out.resolved == total {
             break;
         }
-        shared.driver.help_until(&|| !rx.is_empty());
+        // Keep stepping while answers keep coming; leave (and maybe wake
+        // the supervisor thread) once.
+        shared.driver.help_while(MAP_PATIENCE, &mut || {
+            let before = out.resolved;
+            while let Ok((base, outcome)) = rx.try_recv() {
+                out.accept(base, outcome);
+            }
+            bar.set(out.resolved);
+            match out.resolved {
+                n if n == total => Help::Done,
+                n if n > before => Help::Progress,
+                _ => Help::Idle,
+            }
+        });
+        if out.resolved == total {
+            break;
+        }
         // Every batch resolves exactly once (see `batch`), so this ends.
         let Ok((base, outcome)) = rx.recv() else {
             break;

@@ -106,6 +106,17 @@ fn help_budget() -> Budget {
     )
 }
 
+/// What a helping caller's check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Help {
+    /// All it waited for is in.
+    Done,
+    /// Something came in: keep helping.
+    Progress,
+    /// Nothing yet.
+    Idle,
+}
+
 /// Lets callers take supervisor steps.
 pub(crate) struct Driver {
     core: Arc<Mutex<Supervisor>>,
@@ -166,33 +177,66 @@ impl Driver {
 
     fn help(&self, done: &dyn Fn() -> bool) -> bool {
         let budget = self.budget.get();
-        let wait = Wait::new(budget);
-        let finished = loop {
-            if done() {
-                break true;
+        let finished =
+            self.steps_until(budget, &mut || if done() { Help::Done } else { Help::Idle });
+        self.budget.adapt(finished, budget);
+        finished
+    }
+
+    /// Steps the supervisor on this thread for as long as `check` keeps
+    /// reporting progress no more than `patience` apart, or until it says
+    /// done (true). For a caller collecting many answers (`map`): it leaves
+    /// — and may wake the supervisor thread — once, not once per answer.
+    pub(crate) fn help_while(&self, patience: Duration, check: &mut dyn FnMut() -> Help) -> bool {
+        if self.helping.swap(true, Ordering::Acquire) {
+            self.leave();
+            return check() == Help::Done;
+        }
+        let finished = self.steps_until(patience, check);
+        self.helping.store(false, Ordering::Release);
+        self.leave();
+        finished
+    }
+
+    /// The stepping loop; the wait restarts whenever `check` reports progress.
+    fn steps_until(&self, budget: Duration, check: &mut dyn FnMut() -> Help) -> bool {
+        let mut wait = Wait::new(budget);
+        // True when done; restarts the wait on progress.
+        let mut look = |wait: &mut Wait| match check() {
+            Help::Done => true,
+            Help::Progress => {
+                *wait = Wait::new(budget);
+                false
+            }
+            Help::Idle => false,
+        };
+        loop {
+            if look(&mut wait) {
+                return true;
             }
             // The answer comes from a worker: spin flat out only if none of
             // the busy ones runs on this CPU.
+            // The answer comes from a worker: spin flat out only if none of
+            // the busy ones runs on this CPU.
             let mut peer = NO_CPU;
+            let cpu = wait.cpu();
             if let Ok(mut sup) = self.core.try_lock() {
                 sup.helping();
                 if !sup.step() {
                     // Terminate or join: the supervisor thread's business.
-                    break done();
+                    return look(&mut wait);
                 }
-                if sup.busy_worker_on(wait.cpu()) {
-                    peer = wait.cpu();
+                if sup.busy_worker_on(cpu) {
+                    peer = cpu;
                 }
             }
-            if done() {
-                break true;
+            if look(&mut wait) {
+                return true;
             }
             if !wait.pause(peer) {
-                break false;
+                return false;
             }
-        };
-        self.budget.adapt(finished, budget);
-        finished
+        }
     }
 
     /// Hands back to the supervisor thread: wake it if there is work it must

@@ -28,7 +28,7 @@ mod drive;
 mod restart;
 mod timers;
 
-pub(crate) use drive::{Driver, Submitter};
+pub(crate) use drive::{Driver, Help, Submitter};
 
 use crate::batch::Batch;
 use crate::bell::Drained;
