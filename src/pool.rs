@@ -39,6 +39,9 @@ pub(crate) struct Config {
     pub max_message_size: u64,
     pub ring_size: usize,
     pub queue_capacity: Option<u64>,
+    /// Keep a spare worker forked and ready (`None`: decide automatically,
+    /// see `supervisor/standby.rs`).
+    pub standby: Option<bool>,
 }
 
 impl Config {
@@ -78,6 +81,7 @@ pub struct PoolBuilder {
     /// limits, progress bar): see `layers.rs`.
     pub(crate) layers: LayerSettings,
     queue_capacity: Option<u64>,
+    standby: Option<bool>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -93,6 +97,7 @@ impl fmt::Debug for PoolBuilder {
             .field("max_message_size", &self.max_message_size)
             .field("layers", &self.layers)
             .field("queue_capacity", &self.queue_capacity)
+            .field("standby", &self.standby)
             .finish()
     }
 }
@@ -110,6 +115,7 @@ impl Default for PoolBuilder {
             max_message_size: wire::DEFAULT_MAX_MESSAGE,
             layers: LayerSettings::default(),
             queue_capacity: None,
+            standby: None,
         }
     }
 }
@@ -189,6 +195,30 @@ impl PoolBuilder {
         self
     }
 
+    /// Whether to keep one spare worker forked, initialised and asleep, so
+    /// that a worker lost to a crash, a time limit, a cancellation or a task
+    /// or memory limit is replaced at once instead of after a fork.
+    ///
+    /// Default: automatic. A pool starts keeping a spare once it first
+    /// replaces a worker, so a pool whose workers never die never pays for
+    /// the extra process (which sleeps, and shares its memory with the fork
+    /// server until it writes). `true` keeps a spare from the start, `false`
+    /// never. The spare is not counted in
+    /// [`Stats::live_workers`](crate::Stats::live_workers) but in
+    /// [`Stats::standby_workers`](crate::Stats::standby_workers); it runs
+    /// the [`initializer`](Self::initializer) like any worker.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::builder().workers(2).standby_worker(true).build()?;
+    /// assert_eq!(pool.apply(|x: u32| x + 1, 1), Ok(2));
+    /// # Ok(()) }
+    /// ```
+    pub fn standby_worker(mut self, keep: bool) -> Self {
+        self.standby = Some(keep);
+        self
+    }
+
     /// Forks the fork server and starts the pool.
     pub fn build(mut self) -> Result<Pool, Error> {
         let layers = std::mem::take(&mut self.layers);
@@ -197,7 +227,7 @@ impl PoolBuilder {
         Pool::start(config, layers)
     }
 
-    fn validate(self) -> Result<Config, Error> {
+    pub(crate) fn validate(self) -> Result<Config, Error> {
         let bad = |m: String| Err(Error::InvalidConfig(m));
         let workers = self.workers.unwrap_or_else(num_cpus::get);
         if workers == 0 {
@@ -242,6 +272,7 @@ impl PoolBuilder {
             max_message_size: self.max_message_size,
             ring_size: shm::DEFAULT_RING,
             queue_capacity: self.queue_capacity,
+            standby: self.standby,
         })
     }
 }

@@ -20,6 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct Stats {
     /// Worker processes alive now (started and not known to have died).
     pub live_workers: u64,
+    /// Spare workers forked and waiting to replace a lost one (see
+    /// [`PoolBuilder::standby_worker`](crate::PoolBuilder::standby_worker));
+    /// not counted in `live_workers`.
+    pub standby_workers: u64,
     /// Jobs (map items count one each) accepted by the pool.
     pub submitted: u64,
     /// Jobs that returned a result.
@@ -58,6 +62,7 @@ pub struct Stats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub live_workers: AtomicU64,
+    pub standby_workers: AtomicU64,
     pub submitted: AtomicU64,
     pub completed: AtomicU64,
     pub failed: AtomicU64,
@@ -78,6 +83,7 @@ impl Counters {
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
             live_workers: self.live_workers.load(Relaxed),
+            standby_workers: self.standby_workers.load(Relaxed),
             submitted: self.submitted.load(Relaxed),
             completed: self.completed.load(Relaxed),
             failed: self.failed.load(Relaxed),

@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{children_of, descendants, open_fds};
+use common::{children_of, descendants, open_fds, wait_until};
 use forkpool::{JobError, Pool};
+use std::time::Duration;
 
 fn double(x: u64) -> u64 {
     2 * x
@@ -25,8 +26,22 @@ fn fifty_pools_leave_no_process_and_no_descriptor_behind() {
         "test process starts with children"
     );
     for i in 0..50u64 {
-        let pool = Pool::new(2).unwrap();
+        // Every other pool keeps a standby worker from the start (the
+        // others get one after their first crash).
+        let pool = Pool::builder()
+            .workers(2)
+            .standby_worker(i % 2 == 1)
+            .build()
+            .unwrap();
         assert_eq!(pool.apply(double, i), Ok(2 * i));
+        if i % 2 == 1 {
+            assert!(
+                wait_until(Duration::from_secs(10), || pool.stats().standby_workers
+                    == 1),
+                "cycle {i}: no standby: {:?}",
+                pool.stats()
+            );
+        }
         if i % 5 == 0 {
             assert!(matches!(
                 pool.apply(abort, ()),

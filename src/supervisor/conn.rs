@@ -203,6 +203,10 @@ pub(super) struct Conn {
     pub orphaned: bool,
     /// Its wait status, once the zygote reaped it.
     pub status: Option<ExitStatus>,
+    /// A spare, given no work until it is promoted (see `standby.rs`).
+    pub standby: bool,
+    /// When it was promoted from standby (coarse ns), until it first answers.
+    pub promoted_at: Option<u64>,
     /// Items it may still be given (`max_tasks_per_worker`).
     tasks_left: Option<u64>,
     region: Region,
@@ -264,6 +268,8 @@ impl Conn {
             spawn_failed: false,
             orphaned: false,
             status: None,
+            standby: false,
+            promoted_at: None,
             tasks_left: tasks,
             region,
         };
@@ -329,7 +335,8 @@ impl Conn {
 
     /// Whether a new batch may be sent now (room in the ring aside).
     pub(super) fn accepts(&self, cancellable: bool) -> bool {
-        self.counts_toward_strength()
+        !self.standby
+            && self.counts_toward_strength()
             && self.streaming.is_none()
             && (!cancellable || self.book.cancel_used != u64::MAX)
     }
@@ -597,6 +604,9 @@ impl Conn {
                 Err(_) => return self.violate("moved its result ring write position impossibly"),
             };
             let take = avail.min(MAX_PULL);
+            if take > 0 {
+                self.promoted_at = None;
+            }
             self.pull(take);
             if let Err(e) = self.parse(ctx) {
                 return self.violate(e);
@@ -830,6 +840,12 @@ impl Conn {
             self.kill(seq, JobError::Cancelled);
         }
         true
+    }
+
+    /// Whether the worker is seen leaving (its pipe closed or its pidfd
+    /// fired) but the fork server has not yet reported how it ended.
+    pub(super) fn awaiting_exit_status(&self) -> bool {
+        (self.hup || self.gone) && !self.finished()
     }
 
     /// Whether the process is known to be dead and its books can be closed.

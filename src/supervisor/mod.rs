@@ -26,6 +26,7 @@
 mod conn;
 mod drive;
 mod restart;
+mod standby;
 mod timers;
 
 pub(crate) use drive::{Driver, Help, Submitter};
@@ -46,6 +47,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use drive::Wake;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use restart::Restart;
+use standby::Standby;
 use std::collections::{HashMap, VecDeque};
 
 use std::sync::atomic::{Ordering, fence};
@@ -113,6 +115,7 @@ pub(crate) fn start(
     )?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let sup = Supervisor {
+        standby: Standby::new(&config),
         config,
         counters,
         cmds: rx,
@@ -124,7 +127,8 @@ pub(crate) fn start(
         steps: 0,
         conns: Vec::new(),
         next_key: 1,
-        spawned: 0,
+        activated: 0,
+        standby_hold: None,
         pending: VecDeque::new(),
         timers: Timers::default(),
         throttles,
@@ -173,8 +177,13 @@ struct Supervisor {
     steps: u32,
     conns: Vec<Conn>,
     next_key: u64,
-    /// Workers ever asked for; those past the first N are restarts.
-    spawned: u64,
+    /// Workers ever put to work (forked as one of the N, or a standby
+    /// promoted); those past the first N are restarts.
+    activated: u64,
+    /// Whether to keep a spare worker forked (`standby.rs`).
+    standby: Standby,
+    /// The next standby is held back until then (coarse ns).
+    standby_hold: Option<u64>,
     /// Batches waiting for a worker, oldest first.
     pending: VecDeque<Batch>,
     /// Batches waiting for their start time, and jobs' expiry times.
@@ -235,6 +244,9 @@ impl Supervisor {
             (a, b) => a.or(b),
         };
         self.maintain();
+        if let Some(t) = self.standby_hold {
+            self.next_deadline = Some(self.next_deadline.map_or(t, |d| d.min(t)));
+        }
         if self.joining
             && self.pending.is_empty()
             && self.timers.is_empty()
@@ -692,17 +704,56 @@ impl Supervisor {
         let mut have = self
             .conns
             .iter()
-            .filter(|c| c.counts_toward_strength())
+            .filter(|c| !c.standby && c.counts_toward_strength())
             .count();
-        while have < want && clock::coarse_ns() >= self.spawn_after {
-            if !self.spawn_one() {
+        while have < want {
+            if self.activated >= self.config.workers as u64 {
+                self.standby.worker_replaced();
+            }
+            if let Some(c) = self
+                .conns
+                .iter_mut()
+                .find(|c| c.standby && c.counts_toward_strength())
+            {
+                c.standby = false;
+                c.promoted_at = Some(clock::coarse_ns());
+                self.activated();
+            } else if clock::coarse_ns() < self.spawn_after || !self.spawn_one(false) {
                 return;
             }
             have += 1;
         }
+        self.standby_hold = None;
+        if want == 0 || !self.standby.wanted() || clock::coarse_ns() < self.spawn_after {
+            return;
+        }
+        if self
+            .conns
+            .iter()
+            .any(|c| (c.standby && c.counts_toward_strength()) || c.awaiting_exit_status())
+        {
+            return;
+        }
+        match standby::hold(self.conns.iter().map(|c| c.promoted_at), clock::coarse_ns()) {
+            Some(until) => self.standby_hold = Some(until),
+            None => {
+                self.spawn_one(true);
+            }
+        }
     }
 
-    fn spawn_one(&mut self) -> bool {
+    /// Counts a worker put to work; past the first N, a restart.
+    fn activated(&mut self) {
+        if self.activated >= self.config.workers as u64 {
+            self.counters
+                .worker_restarts
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.activated += 1;
+    }
+
+    /// Asks the fork server for a worker: one of the N, or a `standby`.
+    fn spawn_one(&mut self, standby: bool) -> bool {
         let key = self.next_key;
         self.next_key += 1;
         let tasks = self.config.max_tasks_per_worker.map(|t| t as u64);
@@ -726,25 +777,29 @@ impl Supervisor {
         drop(fds);
         let ev = EpollEvent::new(EpollFlags::EPOLLIN, token(key, KIND_BELL));
         conn.bell_registered = self.epoll.add(conn.bell_fd(), ev).is_ok();
-        if self.spawned >= self.config.workers as u64 {
-            self.counters
-                .worker_restarts
-                .fetch_add(1, Ordering::Relaxed);
+        conn.standby = standby;
+        if !standby {
+            self.activated();
         }
-        self.spawned += 1;
         self.conns.push(conn);
         true
     }
 
     fn update_live(&self) {
-        let live = self
-            .conns
-            .iter()
-            .filter(|c| c.pid().is_some() && c.status.is_none() && !c.gone)
-            .count();
+        let (mut live, mut standby) = (0, 0);
+        for c in &self.conns {
+            if c.pid().is_some() && c.status.is_none() && !c.gone {
+                if c.standby {
+                    standby += 1;
+                } else {
+                    live += 1;
+                }
+            }
+        }
+        self.counters.live_workers.store(live, Ordering::Relaxed);
         self.counters
-            .live_workers
-            .store(live as u64, Ordering::Relaxed);
+            .standby_workers
+            .store(standby, Ordering::Relaxed);
         self.counters
             .scheduled
             .store(self.timers.items(), Ordering::Relaxed);
@@ -770,7 +825,8 @@ impl Supervisor {
             return Err(());
         }
         let mut until = self.next_deadline;
-        if self.spawn_after > 0 && self.conns.len() < self.config.workers {
+        let active = self.conns.iter().filter(|c| !c.standby).count();
+        if self.spawn_after > 0 && active < self.config.workers {
             until = Some(until.map_or(self.spawn_after, |t| t.min(self.spawn_after)));
         }
         self.sleep_until = Some(until.unwrap_or(u64::MAX));
@@ -867,5 +923,6 @@ impl Supervisor {
             }
         }
         self.counters.live_workers.store(0, Ordering::Relaxed);
+        self.counters.standby_workers.store(0, Ordering::Relaxed);
     }
 }
