@@ -43,7 +43,9 @@ impl<'a> Out<'a> {
         unsafe { Out::new(ptr::null_mut(), 0, spill) }
     }
 
-    /// Appends bytes.
+    /// Appends bytes. Inlined, so that a serializer's fixed-size writes
+    /// (8 bytes for a `u64`) compile to plain stores.
+    #[inline]
     pub(crate) fn write_bytes(&mut self, bytes: &[u8]) {
         if !self.spilled {
             if self.len + bytes.len() <= self.cap {
@@ -82,11 +84,13 @@ impl<'a> Out<'a> {
 }
 
 impl io::Write for Out<'_> {
+    #[inline]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_bytes(buf);
         Ok(buf.len())
     }
 
+    #[inline]
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         self.write_bytes(buf);
         Ok(())
