@@ -124,6 +124,7 @@ mod clock;
 mod codec;
 mod error;
 mod gate;
+mod hugepage;
 mod job;
 mod layers;
 mod map;

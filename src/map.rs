@@ -15,6 +15,7 @@
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
 use crate::codec;
 use crate::error::{Error, JobError};
+use crate::hugepage;
 use crate::job::{Call, decode_result};
 use crate::pool::Pool;
 use crate::progress_bar::Bar;
@@ -291,8 +292,13 @@ struct Collector<R> {
 
 impl<R> Collector<R> {
     fn with_capacity(n: usize) -> Self {
+        // A size hint is only a hint: never reserve more than 1 GiB on its
+        // word (`slots` grows as results arrive anyway).
+        let n = n.min((1 << 30) / std::mem::size_of::<R>().max(1));
+        let slots = Vec::with_capacity(n);
+        hugepage::advise(&slots);
         Collector {
-            slots: Vec::with_capacity(n),
+            slots,
             filled: Vec::new(),
             first_err: None,
             resolved: 0,

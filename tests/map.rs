@@ -29,6 +29,31 @@ fn map_of_nothing_is_empty() {
     assert_eq!(odd[1], 9);
 }
 
+/// An iterator whose size hint claims far more items than it has.
+struct Liar(std::ops::Range<u64>);
+
+impl Iterator for Liar {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        self.0.next()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (usize::MAX, None)
+    }
+}
+
+#[test]
+fn map_trusts_no_size_hint_and_fills_large_buffers() {
+    let pool = Pool::new(2).unwrap();
+    // A hint of usize::MAX items must not make `map` reserve that much.
+    assert_eq!(pool.map(square, Liar(0..10)).unwrap()[9], 81);
+    // A result buffer large enough to be backed by huge pages (8 MB).
+    let n = 1_000_000u64;
+    let got = pool.map(square, 0..n).unwrap();
+    assert_eq!(got.len(), n as usize);
+    assert!(got.iter().enumerate().all(|(i, &v)| v == (i as u64).pow(2)));
+}
+
 #[test]
 fn map_with_chunk_size_one_and_strings() {
     fn shout(s: String) -> String {
