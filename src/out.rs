@@ -25,6 +25,7 @@ impl<'a> Out<'a> {
     /// # Safety
     /// `direct` must be valid for writes of `cap` bytes that nobody else
     /// reads or writes while the `Out` lives (`cap` may be 0).
+    #[inline]
     pub(crate) unsafe fn new(direct: *mut u8, cap: usize, spill: &'a mut Vec<u8>) -> Out<'a> {
         spill.clear();
         Out {
@@ -73,11 +74,13 @@ impl<'a> Out<'a> {
     }
 
     /// Bytes written.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the bytes are in the ring space (else in the spill buffer).
+    #[inline]
     pub(crate) fn is_direct(&self) -> bool {
         !self.spilled
     }

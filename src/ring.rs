@@ -129,6 +129,7 @@ impl Producer {
     /// The free space at the write position — contiguous, thanks to the
     /// mirrored mapping — for writing in place: its start and length.
     /// Nothing is written or claimed until [`advance`](Self::advance).
+    #[inline]
     pub(crate) fn space(&mut self) -> (*mut u8, usize) {
         // The consumer's read position sits on a line the other process
         // writes: read it only when the space last seen runs low.
@@ -162,6 +163,7 @@ impl Producer {
 
     /// Makes everything written visible to a consumer that looks, without
     /// waking one that sleeps: a plain release store, cheap enough per record.
+    #[inline]
     pub(crate) fn commit(&mut self) {
         if self.local != self.published {
             self.published = self.local;
@@ -172,6 +174,7 @@ impl Producer {
     /// Whether the consumer has announced that it sleeps. Read without a
     /// fence: a stale answer only delays a wake-up until the next
     /// [`publish`](Self::publish), which is fenced.
+    #[inline]
     pub(crate) fn consumer_asleep(&self) -> bool {
         self.ctl().consumer_sleeping.0.load(Ordering::Relaxed) != 0
     }

@@ -246,6 +246,7 @@ impl<'a> Items<'a> {
 
 impl<'a> Iterator for Items<'a> {
     type Item = &'a [u8];
+    #[inline]
     fn next(&mut self) -> Option<&'a [u8]> {
         let len = u32::from_le_bytes(self.rest.get(..4)?.try_into().ok()?) as usize;
         let item = self.rest.get(4..4 + len)?;

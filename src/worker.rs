@@ -466,6 +466,7 @@ impl Worker {
     /// from here on cannot lose it. If the supervisor claimed the item first
     /// (to kill this worker over it), wait for the kill rather than run
     /// anything else.
+    #[inline]
     fn finish(&mut self, seq: u64, flags: u32) {
         self.outbox.commit();
         let status = &self.page.worker;
