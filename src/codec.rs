@@ -28,17 +28,111 @@ pub(crate) fn encode_into<W: std::io::Write, T: Serialize + ?Sized>(
     out: W,
     value: &T,
 ) -> Result<(), String> {
-    options()
-        .serialize_into(out, value)
-        .map_err(|e| format!("encode {}: {e}", std::any::type_name::<T>()))
+    // Driven here rather than through `Options::serialize_into`, for the
+    // same reason as in `decode`.
+    value
+        .serialize(&mut bincode::Serializer::new(out, options()))
+        .map_err(|e| encode_failed(std::any::type_name::<T>(), &e))
+}
+
+/// The message for a failed encode, out of line (see `decode_failed`).
+#[cold]
+#[inline(never)]
+fn encode_failed(type_name: &str, e: &dyn std::fmt::Display) -> String {
+    format!("encode {type_name}: {e}")
 }
 
 /// Decodes one `T` that spans all of `bytes`.
 #[inline]
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    options()
-        .deserialize(bytes)
-        .map_err(|e| format!("decode {}: {e}", std::any::type_name::<T>()))
+    // The deserializer is driven here rather than through
+    // `Options::deserialize`, whose wrapper the compiler would not inline
+    // into a job's per-item loop; the trailing-bytes check is ours then.
+    let mut input = Slice { rest: bytes };
+    let value = T::deserialize(&mut bincode::Deserializer::with_bincode_read(
+        &mut input,
+        options(),
+    ));
+    match value {
+        Ok(v) if input.rest.is_empty() => Ok(v),
+        Ok(_) => Err(decode_failed(
+            std::any::type_name::<T>(),
+            &format_args!("{} bytes left over after the value", input.rest.len()),
+        )),
+        Err(e) => Err(decode_failed(std::any::type_name::<T>(), &e)),
+    }
+}
+
+/// The message for a failed decode, out of line: `decode` sits in per-item
+/// loops and should stay small.
+#[cold]
+#[inline(never)]
+fn decode_failed(type_name: &str, e: &dyn std::fmt::Display) -> String {
+    format!("decode {type_name}: {e}")
+}
+
+/// A byte slice being decoded: bincode's own slice reader, whose position
+/// (to check for trailing bytes) stays readable after decoding.
+struct Slice<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Slice<'a> {
+    #[inline(always)]
+    fn take(&mut self, n: usize) -> bincode::Result<&'a [u8]> {
+        if n > self.rest.len() {
+            return Err(Box::new(bincode::ErrorKind::Io(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            )));
+        }
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(head)
+    }
+}
+
+impl std::io::Read for Slice<'_> {
+    #[inline(always)]
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        self.read_exact(out).map(|()| out.len())
+    }
+
+    #[inline(always)]
+    fn read_exact(&mut self, out: &mut [u8]) -> std::io::Result<()> {
+        let head = self
+            .take(out.len())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        out.copy_from_slice(head);
+        Ok(())
+    }
+}
+
+impl<'a> bincode::BincodeRead<'a> for &mut Slice<'a> {
+    #[inline(always)]
+    fn forward_read_str<V: serde::de::Visitor<'a>>(
+        &mut self,
+        length: usize,
+        visitor: V,
+    ) -> bincode::Result<V::Value> {
+        match std::str::from_utf8(self.take(length)?) {
+            Ok(s) => visitor.visit_borrowed_str(s),
+            Err(e) => Err(Box::new(bincode::ErrorKind::InvalidUtf8Encoding(e))),
+        }
+    }
+
+    #[inline(always)]
+    fn get_byte_buffer(&mut self, length: usize) -> bincode::Result<Vec<u8>> {
+        self.take(length).map(<[u8]>::to_vec)
+    }
+
+    #[inline(always)]
+    fn forward_read_bytes<V: serde::de::Visitor<'a>>(
+        &mut self,
+        length: usize,
+        visitor: V,
+    ) -> bincode::Result<V::Value> {
+        visitor.visit_borrowed_bytes(self.take(length)?)
+    }
 }
 
 #[cfg(test)]

@@ -45,20 +45,29 @@ impl<'a> Out<'a> {
     }
 
     /// Appends bytes. Inlined, so that a serializer's fixed-size writes
-    /// (8 bytes for a `u64`) compile to plain stores.
+    /// (8 bytes for a `u64`) compile to plain stores; the spill path is
+    /// out of line to keep it small.
     #[inline]
     pub(crate) fn write_bytes(&mut self, bytes: &[u8]) {
+        if !self.spilled && self.len + bytes.len() <= self.cap {
+            // SAFETY: len + bytes.len() <= cap, inside the space `new` was
+            // given.
+            unsafe {
+                ptr::copy_nonoverlapping(bytes.as_ptr(), self.direct.add(self.len), bytes.len())
+            };
+            self.len += bytes.len();
+        } else {
+            self.write_spilled(bytes);
+        }
+    }
+
+    /// Appends bytes that do not fit the ring space: everything moves to
+    /// the spill buffer.
+    #[cold]
+    #[inline(never)]
+    fn write_spilled(&mut self, bytes: &[u8]) {
         if !self.spilled {
-            if self.len + bytes.len() <= self.cap {
-                // SAFETY: len + bytes.len() <= cap, inside the space `new`
-                // was given.
-                unsafe {
-                    ptr::copy_nonoverlapping(bytes.as_ptr(), self.direct.add(self.len), bytes.len())
-                };
-                self.len += bytes.len();
-                return;
-            }
-            // SAFETY: the first len bytes of the space were written above.
+            // SAFETY: the first len bytes of the space were written.
             let written = unsafe { std::slice::from_raw_parts(self.direct, self.len) };
             self.spill.extend_from_slice(written);
             self.spilled = true;
