@@ -151,4 +151,26 @@ mod tests {
         let huge = (1u64 << 60).to_le_bytes();
         assert!(decode::<Vec<u64>>(&huge).is_err());
     }
+
+    #[test]
+    fn strings_and_bytes_go_through_the_slice_reader() {
+        let mut buf = Vec::new();
+        encode_into(&mut buf, &("héllo", vec![1u8, 2, 3])).unwrap();
+        let back: (String, Vec<u8>) = decode(&buf).unwrap();
+        assert_eq!(back, ("héllo".to_string(), vec![1, 2, 3]));
+        // A string whose bytes are not UTF-8.
+        let mut bad = 2u64.to_le_bytes().to_vec();
+        bad.extend_from_slice(&[0xff, 0xfe]);
+        let e = decode::<String>(&bad).unwrap_err();
+        assert!(e.contains("String"), "{e}");
+        // Trailing bytes are named.
+        let mut long = Vec::new();
+        encode_into(&mut long, &5u32).unwrap();
+        long.push(0);
+        let e = decode::<u32>(&long).unwrap_err();
+        assert!(e.contains("1 bytes left over"), "{e}");
+        // A string claiming more bytes than there are.
+        let short = 100u64.to_le_bytes();
+        assert!(decode::<String>(&short).is_err());
+    }
 }
