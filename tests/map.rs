@@ -145,3 +145,39 @@ fn closed_pool_refuses_work() {
     assert_eq!(it.next(), None);
     pool.join().unwrap();
 }
+
+/// Echoes a payload, except that a payload starting with 7 kills its worker.
+fn echo_or_die(b: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    if b.first() == Some(&7) {
+        std::process::abort();
+    }
+    b
+}
+
+#[test]
+fn map_of_big_items_survives_a_crash() {
+    // Items of 1 MiB: map hands their ring copies to the supervisor thread.
+    let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+    let make = |i: u8| serde_bytes::ByteBuf::from(vec![i; 1 << 20]);
+    let ok = pool.map(echo_or_die, (0..6).map(make)).unwrap();
+    assert!(
+        ok.iter()
+            .enumerate()
+            .all(|(i, b)| b.len() == 1 << 20 && b[0] == i as u8)
+    );
+    let got: Vec<_> = pool.imap(echo_or_die, (0..12).map(make)).collect();
+    for (i, r) in got.iter().enumerate() {
+        match r {
+            Err(JobError::Crashed { .. }) if i == 7 => {}
+            Ok(b) if i != 7 => assert!(b.len() == 1 << 20 && b[(i * 977) % (1 << 20)] == i as u8),
+            other => panic!("item {i}: {:?}", other.as_ref().map(|b| b.len())),
+        }
+    }
+    match pool.map(echo_or_die, (0..12).map(make)) {
+        Err(forkpool::Error::Job {
+            index: 7,
+            error: JobError::Crashed { .. },
+        }) => {}
+        other => panic!("{:?}", other.map(|v| v.len())),
+    }
+}
