@@ -216,8 +216,6 @@ impl Driver {
             }
             // The answer comes from a worker: spin flat out only if none of
             // the busy ones runs on this CPU.
-            // The answer comes from a worker: spin flat out only if none of
-            // the busy ones runs on this CPU.
             let mut peer = NO_CPU;
             let cpu = wait.cpu();
             if let Ok(mut sup) = self.core.try_lock() {
