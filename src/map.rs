@@ -327,6 +327,30 @@ impl<R> Collector<R> {
             .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
+    /// Whether any slot in `lo..hi` is filled.
+    fn any_filled(&self, lo: usize, hi: usize) -> bool {
+        let mut i = lo;
+        while i < hi {
+            let n = (64 - i % 64).min(hi - i);
+            let word = self.filled.get(i / 64).copied().unwrap_or(0);
+            if (word >> (i % 64)) & mask(n) != 0 {
+                return true;
+            }
+            i += n;
+        }
+        false
+    }
+
+    /// Marks slots `lo..hi` filled.
+    fn fill_range(&mut self, lo: usize, hi: usize) {
+        let mut i = lo;
+        while i < hi {
+            let n = (64 - i % 64).min(hi - i);
+            self.filled[i / 64] |= mask(n) << (i % 64);
+            i += n;
+        }
+    }
+
     fn fail(&mut self, i: u64, error: JobError) {
         if self.first_err.as_ref().is_none_or(|(j, _)| i < *j) {
             self.first_err = Some((i, error));
@@ -386,37 +410,65 @@ impl<R: DeserializeOwned> Collector<R> {
             self.filled.resize(end.div_ceil(64), 0);
         }
         let mut rest = &buf[..];
-        for i in first..end {
-            let Some(h) = rest.get(..wire::HEADER) else {
+        // Every index is delivered once, so the range is normally empty and
+        // its bits are set in one sweep afterwards; otherwise each item is
+        // checked, so that a value is never overwritten.
+        let fresh = !self.any_filled(first, end);
+        let mut holes = Vec::new();
+        let mut i = first;
+        while i < end {
+            let Some((decoded, used)) = next_result::<R>(rest) else {
                 break;
             };
-            let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
-            let Some(body) = rest.get(wire::HEADER..wire::HEADER + len) else {
-                break;
-            };
-            let decoded = if h[4] == wire::Tag::Ok as u8 {
-                codec::decode::<R>(body).map_err(|e| JobError::Codec(format!("result: {e}")))
-            } else {
-                match wire::records(&rest[..wire::HEADER + len]).next() {
-                    Some(rec) => decode_result::<R>(rec),
-                    None => Err(JobError::Codec("malformed record".into())),
-                }
-            };
-            rest = &rest[wire::HEADER + len..];
+            rest = &rest[used..];
             match decoded {
-                Ok(v) => {
-                    debug_assert!(!self.is_filled(i), "item {i} delivered twice");
-                    if self.is_filled(i) {
-                        continue;
-                    }
-                    self.slots[i].write(v);
-                    self.filled[i / 64] |= 1 << (i % 64);
+                Ok(_) if !fresh && self.is_filled(i) => {
+                    debug_assert!(false, "item {i} delivered twice");
                 }
-                Err(e) => self.fail(i as u64, e),
+                Ok(v) => {
+                    self.slots[i].write(v);
+                    if !fresh {
+                        self.filled[i / 64] |= 1 << (i % 64);
+                    }
+                }
+                Err(e) => {
+                    self.fail(i as u64, e);
+                    holes.push(i);
+                }
+            }
+            i += 1;
+        }
+        if fresh {
+            self.fill_range(first, i);
+            for h in holes {
+                self.filled[h / 64] &= !(1 << (h % 64));
             }
         }
         self.resolved += u64::from(count);
     }
+}
+
+/// The low `n` bits (1 <= n <= 64).
+fn mask(n: usize) -> u64 {
+    u64::MAX >> (64 - n)
+}
+
+/// Decodes the record at the start of `rest`: its result and its size, or
+/// None if `rest` does not hold a whole record.
+#[inline]
+fn next_result<R: DeserializeOwned>(rest: &[u8]) -> Option<(Result<R, JobError>, usize)> {
+    let h = rest.get(..wire::HEADER)?;
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    let body = rest.get(wire::HEADER..wire::HEADER + len)?;
+    let decoded = if h[4] == wire::Tag::Ok as u8 {
+        codec::decode::<R>(body).map_err(|e| JobError::Codec(format!("result: {e}")))
+    } else {
+        match wire::records(&rest[..wire::HEADER + len]).next() {
+            Some(rec) => decode_result::<R>(rec),
+            None => Err(JobError::Codec("malformed record".into())),
+        }
+    };
+    Some((decoded, wire::HEADER + len))
 }
 
 impl<R> Drop for Collector<R> {
@@ -672,5 +724,37 @@ impl<I: Iterator, R> fmt::Debug for ImapUnordered<I, R> {
         f.debug_struct("ImapUnordered")
             .field("in_flight", &(self.0.pulled - self.0.yielded))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bitmap sweeps agree with bit-by-bit checks on unaligned ranges.
+    #[test]
+    fn range_sweeps_match_single_bits() {
+        let mut c = Collector::<u64>::with_capacity(300);
+        c.filled.resize(5, 0);
+        c.fill_range(3, 70);
+        c.fill_range(130, 131);
+        c.fill_range(191, 257);
+        let want = |i: usize| (3..70).contains(&i) || i == 130 || (191..257).contains(&i);
+        for i in 0..320 {
+            assert_eq!(c.is_filled(i), want(i), "bit {i}");
+        }
+        for (lo, hi) in [
+            (0, 3),
+            (70, 130),
+            (131, 191),
+            (257, 320),
+            (0, 300),
+            (69, 70),
+            (60, 200),
+        ] {
+            assert_eq!(c.any_filled(lo, hi), (lo..hi).any(want), "{lo}..{hi}");
+        }
+        // Nothing was written to the slots: forget the bits before Drop.
+        c.filled.clear();
     }
 }
