@@ -414,11 +414,26 @@ impl RecordReader {
         let buf = &self.buf[self.start..];
         let mut run = Run::default();
         let mut at = 0;
+        // The last `Ok` header checked, and its record's size: runs of
+        // equal-sized results repeat it, and skip the checks.
+        let mut last_ok: Option<([u8; HEADER], usize)> = None;
         while run.count < limit {
             let Some(h) = buf.get(at..at + HEADER) else {
                 break;
             };
-            let (len, tag) = match check_worker_header(h.try_into().expect("5 bytes"), self.cap) {
+            let h: [u8; HEADER] = h.try_into().expect("5 bytes");
+            if let Some((ok, size)) = last_ok
+                && h == ok
+            {
+                if at + size > buf.len() {
+                    break;
+                }
+                run.count += 1;
+                run.ok += 1;
+                at += size;
+                continue;
+            }
+            let (len, tag) = match check_worker_header(h, self.cap) {
                 Ok(ok) => ok,
                 Err(e) if run.count == 0 => {
                     self.broken = Some(e.clone());
@@ -432,7 +447,10 @@ impl RecordReader {
             }
             run.count += 1;
             match tag {
-                Tag::Ok => run.ok += 1,
+                Tag::Ok => {
+                    run.ok += 1;
+                    last_ok = Some((h, HEADER + len as usize));
+                }
                 Tag::Panic => run.panicked += 1,
                 Tag::Codec | Tag::TooLarge => run.codec += 1,
                 Tag::Err => run.errored += 1,
