@@ -42,8 +42,9 @@ fn encode_failed(type_name: &str, e: &dyn std::fmt::Display) -> String {
     format!("encode {type_name}: {e}")
 }
 
-/// Decodes one `T` that spans all of `bytes`.
-#[inline]
+/// Decodes one `T` that spans all of `bytes`. Always inlined: it runs once
+/// per item in the workers' and the caller's loops.
+#[inline(always)]
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     // The deserializer is driven here rather than through
     // `Options::deserialize`, whose wrapper the compiler would not inline
