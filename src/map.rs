@@ -341,6 +341,14 @@ impl<R> Collector<R> {
         false
     }
 
+    /// Whether slots `0..n` are all filled, a word at a time.
+    fn all_filled(&self, n: usize) -> bool {
+        let (full, rest) = (n / 64, n % 64);
+        self.filled.len() >= n.div_ceil(64)
+            && self.filled[..full].iter().all(|&w| w == u64::MAX)
+            && (rest == 0 || self.filled[full] & mask(rest) == mask(rest))
+    }
+
     /// Marks slots `lo..hi` filled.
     fn fill_range(&mut self, lo: usize, hi: usize) {
         let mut i = lo;
@@ -365,7 +373,7 @@ impl<R> Collector<R> {
             });
         }
         let total = total as usize;
-        if self.slots.len() != total || (0..total).any(|i| !self.is_filled(i)) {
+        if self.slots.len() != total || !self.all_filled(total) {
             // Cannot happen either (every item resolves); refuse rather than
             // hand out uninitialised values.
             let missing = (0..total).find(|&i| !self.is_filled(i)).unwrap_or(total);
@@ -754,6 +762,10 @@ mod tests {
         ] {
             assert_eq!(c.any_filled(lo, hi), (lo..hi).any(want), "{lo}..{hi}");
         }
+        assert!(!c.all_filled(10) && c.all_filled(0));
+        c.fill_range(0, 3);
+        assert!(c.all_filled(70) && c.all_filled(64) && c.all_filled(1));
+        assert!(!c.all_filled(71) && !c.all_filled(128) && !c.all_filled(400));
         // Nothing was written to the slots: forget the bits before Drop.
         c.filled.clear();
     }
