@@ -81,8 +81,11 @@ fn stream() -> (Arc<StreamSink>, Receiver<(u64, Outcome)>) {
     )
 }
 
-/// `map`'s batch size when the user did not choose one: about four batches
-/// per worker, as Python does, within bounds.
+/// `map`'s batch size when the user did not choose one: a quarter per
+/// worker of the `items` left, within bounds. Python applies this rule once
+/// to the whole input; `map` applies it to what is left at every batch
+/// (guided scheduling), so the last batches are small and no worker is left
+/// finishing a big one alone.
 fn auto_chunk(items: usize, workers: usize) -> usize {
     items.div_ceil(4 * workers).clamp(1, MAX_AUTO_CHUNK)
 }
@@ -199,10 +202,13 @@ where
     let input = items.into_iter();
     let (lo, hi) = input.size_hint();
     let estimate = hi.unwrap_or(lo).max(lo);
+    let workers = shared.config.workers;
     let chunk = shared
         .config
         .chunk_size
-        .unwrap_or_else(|| auto_chunk(estimate, shared.config.workers));
+        .unwrap_or_else(|| auto_chunk(estimate, workers));
+    // Automatic chunks over an input of known length shrink toward its end.
+    let guided = shared.config.chunk_size.is_none() && hi == Some(lo);
     let (sink, rx) = stream();
     let mut batcher = Batcher::new(pool, Call::new(f), sink, chunk);
     let mut out = Collector::with_capacity(estimate);
@@ -242,6 +248,13 @@ where
             Ok(()) if batcher.is_full() => {
                 send(batcher.take().expect("full batch"));
                 sent = true;
+                if guided {
+                    // Chunks shrink as the input runs out (guided
+                    // scheduling): the last ones are small, so no worker
+                    // is left finishing a big chunk alone.
+                    let left = estimate.saturating_sub(total as usize);
+                    batcher.chunk = auto_chunk(left, workers) as u32;
+                }
             }
             Ok(()) => {}
         }
@@ -738,6 +751,31 @@ impl<I: Iterator, R> fmt::Debug for ImapUnordered<I, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Guided chunks: as `map` sends batches, each is a quarter per worker
+    /// of what is left (at most MAX_AUTO_CHUNK), so they shrink to single
+    /// items at the end and cover the input exactly.
+    #[test]
+    fn guided_chunks_shrink_toward_the_end() {
+        for (n, workers) in [(20_000, 2), (1_000_000, 2), (7, 4), (100, 1)] {
+            let (mut left, mut sizes) = (n, Vec::new());
+            while left > 0 {
+                let c = auto_chunk(left, workers).min(left);
+                sizes.push(c);
+                left -= c;
+            }
+            assert_eq!(sizes.iter().sum::<usize>(), n);
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+            assert_eq!(*sizes.last().unwrap(), 1);
+            assert!(sizes[0] <= MAX_AUTO_CHUNK);
+            // Not too many batches: about 4 * workers * ln(n) past the cap.
+            assert!(
+                sizes.len() < n / MAX_AUTO_CHUNK + 4 * workers * 20,
+                "{}",
+                sizes.len()
+            );
+        }
+    }
 
     /// The bitmap sweeps agree with bit-by-bit checks on unaligned ranges.
     #[test]
