@@ -280,7 +280,12 @@ where
         }
         // Keep stepping while answers keep coming; leave (and maybe wake
         // the supervisor thread) once.
-        if !big {
+        if big {
+            // No help with big items; but the caller may have stepped the
+            // supervisor for small ones (`step_once`), which leaves its
+            // thread unannounced: hand over before blocking.
+            shared.driver.hand_over();
+        } else {
             shared.driver.help_while(MAP_PATIENCE, &mut || {
                 let before = out.resolved;
                 while let Ok((base, outcome)) = rx.try_recv() {

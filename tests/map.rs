@@ -181,3 +181,31 @@ fn map_of_big_items_survives_a_crash() {
         other => panic!("{:?}", other.map(|v| v.len())),
     }
 }
+
+/// Echoes a payload.
+fn echo(b: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    b
+}
+
+#[test]
+fn map_of_big_then_small_items_finishes() {
+    // The first item is big (its ring copies go to the supervisor thread),
+    // the rest small (the caller drives them): the caller must still leave
+    // the supervisor thread able to collect the small ones' answers.
+    let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for round in 0..20 {
+            let items = (0..300).map(|i| {
+                let n = if i == 0 { 1 << 20 } else { 8 };
+                serde_bytes::ByteBuf::from(vec![round as u8; n])
+            });
+            let out = pool.map(echo, items).unwrap();
+            assert_eq!(out.len(), 300);
+            assert_eq!(out[0].len(), 1 << 20);
+        }
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("a map of big then small items hung");
+}

@@ -237,6 +237,14 @@ impl Driver {
         }
     }
 
+    /// For a caller about to block without helping (after `step_once`):
+    /// wakes the supervisor thread if there is work it must see, since
+    /// stepping withdrew its sleep announcements and workers no longer ring
+    /// it.
+    pub(crate) fn hand_over(&self) {
+        self.leave();
+    }
+
     /// Hands back to the supervisor thread: wake it if there is work it must
     /// see. If the lock is taken, its holder (the supervisor thread, or a
     /// helper that will make this same check) is active and sees it.
