@@ -228,3 +228,46 @@ fn invalid_settings_are_refused() {
         Err(InvalidConfig(_))
     ));
 }
+
+/// Echoes a payload; one starting with 3 never returns.
+fn echo_or_hang(b: serde_bytes::ByteBuf) -> usize {
+    if b.first() == Some(&3) {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    b.len()
+}
+
+#[test]
+fn a_big_item_past_its_hard_limit_times_out_while_map_waits() {
+    // Big items leave their ring copies to the supervisor thread and the
+    // caller waits without helping: the time limit must still be enforced.
+    let pool = Pool::builder()
+        .workers(2)
+        .chunk_size(1)
+        .time_limit(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let items = (0..8u8).map(|i| {
+        let n = if i < 4 { 1 << 20 } else { 16 };
+        serde_bytes::ByteBuf::from(vec![i; n])
+    });
+    let t = Instant::now();
+    match pool.map(echo_or_hang, items) {
+        Err(forkpool::Error::Job {
+            index: 3,
+            error: JobError::TimedOut { .. },
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert_eq!(
+        pool.map(
+            echo_or_hang,
+            vec![serde_bytes::ByteBuf::from(vec![9u8; 1 << 20])]
+        )
+        .unwrap(),
+        vec![1 << 20]
+    );
+}
