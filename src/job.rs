@@ -112,22 +112,10 @@ where
     // SAFETY: Call::new stores `f as usize` beside `trampoline::<A, R>`, so
     // `func` is a valid `fn(A) -> R` of the same image.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
-    let arg = codec::decode::<A>(arg);
-    decoded.done();
-    let arg = match arg {
-        Ok(a) => a,
-        Err(e) => {
-            out.write_bytes(format!("argument: {e}").as_bytes());
-            return Tag::Codec;
-        }
-    };
-    let result = f(arg);
-    if let Err(e) = codec::encode_into(&mut *out, &result) {
-        out.clear();
-        out.write_bytes(format!("result: {e}").as_bytes());
+    let Some(arg) = decode_arg::<A>(arg, out, decoded) else {
         return Tag::Codec;
-    }
-    Tag::Ok
+    };
+    encode_outcome(out, &f(arg), Tag::Ok)
 }
 
 impl Call {

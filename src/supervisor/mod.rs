@@ -339,18 +339,19 @@ impl Supervisor {
         }
     }
 
+    /// Takes job `id` out of the timers or the queue, if it waits there (not
+    /// yet handed to a worker).
+    fn take_undispatched(&mut self, id: JobId) -> Option<Batch> {
+        self.timers.take_job(id).or_else(|| {
+            let pos = self.pending.iter().position(|b| b.job == Some(id))?;
+            self.pending.remove(pos)
+        })
+    }
+
     /// Resolves job `id` as expired if it has not started; a job already
     /// running (or finished) is left alone.
     fn expire(&mut self, id: JobId) {
-        let batch = match self.timers.take_job(id) {
-            Some(b) => Some(b),
-            None => self
-                .pending
-                .iter()
-                .position(|b| b.job == Some(id))
-                .and_then(|pos| self.pending.remove(pos)),
-        };
-        if let Some(mut batch) = batch {
+        if let Some(mut batch) = self.take_undispatched(id) {
             // Single jobs only: resolved here unless cancelled meanwhile.
             if batch.sink.fail_now(JobError::Expired) {
                 self.counters.count_error(&JobError::Expired, 1);
@@ -385,15 +386,7 @@ impl Supervisor {
     }
 
     fn cancel(&mut self, id: JobId) -> bool {
-        let waiting = match self.timers.take_job(id) {
-            Some(b) => Some(b),
-            None => self
-                .pending
-                .iter()
-                .position(|b| b.job == Some(id))
-                .and_then(|pos| self.pending.remove(pos)),
-        };
-        if let Some(mut batch) = waiting {
+        if let Some(mut batch) = self.take_undispatched(id) {
             if batch.sink.cancel_now() {
                 self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
             }
