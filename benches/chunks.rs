@@ -11,9 +11,8 @@
 use forkpool::Pool;
 use std::time::Instant;
 
-fn square(x: u64) -> u64 {
-    x * x
-}
+mod common;
+use common::square;
 
 /// Work that grows with `x`: about `x` rounds of a cheap hash.
 fn uneven(x: u64) -> u64 {

@@ -8,21 +8,8 @@ use serde_bytes::ByteBuf;
 use std::hint::black_box;
 use std::time::Duration;
 
-fn square(x: u64) -> u64 {
-    x * x
-}
-
-fn echo(b: ByteBuf) -> ByteBuf {
-    b
-}
-
-fn spin(n: u64) -> u64 {
-    let mut acc = 0u64;
-    for i in 0..n {
-        acc = (acc + black_box(i) * i) % 1_000_003;
-    }
-    acc
-}
+mod common;
+use common::{echo, spin, square};
 
 fn crash(_: ()) -> u64 {
     std::process::abort()

@@ -10,9 +10,8 @@
 
 use std::time::Instant;
 
-fn square(x: u64) -> u64 {
-    x * x
-}
+mod common;
+use common::square;
 
 /// CPU time of the calling thread, in seconds.
 fn thread_cpu() -> f64 {

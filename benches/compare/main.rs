@@ -12,23 +12,9 @@ use std::time::{Duration, Instant};
 
 const WORKERS: usize = 2;
 
-fn square(x: u64) -> u64 {
-    x * x
-}
-
-fn echo(b: ByteBuf) -> ByteBuf {
-    b
-}
-
-/// The same loop as `spin` in mp_bench.py; Rust needs more iterations for
-/// a job of similar length.
-fn spin(n: u64) -> u64 {
-    let mut acc = 0u64;
-    for i in 0..n {
-        acc = (acc + black_box(i) * i) % 1_000_003;
-    }
-    acc
-}
+#[path = "../common/mod.rs"]
+mod common;
+use common::{echo, spin, square};
 
 fn pool(workers: usize) -> Pool {
     let pool = Pool::new(workers).expect("build pool");
