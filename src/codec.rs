@@ -12,6 +12,8 @@
 //! bounded amount for a claimed length.
 
 use bincode::Options;
+
+use crate::prefault::Prefault;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -46,10 +48,23 @@ fn encode_failed(type_name: &str, e: &dyn std::fmt::Display) -> String {
 /// per item in the workers' and the caller's loops.
 #[inline(always)]
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    decode_with(bytes, None)
+}
+
+/// [`decode`], taking the buffers of big byte strings from `spares` when it
+/// has them (the caller's side: see `prefault.rs`).
+#[inline(always)]
+pub(crate) fn decode_with<T: DeserializeOwned>(
+    bytes: &[u8],
+    spares: Option<&Prefault>,
+) -> Result<T, String> {
     // The deserializer is driven here rather than through
     // `Options::deserialize`, whose wrapper the compiler would not inline
     // into a job's per-item loop; the trailing-bytes check is ours then.
-    let mut input = Slice { rest: bytes };
+    let mut input = Slice {
+        rest: bytes,
+        spares,
+    };
     let value = T::deserialize(&mut bincode::Deserializer::with_bincode_read(
         &mut input,
         options(),
@@ -73,12 +88,14 @@ fn decode_failed(type_name: &str, e: &dyn std::fmt::Display) -> String {
 }
 
 /// A byte slice being decoded: bincode's own slice reader, whose position
-/// (to check for trailing bytes) stays readable after decoding.
-struct Slice<'a> {
+/// (to check for trailing bytes) stays readable after decoding, and which
+/// may draw owned byte strings' buffers from a stock.
+struct Slice<'a, 's> {
     rest: &'a [u8],
+    spares: Option<&'s Prefault>,
 }
 
-impl<'a> Slice<'a> {
+impl<'a> Slice<'a, '_> {
     #[inline(always)]
     fn take(&mut self, n: usize) -> bincode::Result<&'a [u8]> {
         if n > self.rest.len() {
@@ -92,7 +109,7 @@ impl<'a> Slice<'a> {
     }
 }
 
-impl std::io::Read for Slice<'_> {
+impl std::io::Read for Slice<'_, '_> {
     #[inline(always)]
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         self.read_exact(out).map(|()| out.len())
@@ -108,7 +125,7 @@ impl std::io::Read for Slice<'_> {
     }
 }
 
-impl<'a> bincode::BincodeRead<'a> for &mut Slice<'a> {
+impl<'a> bincode::BincodeRead<'a> for &mut Slice<'a, '_> {
     #[inline(always)]
     fn forward_read_str<V: serde::de::Visitor<'a>>(
         &mut self,
@@ -123,7 +140,12 @@ impl<'a> bincode::BincodeRead<'a> for &mut Slice<'a> {
 
     #[inline(always)]
     fn get_byte_buffer(&mut self, length: usize) -> bincode::Result<Vec<u8>> {
-        self.take(length).map(<[u8]>::to_vec)
+        let bytes = self.take(length)?;
+        if let Some(mut buf) = self.spares.and_then(|s| s.take(length)) {
+            buf.extend_from_slice(bytes);
+            return Ok(buf);
+        }
+        Ok(bytes.to_vec())
     }
 
     #[inline(always)]
@@ -151,6 +173,31 @@ mod tests {
         // A claimed length of 2^60 elements must fail, not allocate.
         let huge = (1u64 << 60).to_le_bytes();
         assert!(decode::<Vec<u64>>(&huge).is_err());
+    }
+
+    /// Big byte strings and strings take their buffers from the stock once
+    /// it has them, and come out equal; a claimed length past the input
+    /// fails before the stock is asked.
+    #[test]
+    fn big_strings_are_decoded_into_stocked_buffers() {
+        let spares = Prefault::new();
+        let bytes: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 31 % 251) as u8).collect();
+        let text = "é".repeat(300 << 10);
+        let mut buf = Vec::new();
+        encode_into(
+            &mut buf,
+            &(serde_bytes::ByteBuf::from(bytes.clone()), &text),
+        )
+        .unwrap();
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while spares.hits() < 4 && std::time::Instant::now() < end {
+            let (b, t): (serde_bytes::ByteBuf, String) = decode_with(&buf, Some(&spares)).unwrap();
+            assert!(*b == bytes && t == text);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(spares.hits() >= 4, "the stock never served");
+        let claims_more = [&(u64::MAX / 2).to_le_bytes()[..], &[0; 300 << 10]].concat();
+        assert!(decode_with::<serde_bytes::ByteBuf>(&claims_more, Some(&spares)).is_err());
     }
 
     #[test]

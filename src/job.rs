@@ -22,6 +22,7 @@ use crate::codec;
 use crate::error::JobError;
 use crate::out::Out;
 use crate::pool::Shared;
+use crate::prefault::{self, Prefault};
 use crate::progress::Progress;
 use crate::supervisor::Whereabouts;
 use crate::wire::{self, Record, Tag};
@@ -325,8 +326,12 @@ pub(crate) fn outcome(rec: Record<'_>) -> Result<&[u8], JobError> {
 }
 
 /// Decodes a job's result from the bytes of its record.
-pub(crate) fn decode_result<R: DeserializeOwned>(rec: Record<'_>) -> Result<R, JobError> {
-    codec::decode(outcome(rec)?).map_err(|e| JobError::Codec(format!("result: {e}")))
+/// `spares` is the pool's stock of faulted-in buffers, for big byte strings.
+pub(crate) fn decode_result<R: DeserializeOwned>(
+    rec: Record<'_>,
+    spares: Option<&Prefault>,
+) -> Result<R, JobError> {
+    codec::decode_with(outcome(rec)?, spares).map_err(|e| JobError::Codec(format!("result: {e}")))
 }
 
 const PENDING: u8 = 0;
@@ -537,17 +542,22 @@ impl<R: DeserializeOwned> JobHandle<R> {
             pool.driver.help_until(&|| self.slot.is_done());
         }
         self.slot.wait_until(None);
-        Self::decode(self.slot.take())
+        let raw = self.slot.take();
+        // A big result may hold a big byte string: decode it with the
+        // pool's stock of faulted-in buffers.
+        let big = raw.as_ref().is_ok_and(|b| b.len() >= prefault::MIN);
+        let pool = if big { self.pool.upgrade() } else { None };
+        Self::decode(raw, pool.as_deref().map(|p| &p.prefault))
     }
 
-    fn decode(raw: Result<Vec<u8>, JobError>) -> Result<R, JobError> {
-        Self::decode_record(&raw?)
+    fn decode(raw: Result<Vec<u8>, JobError>, spares: Option<&Prefault>) -> Result<R, JobError> {
+        Self::decode_record(&raw?, spares)
     }
 
     /// Decodes the result from a job's record buffer.
-    pub(crate) fn decode_record(buf: &[u8]) -> Result<R, JobError> {
+    pub(crate) fn decode_record(buf: &[u8], spares: Option<&Prefault>) -> Result<R, JobError> {
         match wire::records(buf).next() {
-            Some(rec) => decode_result(rec),
+            Some(rec) => decode_result(rec, spares),
             None => Err(JobError::Codec("empty result record".into())),
         }
     }
@@ -638,7 +648,7 @@ impl<R: DeserializeOwned> Future for JobHandle<R> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut inner = self.slot.lock();
         match inner.result.take() {
-            Some(raw) => Poll::Ready(Self::decode(raw)),
+            Some(raw) => Poll::Ready(Self::decode(raw, None)),
             None => {
                 inner.waker = Some(cx.waker().clone());
                 Poll::Pending

@@ -130,6 +130,7 @@ mod layers;
 mod map;
 mod out;
 mod pool;
+mod prefault;
 mod progress;
 mod progress_bar;
 mod rate;

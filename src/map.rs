@@ -18,6 +18,7 @@ use crate::error::{Error, JobError};
 use crate::hugepage;
 use crate::job::{Call, decode_result};
 use crate::pool::Pool;
+use crate::prefault::Prefault;
 use crate::progress_bar::Bar;
 use crate::supervisor::Help;
 use crate::wire;
@@ -171,12 +172,13 @@ fn refused(pool: &Pool, error: &JobError) {
 fn unpack<R: DeserializeOwned>(
     base: u64,
     outcome: Outcome,
+    spares: Option<&Prefault>,
     mut each: impl FnMut(u64, Result<R, JobError>),
 ) -> u64 {
     match outcome {
         Outcome::Records { count, buf } => {
             for (i, rec) in wire::records(&buf).enumerate() {
-                each(base + i as u64, decode_result(rec));
+                each(base + i as u64, decode_result(rec, spares));
             }
             u64::from(count)
         }
@@ -211,7 +213,7 @@ where
     let guided = shared.config.chunk_size.is_none() && hi == Some(lo);
     let (sink, rx) = stream();
     let mut batcher = Batcher::new(pool, Call::new(f), sink, chunk);
-    let mut out = Collector::with_capacity(estimate);
+    let mut out = Collector::with_capacity(estimate, Some(&shared.prefault));
     let bar = Bar::new(
         shared.layers.progress_bar,
         (hi == Some(lo)).then_some(lo as u64),
@@ -317,21 +319,24 @@ where
 ///
 /// Results land in place, in any order: each index is delivered exactly
 /// once, and a bitmap records which slots hold a value.
-struct Collector<R> {
+struct Collector<'p, R> {
+    /// The pool's stock of faulted-in buffers, for big byte strings.
+    spares: Option<&'p Prefault>,
     slots: Vec<MaybeUninit<R>>,
     filled: Vec<u64>,
     first_err: Option<(u64, JobError)>,
     resolved: u64,
 }
 
-impl<R> Collector<R> {
-    fn with_capacity(n: usize) -> Self {
+impl<'p, R> Collector<'p, R> {
+    fn with_capacity(n: usize, spares: Option<&'p Prefault>) -> Self {
         // A size hint is only a hint: never reserve more than 1 GiB on its
         // word (`slots` grows as results arrive anyway).
         let n = n.min((1 << 30) / std::mem::size_of::<R>().max(1));
         let slots = Vec::with_capacity(n);
         hugepage::advise(&slots);
         Collector {
+            spares,
             slots,
             filled: Vec::new(),
             first_err: None,
@@ -416,10 +421,10 @@ impl<R> Collector<R> {
     }
 }
 
-impl<R: DeserializeOwned> Collector<R> {
+impl<R: DeserializeOwned> Collector<'_, R> {
     fn accept(&mut self, base: u64, outcome: Outcome) {
         let Outcome::Records { count, buf } = outcome else {
-            self.resolved += unpack(base, outcome, |i, r: Result<R, JobError>| {
+            self.resolved += unpack(base, outcome, self.spares, |i, r: Result<R, JobError>| {
                 if let Err(e) = r {
                     self.fail(i, e)
                 }
@@ -443,7 +448,7 @@ impl<R: DeserializeOwned> Collector<R> {
         let mut holes = Vec::new();
         let mut i = first;
         while i < end {
-            let Some((decoded, used)) = next_result::<R>(rest) else {
+            let Some((decoded, used)) = next_result::<R>(rest, self.spares) else {
                 break;
             };
             rest = &rest[used..];
@@ -482,22 +487,25 @@ fn mask(n: usize) -> u64 {
 /// Decodes the record at the start of `rest`: its result and its size, or
 /// None if `rest` does not hold a whole record.
 #[inline]
-fn next_result<R: DeserializeOwned>(rest: &[u8]) -> Option<(Result<R, JobError>, usize)> {
+fn next_result<R: DeserializeOwned>(
+    rest: &[u8],
+    spares: Option<&Prefault>,
+) -> Option<(Result<R, JobError>, usize)> {
     let h = rest.get(..wire::HEADER)?;
     let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
     let body = rest.get(wire::HEADER..wire::HEADER + len)?;
     let decoded = if h[4] == wire::Tag::Ok as u8 {
-        codec::decode::<R>(body).map_err(|e| JobError::Codec(format!("result: {e}")))
+        codec::decode_with::<R>(body, spares).map_err(|e| JobError::Codec(format!("result: {e}")))
     } else {
         match wire::records(&rest[..wire::HEADER + len]).next() {
-            Some(rec) => decode_result::<R>(rec),
+            Some(rec) => decode_result::<R>(rec, spares),
             None => Err(JobError::Codec("malformed record".into())),
         }
     };
     Some((decoded, wire::HEADER + len))
 }
 
-impl<R> Drop for Collector<R> {
+impl<R> Drop for Collector<'_, R> {
     fn drop(&mut self) {
         for i in 0..self.slots.len() {
             if self.is_filled(i) {
@@ -668,7 +676,9 @@ where
             }
             let (base, outcome) = self.rx.recv().ok()?;
             let mut got = Vec::new();
-            let n = unpack(base, outcome, |i, r| got.push((i, r)));
+            let n = unpack(base, outcome, Some(&self.pool.shared.prefault), |i, r| {
+                got.push((i, r))
+            });
             self.bar.inc(n);
             for (i, r) in got {
                 self.place(i, r);
@@ -785,7 +795,7 @@ mod tests {
     /// The bitmap sweeps agree with bit-by-bit checks on unaligned ranges.
     #[test]
     fn range_sweeps_match_single_bits() {
-        let mut c = Collector::<u64>::with_capacity(300);
+        let mut c = Collector::<u64>::with_capacity(300, None);
         c.filled.resize(5, 0);
         c.fill_range(3, 70);
         c.fill_range(130, 131);

@@ -12,6 +12,7 @@ use crate::gate::{Gate, Refused, Ticket};
 use crate::job::{Call, JobHandle, JobId, Slot};
 use crate::layers::{LayerSettings, Layers};
 use crate::map::{self, Imap, ImapUnordered};
+use crate::prefault::Prefault;
 use crate::shm;
 use crate::stats::{Counters, Stats};
 use crate::supervisor::{self, Command, Driver, Submitter, Whereabouts};
@@ -310,6 +311,8 @@ pub(crate) struct Shared {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// State of the layers above the core (results, callbacks, rate limits).
     pub(crate) layers: Layers,
+    /// Faulted-in buffers for the big byte strings of results (`prefault.rs`).
+    pub(crate) prefault: Prefault,
 }
 
 impl Shared {
@@ -453,6 +456,7 @@ impl Pool {
                 next_id: AtomicU64::new(1),
                 thread: Mutex::new(Some(thread)),
                 layers,
+                prefault: Prefault::new(),
             }),
         })
     }

@@ -146,7 +146,7 @@ impl Store {
         };
         let decoded = match outcome {
             Err(e) => Err(e.clone()),
-            Ok(buf) => JobHandle::<R>::decode_record(buf),
+            Ok(buf) => JobHandle::<R>::decode_record(buf, None),
         };
         if !matches!(decoded, Err(JobError::Codec(_))) {
             inner.jobs.remove(&id);

@@ -209,3 +209,41 @@ fn map_of_big_then_small_items_finishes() {
     rx.recv_timeout(std::time::Duration::from_secs(60))
         .expect("a map of big then small items hung");
 }
+
+/// Echoes a big string.
+fn echo_text(s: String) -> String {
+    s
+}
+
+#[test]
+fn big_byte_strings_and_strings_come_back_whole() {
+    // Results of 256 KiB and more are decoded into buffers faulted in ahead
+    // of need; sizes that change from item to item change the stock's size
+    // class. Every byte must still come back as sent.
+    let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+    let sizes = [
+        1 << 20,
+        1 << 20,
+        300 << 10,
+        (1 << 20) + 1,
+        5 << 20,
+        1 << 20,
+        256 << 10,
+    ];
+    let make = |(i, &n): (usize, &usize)| {
+        serde_bytes::ByteBuf::from((0..n).map(|j| (i * 7 + j * 13) as u8).collect::<Vec<u8>>())
+    };
+    for _ in 0..3 {
+        let want: Vec<_> = sizes.iter().enumerate().map(make).collect();
+        let got = pool.map(echo, sizes.iter().enumerate().map(make)).unwrap();
+        assert!(got == want, "a big byte string came back changed");
+        let streamed: Vec<_> = pool
+            .imap(echo, sizes.iter().enumerate().map(make))
+            .map(Result::unwrap)
+            .collect();
+        assert!(streamed == want);
+    }
+    let text: String = "forkpool ".repeat(100_000);
+    assert_eq!(pool.apply(echo_text, text.clone()).unwrap(), text);
+    assert_eq!(pool.apply(echo_text, text.clone()).unwrap(), text);
+}
