@@ -15,6 +15,7 @@
 use crate::error::JobError;
 use crate::gate::Ticket;
 use crate::job::{Call, JobId};
+use crate::prefault::Spares;
 use crate::throttle::Throttle;
 use crate::wire;
 use std::sync::Arc;
@@ -92,6 +93,9 @@ pub(crate) struct Batch {
     pub throttle: Option<Arc<dyn Throttle>>,
     /// The throttle already gave this batch a start time it waited for.
     pub throttle_waited: bool,
+    /// Where the items' buffer goes when the batch is dropped, if it is big
+    /// enough to be worth keeping (see `prefault.rs`).
+    pub recycle: Option<Spares>,
 }
 
 impl Batch {
@@ -116,6 +120,7 @@ impl Batch {
             ticket: None,
             throttle: None,
             throttle_waited: false,
+            recycle: None,
         }
     }
 
@@ -194,6 +199,7 @@ impl Batch {
                 .map(|t| Box::new(t.split(u64::from(n)))),
             throttle: self.throttle.clone(),
             throttle_waited: self.throttle_waited,
+            recycle: None,
         };
         self.items.drain(..off);
         self.count -= n;
@@ -205,5 +211,8 @@ impl Batch {
 impl Drop for Batch {
     fn drop(&mut self) {
         self.fail(self.count, JobError::Cancelled);
+        if let Some(spares) = self.recycle.take() {
+            spares.give(std::mem::take(&mut self.items));
+        }
     }
 }

@@ -13,7 +13,7 @@
 
 use bincode::Options;
 
-use crate::prefault::Prefault;
+use crate::prefault::Spares;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -56,7 +56,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 #[inline(always)]
 pub(crate) fn decode_with<T: DeserializeOwned>(
     bytes: &[u8],
-    spares: Option<&Prefault>,
+    spares: Option<&Spares>,
 ) -> Result<T, String> {
     // The deserializer is driven here rather than through
     // `Options::deserialize`, whose wrapper the compiler would not inline
@@ -92,7 +92,7 @@ fn decode_failed(type_name: &str, e: &dyn std::fmt::Display) -> String {
 /// may draw owned byte strings' buffers from a stock.
 struct Slice<'a, 's> {
     rest: &'a [u8],
-    spares: Option<&'s Prefault>,
+    spares: Option<&'s Spares>,
 }
 
 impl<'a> Slice<'a, '_> {
@@ -161,6 +161,7 @@ impl<'a> bincode::BincodeRead<'a> for &mut Slice<'a, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prefault::Prefault;
 
     #[test]
     fn round_trip_and_errors() {
@@ -180,7 +181,8 @@ mod tests {
     /// fails before the stock is asked.
     #[test]
     fn big_strings_are_decoded_into_stocked_buffers() {
-        let spares = Prefault::new();
+        let owner = Prefault::new();
+        let spares = owner.spares();
         let bytes: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 31 % 251) as u8).collect();
         let text = "é".repeat(300 << 10);
         let mut buf = Vec::new();
@@ -191,13 +193,13 @@ mod tests {
         .unwrap();
         let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while spares.hits() < 4 && std::time::Instant::now() < end {
-            let (b, t): (serde_bytes::ByteBuf, String) = decode_with(&buf, Some(&spares)).unwrap();
+            let (b, t): (serde_bytes::ByteBuf, String) = decode_with(&buf, Some(spares)).unwrap();
             assert!(*b == bytes && t == text);
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         assert!(spares.hits() >= 4, "the stock never served");
         let claims_more = [&(u64::MAX / 2).to_le_bytes()[..], &[0; 300 << 10]].concat();
-        assert!(decode_with::<serde_bytes::ByteBuf>(&claims_more, Some(&spares)).is_err());
+        assert!(decode_with::<serde_bytes::ByteBuf>(&claims_more, Some(spares)).is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::codec;
 use crate::error::JobError;
 use crate::out::Out;
 use crate::pool::Shared;
-use crate::prefault::{self, Prefault};
+use crate::prefault::{self, Spares};
 use crate::progress::Progress;
 use crate::supervisor::Whereabouts;
 use crate::wire::{self, Record, Tag};
@@ -329,7 +329,7 @@ pub(crate) fn outcome(rec: Record<'_>) -> Result<&[u8], JobError> {
 /// `spares` is the pool's stock of faulted-in buffers, for big byte strings.
 pub(crate) fn decode_result<R: DeserializeOwned>(
     rec: Record<'_>,
-    spares: Option<&Prefault>,
+    spares: Option<&Spares>,
 ) -> Result<R, JobError> {
     codec::decode_with(outcome(rec)?, spares).map_err(|e| JobError::Codec(format!("result: {e}")))
 }
@@ -547,15 +547,20 @@ impl<R: DeserializeOwned> JobHandle<R> {
         // pool's stock of faulted-in buffers.
         let big = raw.as_ref().is_ok_and(|b| b.len() >= prefault::MIN);
         let pool = if big { self.pool.upgrade() } else { None };
-        Self::decode(raw, pool.as_deref().map(|p| &p.prefault))
+        Self::decode(raw, pool.as_deref().map(|p| p.prefault.spares()))
     }
 
-    fn decode(raw: Result<Vec<u8>, JobError>, spares: Option<&Prefault>) -> Result<R, JobError> {
-        Self::decode_record(&raw?, spares)
+    fn decode(raw: Result<Vec<u8>, JobError>, spares: Option<&Spares>) -> Result<R, JobError> {
+        let raw = raw?;
+        let result = Self::decode_record(&raw, spares);
+        if let Some(spares) = spares {
+            spares.give(raw);
+        }
+        result
     }
 
     /// Decodes the result from a job's record buffer.
-    pub(crate) fn decode_record(buf: &[u8], spares: Option<&Prefault>) -> Result<R, JobError> {
+    pub(crate) fn decode_record(buf: &[u8], spares: Option<&Spares>) -> Result<R, JobError> {
         match wire::records(buf).next() {
             Some(rec) => decode_result(rec, spares),
             None => Err(JobError::Codec("empty result record".into())),

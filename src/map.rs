@@ -18,7 +18,7 @@ use crate::error::{Error, JobError};
 use crate::hugepage;
 use crate::job::{Call, decode_result};
 use crate::pool::Pool;
-use crate::prefault::Prefault;
+use crate::prefault::{self, Spares};
 use crate::progress_bar::Bar;
 use crate::supervisor::Help;
 use crate::wire;
@@ -45,6 +45,9 @@ const MAP_PATIENCE: std::time::Duration = std::time::Duration::from_millis(2);
 /// caller itself (see `map`). Above `MAX_BATCH_BYTES`, so only big items
 /// ever cross it.
 const HANDOFF_BYTES: usize = 512 << 10;
+/// Argument bytes `map` keeps in flight per worker at most (with a floor
+/// in items, see `Flow`): two rings' worth.
+const IN_FLIGHT_PER_WORKER: usize = 4 << 20;
 
 /// Largest batch `map` chooses by itself.
 const MAX_AUTO_CHUNK: usize = 16384;
@@ -101,6 +104,10 @@ struct Batcher {
     items: Vec<u8>,
     count: u32,
     base: u64,
+    /// Big argument buffers come from and go back to the pool's stocks.
+    spares: Spares,
+    /// Bytes of the last batch, the size expected of the next.
+    last_bytes: usize,
 }
 
 impl Batcher {
@@ -115,6 +122,8 @@ impl Batcher {
             items: Vec::new(),
             count: 0,
             base: 0,
+            spares: pool.shared.prefault.spares().clone(),
+            last_bytes: 0,
         }
     }
 
@@ -123,6 +132,13 @@ impl Batcher {
     fn push<A: Serialize>(&mut self, index: u64, item: &A) -> Result<(), JobError> {
         if self.count == 0 {
             self.base = index;
+            if self.items.capacity() == 0
+                && self.last_bytes >= HANDOFF_BYTES
+                && let Some(buf) = self.spares.take(self.last_bytes)
+            {
+                // Big items: encode into a buffer already faulted in.
+                self.items = buf;
+            }
         }
         debug_assert_eq!(self.base + u64::from(self.count), index);
         let len = wire::push_item(&mut self.items, |v| codec::encode_into(v, item))
@@ -147,7 +163,9 @@ impl Batcher {
             return None;
         }
         let items = std::mem::take(&mut self.items);
-        let batch = Batch::new(
+        self.last_bytes = items.len();
+        let big = items.len() >= HANDOFF_BYTES;
+        let mut batch = Batch::new(
             self.call,
             items,
             self.count,
@@ -156,6 +174,9 @@ impl Batcher {
             self.opts,
             None,
         );
+        if big {
+            batch.recycle = Some(self.spares.clone());
+        }
         self.count = 0;
         Some(batch)
     }
@@ -172,13 +193,16 @@ fn refused(pool: &Pool, error: &JobError) {
 fn unpack<R: DeserializeOwned>(
     base: u64,
     outcome: Outcome,
-    spares: Option<&Prefault>,
+    spares: Option<&Spares>,
     mut each: impl FnMut(u64, Result<R, JobError>),
 ) -> u64 {
     match outcome {
         Outcome::Records { count, buf } => {
             for (i, rec) in wire::records(&buf).enumerate() {
                 each(base + i as u64, decode_result(rec, spares));
+            }
+            if let Some(spares) = spares {
+                spares.give(buf);
             }
             u64::from(count)
         }
@@ -213,7 +237,7 @@ where
     let guided = shared.config.chunk_size.is_none() && hi == Some(lo);
     let (sink, rx) = stream();
     let mut batcher = Batcher::new(pool, Call::new(f), sink, chunk);
-    let mut out = Collector::with_capacity(estimate, Some(&shared.prefault));
+    let mut out = Collector::with_capacity(estimate, Some(shared.prefault.spares()));
     let bar = Bar::new(
         shared.layers.progress_bar,
         (hi == Some(lo)).then_some(lo as u64),
@@ -225,10 +249,19 @@ where
     // thread can sleep through the map. Big items are the exception: there
     // copying dominates, and the supervisor thread takes the ring copies
     // while the caller encodes and decodes (1 MiB payloads, A/B: +4-20%).
-    let mut big = false;
-    let mut send = |mut batch: Batch| {
+    let mut flow = Flow {
+        big: false,
+        sent_items: 0,
+        sent_bytes: 0,
+        refused: 0,
+        window: IN_FLIGHT_PER_WORKER.saturating_mul(workers) as u64,
+        min_items: 2 * workers as u64 + 1,
+    };
+    let send = |flow: &mut Flow, mut batch: Batch| {
+        flow.sent_items += u64::from(batch.count());
+        flow.sent_bytes += batch.items().len() as u64;
         if batch.items().len() >= HANDOFF_BYTES {
-            big = true;
+            flow.big = true;
             shared.submit(batch, false);
         } else {
             shared.submit(batch, true);
@@ -242,13 +275,14 @@ where
         match batcher.push(index, &item) {
             Err(e) => {
                 if let Some(b) = batcher.take() {
-                    send(b);
+                    send(&mut flow, b);
                 }
                 refused(pool, &e);
+                flow.refused += 1;
                 out.accept(index, Outcome::Failed { count: 1, error: e });
             }
             Ok(()) if batcher.is_full() => {
-                send(batcher.take().expect("full batch"));
+                send(&mut flow, batcher.take().expect("full batch"));
                 sent = true;
                 if guided {
                     // Chunks shrink as the input runs out (guided
@@ -260,24 +294,72 @@ where
             }
             Ok(()) => {}
         }
-        // Decode what came back while the input is still being read.
+        // Decode what came back while the input is still being read, and
+        // read no further while too many arguments are out.
         if sent {
             sent = false;
             while let Ok((base, outcome)) = rx.try_recv() {
                 out.accept(base, outcome);
             }
             bar.set(out.resolved);
+            if let Some(target) = flow.must_wait_for(out.resolved) {
+                collect_until(pool, &rx, &mut out, &bar, flow.big, target);
+            }
         }
     }
     if let Some(b) = batcher.take() {
-        send(b);
+        send(&mut flow, b);
     }
     drop(batcher);
-    while out.resolved < total {
+    collect_until(pool, &rx, &mut out, &bar, flow.big, total);
+    bar.finish();
+    out.finish(total)
+}
+
+/// How much of `map`'s input is out, to keep its arguments in flight within
+/// a window: an input of any length is read only as fast as workers take
+/// it, so memory holds the results and a bounded slice of the arguments.
+struct Flow {
+    /// Whether a batch went to the supervisor thread (see `HANDOFF_BYTES`).
+    big: bool,
+    sent_items: u64,
+    sent_bytes: u64,
+    /// Items that failed before they could be sent (resolved at once).
+    refused: u64,
+    /// Argument bytes allowed in flight.
+    window: u64,
+    /// Items always allowed in flight, whatever their size: enough to keep
+    /// every worker busy with one batch queued behind it.
+    min_items: u64,
+}
+
+impl Flow {
+    /// The number of resolved items to wait for, if more arguments are out
+    /// than the window allows.
+    fn must_wait_for(&self, resolved: u64) -> Option<u64> {
+        let answered = resolved - self.refused;
+        let out = self.sent_items - answered;
+        let avg = self.sent_bytes / self.sent_items.max(1);
+        let allowed = (self.window / avg.max(1)).max(self.min_items);
+        (out > allowed).then(|| resolved + (out - allowed))
+    }
+}
+
+/// Takes answers until at least `target` items of the map have resolved.
+fn collect_until<R: DeserializeOwned>(
+    pool: &Pool,
+    rx: &Receiver<(u64, Outcome)>,
+    out: &mut Collector<'_, R>,
+    bar: &Bar,
+    big: bool,
+    target: u64,
+) {
+    let shared = &pool.shared;
+    while out.resolved < target {
         while let Ok((base, outcome)) = rx.try_recv() {
             out.accept(base, outcome);
         }
-        if out.resolved == total {
+        if out.resolved >= target {
             break;
         }
         // Keep stepping while answers keep coming; leave (and maybe wake
@@ -295,13 +377,13 @@ where
                 }
                 bar.set(out.resolved);
                 match out.resolved {
-                    n if n == total => Help::Done,
+                    n if n >= target => Help::Done,
                     n if n > before => Help::Progress,
                     _ => Help::Idle,
                 }
             });
         }
-        if out.resolved == total {
+        if out.resolved >= target {
             break;
         }
         // Every batch resolves exactly once (see `batch`), so this ends.
@@ -311,8 +393,7 @@ where
         out.accept(base, outcome);
         bar.set(out.resolved);
     }
-    bar.finish();
-    out.finish(total)
+    bar.set(out.resolved);
 }
 
 /// `map`'s results as they arrive, and its lowest failure.
@@ -321,7 +402,7 @@ where
 /// once, and a bitmap records which slots hold a value.
 struct Collector<'p, R> {
     /// The pool's stock of faulted-in buffers, for big byte strings.
-    spares: Option<&'p Prefault>,
+    spares: Option<&'p Spares>,
     slots: Vec<MaybeUninit<R>>,
     filled: Vec<u64>,
     first_err: Option<(u64, JobError)>,
@@ -329,7 +410,7 @@ struct Collector<'p, R> {
 }
 
 impl<'p, R> Collector<'p, R> {
-    fn with_capacity(n: usize, spares: Option<&'p Prefault>) -> Self {
+    fn with_capacity(n: usize, spares: Option<&'p Spares>) -> Self {
         // A size hint is only a hint: never reserve more than 1 GiB on its
         // word (`slots` grows as results arrive anyway).
         let n = n.min((1 << 30) / std::mem::size_of::<R>().max(1));
@@ -476,6 +557,9 @@ impl<R: DeserializeOwned> Collector<'_, R> {
             }
         }
         self.resolved += u64::from(count);
+        if let Some(spares) = self.spares {
+            spares.give(buf);
+        }
     }
 }
 
@@ -489,13 +573,20 @@ fn mask(n: usize) -> u64 {
 #[inline]
 fn next_result<R: DeserializeOwned>(
     rest: &[u8],
-    spares: Option<&Prefault>,
+    spares: Option<&Spares>,
 ) -> Option<(Result<R, JobError>, usize)> {
     let h = rest.get(..wire::HEADER)?;
     let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
     let body = rest.get(wire::HEADER..wire::HEADER + len)?;
     let decoded = if h[4] == wire::Tag::Ok as u8 {
-        codec::decode_with::<R>(body, spares).map_err(|e| JobError::Codec(format!("result: {e}")))
+        // Only a big result can hold a string big enough for the stocks;
+        // small ones keep the plain decode.
+        let decoded = if body.len() >= prefault::MIN {
+            codec::decode_with::<R>(body, spares)
+        } else {
+            codec::decode::<R>(body)
+        };
+        decoded.map_err(|e| JobError::Codec(format!("result: {e}")))
     } else {
         match wire::records(&rest[..wire::HEADER + len]).next() {
             Some(rec) => decode_result::<R>(rec, spares),
@@ -676,9 +767,12 @@ where
             }
             let (base, outcome) = self.rx.recv().ok()?;
             let mut got = Vec::new();
-            let n = unpack(base, outcome, Some(&self.pool.shared.prefault), |i, r| {
-                got.push((i, r))
-            });
+            let n = unpack(
+                base,
+                outcome,
+                Some(self.pool.shared.prefault.spares()),
+                |i, r| got.push((i, r)),
+            );
             self.bar.inc(n);
             for (i, r) in got {
                 self.place(i, r);

@@ -442,8 +442,13 @@ impl Pool {
         let counters = Arc::new(Counters::default());
         let throttles = Arc::new(Throttles::default());
         let layers = Layers::new(layers, throttles.clone());
-        let (submitter, driver, thread) =
-            supervisor::start(config.clone(), counters.clone(), throttles)?;
+        let prefault = Prefault::new();
+        let (submitter, driver, thread) = supervisor::start(
+            config.clone(),
+            counters.clone(),
+            throttles,
+            prefault.spares().clone(),
+        )?;
         let gate = config.queue_capacity.map(Gate::new);
         Ok(Pool {
             shared: Arc::new(Shared {
@@ -456,7 +461,7 @@ impl Pool {
                 next_id: AtomicU64::new(1),
                 thread: Mutex::new(Some(thread)),
                 layers,
-                prefault: Prefault::new(),
+                prefault,
             }),
         })
     }

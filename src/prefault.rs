@@ -20,7 +20,7 @@
 //!   `Prefault` drops. It never holds the lock while it faults.
 
 use std::mem;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -49,17 +49,26 @@ const CLASSES: usize = 4;
 /// Pages are touched this far apart (the smallest page size in use).
 const PAGE: usize = 4096;
 
-/// A stock of faulted-in buffers and the thread that fills it.
+/// The owner of a pool's stocks: stops and joins the filling thread when
+/// dropped. Handles to the stocks ([`Spares`]) may outlive it; they then
+/// neither stock nor start anything.
 pub(crate) struct Prefault {
+    spares: Spares,
+}
+
+/// A handle to a pool's stocks of faulted-in buffers, for whoever decodes
+/// big byte strings or recycles big internal buffers.
+#[derive(Clone)]
+pub(crate) struct Spares {
     inner: Arc<Inner>,
-    /// Started on the first request in range; `None` if it could not be.
-    thread: OnceLock<Option<JoinHandle<()>>>,
 }
 
 struct Inner {
     state: Mutex<State>,
     /// Wakes the filling thread: a buffer was taken, or it must stop.
     wake: Condvar,
+    /// The filling thread, started on the first request that needs it.
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -73,6 +82,8 @@ struct State {
     takes: u64,
     /// Requests served from a stock.
     hits: u64,
+    /// Whether the filling thread was started (or could not be).
+    started: bool,
     stop: bool,
 }
 
@@ -103,14 +114,49 @@ impl State {
 impl Prefault {
     pub(crate) fn new() -> Self {
         Prefault {
-            inner: Arc::new(Inner {
-                state: Mutex::new(State::default()),
-                wake: Condvar::new(),
-            }),
-            thread: OnceLock::new(),
+            spares: Spares {
+                inner: Arc::new(Inner {
+                    state: Mutex::new(State::default()),
+                    wake: Condvar::new(),
+                    thread: Mutex::new(None),
+                }),
+            },
         }
     }
 
+    /// The stocks.
+    pub(crate) fn spares(&self) -> &Spares {
+        &self.spares
+    }
+}
+
+impl Default for Prefault {
+    fn default() -> Self {
+        Prefault::new()
+    }
+}
+
+impl Drop for Prefault {
+    fn drop(&mut self) {
+        let inner = &self.spares.inner;
+        let mut st = inner.lock();
+        st.stop = true;
+        let stocks = mem::take(&mut st.stocks);
+        drop(st);
+        drop(stocks);
+        inner.wake.notify_one();
+        let thread = inner
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Spares {
     /// An empty buffer with room for `len` bytes, already faulted in, if the
     /// stock has one of `len`'s size class. Asking steers the stock towards
     /// `len`'s class either way.
@@ -126,6 +172,9 @@ impl Prefault {
     fn take_in_range(&self, len: usize) -> Option<Vec<u8>> {
         let class = class(len);
         let mut st = self.inner.lock();
+        if st.stop {
+            return None;
+        }
         st.takes += 1;
         st.wanted = true;
         let now = st.takes;
@@ -153,20 +202,57 @@ impl Prefault {
         stock.used_at = now;
         let got = stock.spares.pop();
         st.hits += u64::from(got.is_some());
-        let fill = st.short_class().is_some();
+        let fill = !st.stop && st.short_class().is_some();
+        let start = fill && !mem::replace(&mut st.started, true);
         drop(st);
         drop(evicted);
+        if start {
+            // Under the thread slot's lock, so that `Prefault::drop`, which
+            // takes it after setting `stop`, joins what is started here.
+            let mut slot = self
+                .inner
+                .thread
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let inner = self.inner.clone();
+            *slot = std::thread::Builder::new()
+                .name("forkpool-prefault".into())
+                .spawn(move || inner.fill())
+                .ok();
+        }
         if fill {
-            self.thread.get_or_init(|| {
-                let inner = self.inner.clone();
-                std::thread::Builder::new()
-                    .name("forkpool-prefault".into())
-                    .spawn(move || inner.fill())
-                    .ok()
-            });
             self.inner.wake.notify_one();
         }
         got
+    }
+
+    /// Gives back a big buffer that is no longer needed, to serve a later
+    /// [`take`](Self::take) of its size class: kept if that class is
+    /// stocked and short, freed otherwise.
+    #[inline]
+    pub(crate) fn give(&self, buf: Vec<u8>) {
+        if (MIN..=MAX).contains(&buf.capacity()) {
+            self.give_in_range(buf);
+        }
+    }
+
+    #[cold]
+    fn give_in_range(&self, mut buf: Vec<u8>) {
+        let cap = buf.capacity();
+        let class = floor_class(cap);
+        let mut st = self.inner.lock();
+        if st.stop {
+            return;
+        }
+        if let Some(stock) = st.stocks.iter_mut().find(|s| s.class == class)
+            && stock.spares.len() < depth(class)
+        {
+            buf.clear();
+            stock.spares.push(buf);
+            return;
+        }
+        drop(st);
+        drop(buf);
     }
 
     /// Requests served from the stock so far.
@@ -184,22 +270,6 @@ impl Prefault {
             .iter()
             .map(|s| s.spares.len())
             .sum()
-    }
-}
-
-impl Default for Prefault {
-    fn default() -> Self {
-        Prefault::new()
-    }
-}
-
-impl Drop for Prefault {
-    fn drop(&mut self) {
-        self.inner.lock().stop = true;
-        self.inner.wake.notify_one();
-        if let Some(Some(thread)) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -258,6 +328,13 @@ fn class(len: usize) -> usize {
     len.next_multiple_of(step)
 }
 
+/// The largest size class not above `cap`: a buffer of `cap` bytes'
+/// capacity can serve any length of that class.
+fn floor_class(cap: usize) -> usize {
+    let step = (cap.next_power_of_two() / 32).max(PAGE);
+    cap - cap % step
+}
+
 /// How many buffers of `class` bytes its stock holds.
 fn depth(class: usize) -> usize {
     (CLASS_BYTES / class).clamp(1, 4)
@@ -299,6 +376,9 @@ mod tests {
             let c = class(len);
             assert!(c >= len && c - len <= len / 16, "{len} -> {c}");
             assert_eq!(class(c), c, "a class is its own class");
+            let f = floor_class(len);
+            assert!(f <= len && class(f) == f, "{len} -> floor {f}");
+            assert!(class(len) == len || floor_class(len) < class(len));
         }
         assert_eq!(class(1 << 20), 1 << 20);
         assert_eq!(depth(1 << 20), 4);
@@ -308,19 +388,24 @@ mod tests {
 
     #[test]
     fn out_of_range_lengths_never_start_the_thread() {
-        let p = Prefault::new();
+        let owner = Prefault::new();
+        let p = owner.spares();
         assert!(p.take(MIN - 1).is_none());
         assert!(p.take(MAX + 1).is_none());
-        assert!(p.thread.get().is_none());
+        assert!(p.inner.thread.lock().unwrap().is_none());
         assert_eq!(p.inner.lock().takes, 0);
     }
 
     #[test]
     fn classes_asked_for_twice_are_stocked_and_served() {
-        let p = Prefault::new();
+        let owner = Prefault::new();
+        let p = owner.spares();
         let len = (1 << 20) + 100;
         assert!(p.take(len).is_none(), "the first request finds no stock");
-        assert!(p.thread.get().is_none(), "nor does it start the thread");
+        assert!(
+            p.inner.thread.lock().unwrap().is_none(),
+            "nor does it start the thread"
+        );
         assert!(p.take(len).is_none());
         assert!(eventually(|| p.stocked() == depth(class(len))));
         let buf = p.take(len).expect("a stocked buffer");
@@ -337,8 +422,41 @@ mod tests {
     }
 
     #[test]
+    fn given_buffers_serve_their_class_and_only_while_the_owner_lives() {
+        let owner = Prefault::new();
+        let p = owner.spares().clone();
+        // Not stocked yet: a given buffer is freed.
+        p.give(Vec::with_capacity(1 << 20));
+        assert_eq!(p.stocked(), 0);
+        p.take(1 << 20);
+        p.take(1 << 20);
+        assert!(eventually(|| p.stocked() == depth(1 << 20)));
+        let mut used = p.take(1 << 20).unwrap();
+        used.extend_from_slice(&[7; 1000]);
+        let at = used.as_ptr();
+        // A buffer a little bigger than the class serves it too, empty.
+        p.give(used);
+        let again = p.take(1 << 20).unwrap();
+        assert!(again.is_empty() && again.as_ptr() == at);
+        p.give(Vec::with_capacity((1 << 20) + 5000));
+        assert_eq!(p.take(1 << 20).unwrap().capacity(), (1 << 20) + 5000);
+        // Too small or too big: never kept.
+        let before = p.stocked();
+        p.give(Vec::with_capacity(MIN - 1));
+        p.give(Vec::with_capacity(MAX + 1));
+        assert_eq!(p.stocked(), before);
+        // Once the owner is gone, handles keep and start nothing.
+        drop(owner);
+        assert!(p.take(1 << 20).is_none() && p.take(1 << 20).is_none());
+        p.give(Vec::with_capacity(1 << 20));
+        assert_eq!(p.stocked(), 0);
+        assert!(p.inner.thread.lock().unwrap().is_none());
+    }
+
+    #[test]
     fn stocks_keep_to_four_classes_and_the_budget() {
-        let p = Prefault::new();
+        let owner = Prefault::new();
+        let p = owner.spares();
         let classes = [MIN, 1 << 20, 3 << 20, 7 << 20, MAX];
         for &c in &classes {
             p.take(c);
@@ -357,7 +475,8 @@ mod tests {
 
     #[test]
     fn an_unused_stock_is_freed_and_the_thread_is_joined_on_drop() {
-        let p = Prefault::new();
+        let owner = Prefault::new();
+        let p = owner.spares();
         p.take(MIN);
         p.take(MIN);
         assert!(eventually(|| p.stocked() > 0));
@@ -368,7 +487,7 @@ mod tests {
         p.take(MIN);
         assert!(eventually(|| p.stocked() > 0));
         let inner = Arc::downgrade(&p.inner);
-        drop(p);
+        drop(owner);
         assert!(inner.upgrade().is_none(), "the thread has let go");
     }
 }

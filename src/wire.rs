@@ -344,6 +344,31 @@ impl RecordReader {
         unsafe { self.buf.set_len(old + n) };
     }
 
+    /// Whether the next byte received starts a record (everything received
+    /// so far was consumed).
+    pub(crate) fn at_record_start(&self) -> bool {
+        self.start == self.buf.len()
+    }
+
+    /// The cap on one record's body.
+    pub(crate) fn cap(&self) -> u64 {
+        self.cap
+    }
+
+    /// Makes room for `n` more bytes with a buffer from `get` if everything
+    /// received so far was consumed and the current buffer is too small;
+    /// `get(n)` returns an empty buffer with room for `n` bytes, or nothing.
+    pub(crate) fn reserve_with(&mut self, n: usize, get: impl FnOnce(usize) -> Option<Vec<u8>>) {
+        if self.start == self.buf.len()
+            && self.buf.capacity() < n
+            && let Some(buf) = get(n)
+        {
+            debug_assert!(buf.is_empty() && buf.capacity() >= n);
+            self.buf = buf;
+            self.start = 0;
+        }
+    }
+
     /// Frees the buffer if it is large and everything in it was consumed,
     /// so that one big record does not keep its size allocated for the
     /// life of the stream. Above `RETAIN`, which is more than the
@@ -568,6 +593,28 @@ mod tests {
         // Once broken, always broken: no later byte is believed.
         r.extend(&rec(Tag::Ok, b"x"));
         assert!(r.next().is_err());
+    }
+
+    #[test]
+    fn a_given_buffer_is_used_only_when_everything_was_consumed() {
+        let mut r = RecordReader::new(1 << 20);
+        r.extend(&rec(Tag::Ok, b"half"));
+        // Unconsumed bytes: the offered buffer is not even asked for.
+        r.reserve_with(4096, |_| panic!("asked while bytes are pending"));
+        assert_eq!(r.next().unwrap().unwrap().body, b"half");
+        let given = Vec::with_capacity(8192);
+        let at = given.as_ptr();
+        r.reserve_with(8000, |n| {
+            assert_eq!(n, 8000);
+            Some(given)
+        });
+        r.extend(&rec(Tag::Ok, &[5; 7000]));
+        let whole = r.take_whole(7000 + HEADER).unwrap();
+        assert_eq!(whole.as_ptr(), at);
+        // Big enough already: nothing is asked.
+        r.extend(&rec(Tag::Ok, b"x"));
+        r.next().unwrap();
+        r.reserve_with(1, |_| panic!("asked with room to spare"));
     }
 
     #[test]

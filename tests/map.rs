@@ -247,3 +247,37 @@ fn big_byte_strings_and_strings_come_back_whole() {
     assert_eq!(pool.apply(echo_text, text.clone()).unwrap(), text);
     assert_eq!(pool.apply(echo_text, text.clone()).unwrap(), text);
 }
+
+/// Echoes a payload slowly.
+fn slow_echo(b: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    b
+}
+
+#[test]
+fn map_reads_big_inputs_only_as_fast_as_workers_take_them() {
+    // 40 items of 1 MiB, 50 ms each on 2 workers: about a second of work.
+    // map keeps a few MiB of arguments in flight, so the 40th item is read
+    // only once most of the others are done; reading the whole input up
+    // front (40 MiB held at once) would take a few milliseconds.
+    let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+    let start = std::time::Instant::now();
+    let pulled = std::cell::Cell::new(None);
+    let items = (0..40u8).map(|i| {
+        if i == 39 {
+            pulled.set(Some(start.elapsed()));
+        }
+        serde_bytes::ByteBuf::from(vec![i; 1 << 20])
+    });
+    let out = pool.map(slow_echo, items).unwrap();
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, b)| b.len() == 1 << 20 && b[0] == i as u8)
+    );
+    let at = pulled.get().unwrap();
+    assert!(
+        at >= std::time::Duration::from_millis(300),
+        "the last item was read {at:?} after the start: the input ran ahead"
+    );
+}

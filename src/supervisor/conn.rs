@@ -18,6 +18,7 @@ use crate::bell::{self, Drained};
 use crate::clock;
 use crate::error::{ExitStatus, JobError};
 use crate::job::JobId;
+use crate::prefault::{self, Spares};
 use crate::progress::Progress;
 use crate::ring::{Consumer, Producer};
 use crate::shm::{DONE, KILL, RUNNING, Region, SLOT_CANCELLED, SLOT_QUEUED, StatusPage};
@@ -37,6 +38,8 @@ pub(super) struct Ctx<'a> {
     pub counters: &'a Counters,
     /// Cancellable jobs that resolved (their cancel index entries can go).
     pub done_jobs: &'a mut Vec<JobId>,
+    /// Big buffers for answers, from and back to the pool's stocks.
+    pub spares: &'a Spares,
 }
 
 /// Why the supervisor killed a worker, and over which item.
@@ -603,7 +606,7 @@ impl Conn {
                 Ok(a) => a,
                 Err(_) => return self.violate("moved its result ring write position impossibly"),
             };
-            let take = avail.min(MAX_PULL);
+            let take = self.big_record_alone(avail.min(MAX_PULL), ctx.spares);
             if take > 0 {
                 self.promoted_at = None;
             }
@@ -611,11 +614,33 @@ impl Conn {
             if let Err(e) = self.parse(ctx) {
                 return self.violate(e);
             }
-            if take == avail {
+            if take == avail || take == 0 {
                 break;
             }
         }
         self.book.flush_out(ctx);
+    }
+
+    /// How much of the `n` available bytes to pull: all of them, unless
+    /// the next record is big. A big record is pulled alone, into a buffer
+    /// of its size from the pool's stocks (already faulted in; the caller
+    /// gives it back once decoded), and is then handed on whole.
+    #[inline]
+    fn big_record_alone(&mut self, n: usize, spares: &Spares) -> usize {
+        // (A big record is written whole, or a ring's worth at a time.)
+        if n < prefault::MIN || !self.reader.at_record_start() {
+            return n;
+        }
+        let mut len = [0u8; 4];
+        self.rx.copy_out(0, &mut len);
+        let len = u32::from_le_bytes(len);
+        // Only a size hint: the reader checks the header once it is copied.
+        let size = HEADER + len as usize;
+        if size < prefault::MIN || len as u64 > self.reader.cap() {
+            return n;
+        }
+        self.reader.reserve_with(size, |size| spares.take(size));
+        n.min(size)
     }
 
     fn pull(&mut self, n: usize) {

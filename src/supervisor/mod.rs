@@ -37,6 +37,7 @@ use crate::clock;
 use crate::error::{Error, JobError};
 use crate::job::JobId;
 use crate::pool::Config;
+use crate::prefault::Spares;
 use crate::progress::Progress;
 use crate::spin;
 use crate::stats::Counters;
@@ -104,6 +105,7 @@ pub(crate) fn start(
     config: Arc<Config>,
     counters: Arc<Counters>,
     throttles: Arc<Throttles>,
+    spares: Spares,
 ) -> Result<(Submitter, Driver, JoinHandle<()>), Error> {
     let zygote = ZygoteLink::start(&config)?;
     let wake = Arc::new(Wake::new()?);
@@ -118,6 +120,7 @@ pub(crate) fn start(
         standby: Standby::new(&config),
         config,
         counters,
+        spares,
         cmds: rx,
         wake: wake.clone(),
         epoll: epoll.clone(),
@@ -164,6 +167,8 @@ fn token(key: u64, kind: u64) -> u64 {
 struct Supervisor {
     config: Arc<Config>,
     counters: Arc<Counters>,
+    /// Big buffers for answers, from and back to the pool's stocks.
+    spares: Spares,
     cmds: Receiver<Command>,
     wake: Arc<Wake>,
     epoll: Arc<Epoll>,
@@ -366,6 +371,7 @@ impl Supervisor {
             let mut ctx = Ctx {
                 counters: &self.counters,
                 done_jobs: &mut self.done_jobs,
+                spares: &self.spares,
             };
             conn.withdraw(id, JobError::Expired, &mut ctx);
         }
@@ -402,6 +408,7 @@ impl Supervisor {
         let mut ctx = Ctx {
             counters: &self.counters,
             done_jobs: &mut self.done_jobs,
+            spares: &self.spares,
         };
         conn.cancel(id, &mut ctx)
     }
@@ -500,6 +507,7 @@ impl Supervisor {
             let mut ctx = Ctx {
                 counters: &self.counters,
                 done_jobs: &mut self.done_jobs,
+                spares: &self.spares,
             };
             let c = &mut self.conns[i];
             c.pump_rx(&mut ctx);
@@ -879,6 +887,7 @@ impl Supervisor {
         let mut ctx = Ctx {
             counters: &self.counters,
             done_jobs: &mut self.done_jobs,
+            spares: &self.spares,
         };
         for c in &mut self.conns {
             c.abandon(&mut ctx);
