@@ -9,7 +9,10 @@
 //!
 //! Decoding is defensive: a hostile or truncated input yields an error, never
 //! a panic, and bincode's collection decoding never pre-allocates more than a
-//! bounded amount for a claimed length.
+//! bounded amount for a claimed length. On the caller's side,
+//! [`decode_with`] takes the buffers of big byte strings from the pool's
+//! stocks of faulted-in memory (`prefault.rs`), once their claimed length
+//! was checked against the bytes actually there.
 
 use bincode::Options;
 

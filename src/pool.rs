@@ -603,6 +603,10 @@ impl Pool {
     /// if a worker dies mid-batch, the items it finished keep their
     /// results, the one it was running is charged, and the rest run on
     /// another worker.
+    ///
+    /// The input is read only as fast as workers take it: at most a few
+    /// MiB of encoded arguments per worker are out at once, so an input of
+    /// any length costs memory for its results only.
     pub fn map<A, R, I>(&self, f: fn(A) -> R, items: I) -> Result<Vec<R>, Error>
     where
         A: Serialize + DeserializeOwned + Send + 'static,

@@ -1,4 +1,5 @@
-//! Nothing outlives a pool: no child process, no zombie, no descriptor.
+//! Nothing outlives a pool: no child process, no zombie, no descriptor, no
+//! thread.
 //! This file holds a single test because it counts process-wide resources.
 
 mod common;
@@ -15,12 +16,21 @@ fn abort(_: ()) -> u64 {
     std::process::abort()
 }
 
+fn echo(b: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    b
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
 #[test]
 fn fifty_pools_leave_no_process_and_no_descriptor_behind() {
     let me = std::process::id() as i32;
     // Warm up lazily-opened descriptors of the runtime.
     Pool::new(1).unwrap().join().unwrap();
     let fds_before = open_fds();
+    let threads_before = threads();
     assert!(
         children_of(me).is_empty(),
         "test process starts with children"
@@ -48,6 +58,12 @@ fn fifty_pools_leave_no_process_and_no_descriptor_behind() {
                 Err(JobError::Crashed { .. })
             ));
         }
+        if i % 10 == 0 {
+            // Big results start the pool's thread that faults buffers in.
+            let big = || (0..4).map(|_| serde_bytes::ByteBuf::from(vec![1u8; 300 << 10]));
+            assert_eq!(pool.map(echo, big()).unwrap().len(), 4);
+            assert_eq!(pool.map(echo, big()).unwrap().len(), 4);
+        }
         let _busy = pool.submit(double, 1);
         assert!(
             descendants(me).len() >= 2,
@@ -64,5 +80,11 @@ fn fifty_pools_leave_no_process_and_no_descriptor_behind() {
             "cycle {i}: processes left behind: {left:?}"
         );
         assert_eq!(open_fds(), fds_before, "cycle {i}: descriptors leaked");
+        // A joined thread leaves the task list a moment after `join`.
+        assert!(
+            wait_until(Duration::from_secs(10), || threads() == threads_before),
+            "cycle {i}: {} threads left behind",
+            threads() - threads_before
+        );
     }
 }
