@@ -5,12 +5,14 @@
 //! start while the input is still being read. Results come back per batch
 //! through a channel and are decoded on the caller's thread, too.
 //!
-//! `map` reads its whole input and sends it in about four batches per
-//! worker (up to 16384 items each). The `imap`s read lazily: they keep at
-//! most a window of items in flight (4096 at most) and pull more input only
-//! as results are taken, so an endless input runs in flat memory; they start
-//! with one item per batch and, unless the user fixed the batch size, grow
-//! batches while items prove quick.
+//! `map` sends its input in about four batches per worker (up to 16384
+//! items each), reading it only as fast as workers take it: at most 4 MiB
+//! of encoded arguments per worker are out (and at least two items per
+//! worker plus one). The `imap`s read lazily: they keep at most a window of
+//! items in flight (4096 at most, and within the same byte window) and pull
+//! more input only as results are taken, so an endless input runs in flat
+//! memory; they start with one item per batch and, unless the user fixed
+//! the batch size, grow batches while items prove quick.
 
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
 use crate::codec;
@@ -108,6 +110,9 @@ struct Batcher {
     spares: Spares,
     /// Bytes of the last batch, the size expected of the next.
     last_bytes: usize,
+    /// Items encoded so far, and their bytes.
+    pushed_items: u64,
+    pushed_bytes: u64,
 }
 
 impl Batcher {
@@ -124,6 +129,8 @@ impl Batcher {
             base: 0,
             spares: pool.shared.prefault.spares().clone(),
             last_bytes: 0,
+            pushed_items: 0,
+            pushed_bytes: 0,
         }
     }
 
@@ -151,7 +158,19 @@ impl Batcher {
             });
         }
         self.count += 1;
+        self.pushed_items += 1;
+        self.pushed_bytes += len as u64;
         Ok(())
+    }
+
+    /// How many items may be in flight: as many as `IN_FLIGHT_PER_WORKER`
+    /// bytes per worker hold at the average size encoded so far, and never
+    /// fewer than two per worker plus one (every worker busy, one batch
+    /// queued behind it), whatever their size.
+    fn items_in_window(&self, workers: usize) -> u64 {
+        let window = IN_FLIGHT_PER_WORKER.saturating_mul(workers) as u64;
+        let avg = (self.pushed_bytes / self.pushed_items.max(1)).max(1);
+        (window / avg).max(2 * workers as u64 + 1)
     }
 
     fn is_full(&self) -> bool {
@@ -252,14 +271,10 @@ where
     let mut flow = Flow {
         big: false,
         sent_items: 0,
-        sent_bytes: 0,
         refused: 0,
-        window: IN_FLIGHT_PER_WORKER.saturating_mul(workers) as u64,
-        min_items: 2 * workers as u64 + 1,
     };
     let send = |flow: &mut Flow, mut batch: Batch| {
         flow.sent_items += u64::from(batch.count());
-        flow.sent_bytes += batch.items().len() as u64;
         if batch.items().len() >= HANDOFF_BYTES {
             flow.big = true;
             shared.submit(batch, false);
@@ -302,7 +317,8 @@ where
                 out.accept(base, outcome);
             }
             bar.set(out.resolved);
-            if let Some(target) = flow.must_wait_for(out.resolved) {
+            let allowed = batcher.items_in_window(workers);
+            if let Some(target) = flow.must_wait_for(out.resolved, allowed) {
                 collect_until(pool, &rx, &mut out, &bar, flow.big, target);
             }
         }
@@ -317,30 +333,23 @@ where
 }
 
 /// How much of `map`'s input is out, to keep its arguments in flight within
-/// a window: an input of any length is read only as fast as workers take
-/// it, so memory holds the results and a bounded slice of the arguments.
+/// a window (see [`Batcher::items_in_window`]): an input of any length is
+/// read only as fast as workers take it, so memory holds the results and a
+/// bounded slice of the arguments.
 struct Flow {
     /// Whether a batch went to the supervisor thread (see `HANDOFF_BYTES`).
     big: bool,
     sent_items: u64,
-    sent_bytes: u64,
     /// Items that failed before they could be sent (resolved at once).
     refused: u64,
-    /// Argument bytes allowed in flight.
-    window: u64,
-    /// Items always allowed in flight, whatever their size: enough to keep
-    /// every worker busy with one batch queued behind it.
-    min_items: u64,
 }
 
 impl Flow {
-    /// The number of resolved items to wait for, if more arguments are out
-    /// than the window allows.
-    fn must_wait_for(&self, resolved: u64) -> Option<u64> {
+    /// The number of resolved items to wait for, if more than `allowed`
+    /// items are out.
+    fn must_wait_for(&self, resolved: u64, allowed: u64) -> Option<u64> {
         let answered = resolved - self.refused;
         let out = self.sent_items - answered;
-        let avg = self.sent_bytes / self.sent_items.max(1);
-        let allowed = (self.window / avg.max(1)).max(self.min_items);
         (out > allowed).then(|| resolved + (out - allowed))
     }
 }
@@ -712,8 +721,12 @@ where
     }
 
     /// Pulls input until the window is full, and sends what was pulled.
+    /// The window counts items, and big items count by their bytes too
+    /// (as in `map`).
     fn fill(&mut self) {
-        while self.pulled - self.yielded < self.window {
+        while self.pulled - self.yielded
+            < self.window.min(self.batcher.items_in_window(self.workers))
+        {
             let Some(item) = self.input.as_mut().and_then(Iterator::next) else {
                 self.input = None;
                 break;

@@ -281,3 +281,20 @@ fn map_reads_big_inputs_only_as_fast_as_workers_take_them() {
         "the last item was read {at:?} after the start: the input ran ahead"
     );
 }
+
+#[test]
+fn imap_of_big_items_pulls_within_a_byte_window() {
+    // Items of 1 MiB: imap's window of items (64 here) would hold 64 MiB
+    // of arguments; the byte window keeps it to a few MiB per worker.
+    let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+    let pulled = std::cell::Cell::new(0u32);
+    let items = (0..200u32).map(|i| {
+        pulled.set(i + 1);
+        serde_bytes::ByteBuf::from(vec![i as u8; 1 << 20])
+    });
+    let mut results = pool.imap(echo, items);
+    assert_eq!(results.next().unwrap().unwrap()[0], 0);
+    let ahead = pulled.get();
+    assert!(ahead <= 16, "{ahead} items of 1 MiB pulled for one result");
+    assert_eq!(results.count(), 199);
+}
