@@ -348,8 +348,10 @@ impl Flow {
     /// The number of resolved items to wait for, if more than `allowed`
     /// items are out.
     fn must_wait_for(&self, resolved: u64, allowed: u64) -> Option<u64> {
-        let answered = resolved - self.refused;
-        let out = self.sent_items - answered;
+        // Saturating: were an item ever counted twice, map must not wait
+        // for answers that cannot come.
+        let answered = resolved.saturating_sub(self.refused);
+        let out = self.sent_items.saturating_sub(answered);
         (out > allowed).then(|| resolved + (out - allowed))
     }
 }

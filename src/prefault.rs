@@ -98,10 +98,16 @@ struct Stock {
 }
 
 impl State {
+    /// Bytes of capacity in stock.
+    fn held(&self) -> usize {
+        let each = |s: &Stock| s.spares.iter().map(Vec::capacity).sum::<usize>();
+        self.stocks.iter().map(each).sum()
+    }
+
     /// The class the filling thread should make a buffer of next: the most
     /// recently used one that is short, if the budget has room.
     fn short_class(&self) -> Option<usize> {
-        let held: usize = self.stocks.iter().map(|s| s.class * s.spares.len()).sum();
+        let held = self.held();
         self.stocks
             .iter()
             .filter(|s| s.asked >= 2 && s.spares.len() < depth(s.class))
@@ -215,10 +221,22 @@ impl Spares {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             let inner = self.inner.clone();
-            *slot = std::thread::Builder::new()
+            match std::thread::Builder::new()
                 .name("forkpool-prefault".into())
                 .spawn(move || inner.fill())
-                .ok();
+            {
+                Ok(thread) => *slot = Some(thread),
+                Err(_) => {
+                    // No thread, no stocks: nothing would free them.
+                    drop(slot);
+                    let mut st = self.inner.lock();
+                    st.stop = true;
+                    let stocks = mem::take(&mut st.stocks);
+                    drop(st);
+                    drop(stocks);
+                    return got;
+                }
+            }
         }
         if fill {
             self.inner.wake.notify_one();
@@ -228,7 +246,9 @@ impl Spares {
 
     /// Gives back a big buffer that is no longer needed, to serve a later
     /// [`take`](Self::take) of its size class: kept if that class is
-    /// stocked and short, freed otherwise.
+    /// stocked (asked for twice) and short and the budget has room, freed
+    /// otherwise. Kept buffers are freed with the rest after `IDLE`
+    /// without a take.
     #[inline]
     pub(crate) fn give(&self, buf: Vec<u8>) {
         if (MIN..=MAX).contains(&buf.capacity()) {
@@ -244,11 +264,18 @@ impl Spares {
         if st.stop {
             return;
         }
+        let room = st.held() + cap <= BUDGET;
         if let Some(stock) = st.stocks.iter_mut().find(|s| s.class == class)
+            && stock.asked >= 2
             && stock.spares.len() < depth(class)
+            && room
         {
             buf.clear();
             stock.spares.push(buf);
+            drop(st);
+            // The filling thread may be asleep with nothing held: it must
+            // start the idle clock for this buffer.
+            self.inner.wake.notify_one();
             return;
         }
         drop(st);
@@ -300,7 +327,7 @@ impl Inner {
                         st = self.lock();
                     }
                 }
-            } else if st.wanted {
+            } else if st.wanted || st.held() > 0 {
                 let seen = st.takes;
                 let (guard, waited) = self
                     .wake
@@ -454,6 +481,27 @@ mod tests {
     }
 
     #[test]
+    fn given_buffers_keep_to_asked_classes_and_the_budget_then_go_when_idle() {
+        let owner = Prefault::new();
+        let p = owner.spares();
+        p.take(1 << 20);
+        p.give(Vec::with_capacity(1 << 20));
+        assert_eq!(p.stocked(), 0, "a class asked for once keeps nothing");
+        let classes = [15 << 20, 14 << 20, 13 << 20, 12 << 20];
+        for c in classes {
+            p.take(c);
+            p.take(c);
+        }
+        assert!(eventually(|| p.stocked() >= 1));
+        for c in classes {
+            p.give(Vec::with_capacity(c));
+            let held = p.inner.lock().held();
+            assert!(held <= BUDGET, "{held} bytes held");
+        }
+        assert!(eventually(|| p.stocked() == 0), "freed after IDLE");
+    }
+
+    #[test]
     fn stocks_keep_to_four_classes_and_the_budget() {
         let owner = Prefault::new();
         let p = owner.spares();
@@ -469,8 +517,7 @@ mod tests {
         let st = p.inner.lock();
         assert_eq!(st.stocks.len(), CLASSES);
         assert!(st.stocks.iter().all(|s| s.class != MIN));
-        let held: usize = st.stocks.iter().map(|s| s.class * s.spares.len()).sum();
-        assert!(held <= BUDGET, "{held}");
+        assert!(st.held() <= BUDGET, "{}", st.held());
     }
 
     #[test]

@@ -601,20 +601,25 @@ impl Conn {
         if self.violated.is_some() {
             return;
         }
+        // At most MAX_PULL bytes per call, so one busy worker cannot hold
+        // the supervisor (and its other workers' rings) for long: every
+        // step pumps every worker again, and nobody sleeps while bytes wait.
+        let mut pulled = 0;
         loop {
             let avail = match self.rx.available() {
                 Ok(a) => a,
                 Err(_) => return self.violate("moved its result ring write position impossibly"),
             };
-            let take = self.big_record_alone(avail.min(MAX_PULL), ctx.spares);
+            let take = self.big_record_alone(avail.min(MAX_PULL - pulled), ctx.spares);
             if take > 0 {
                 self.promoted_at = None;
             }
             self.pull(take);
+            pulled += take;
             if let Err(e) = self.parse(ctx) {
                 return self.violate(e);
             }
-            if take == avail || take == 0 {
+            if take == avail || take == 0 || pulled >= MAX_PULL {
                 break;
             }
         }
@@ -622,13 +627,23 @@ impl Conn {
     }
 
     /// How much of the `n` available bytes to pull: all of them, unless
-    /// the next record is big. A big record is pulled alone, into a buffer
-    /// of its size from the pool's stocks (already faulted in; the caller
-    /// gives it back once decoded), and is then handed on whole.
+    /// the next record is big and the last answer of the front batch. Such
+    /// a record is pulled alone, into a buffer of its size from the pool's
+    /// stocks (already faulted in; the caller gives it back once decoded),
+    /// and is then handed on whole. (Answers to a batch of several items
+    /// are gathered into one buffer anyway.)
     #[inline]
     fn big_record_alone(&mut self, n: usize, spares: &Spares) -> usize {
         // (A big record is written whole, or a ring's worth at a time.)
-        if n < prefault::MIN || !self.reader.at_record_start() {
+        if n < prefault::MIN
+            || !self.reader.at_record_start()
+            || self.book.out_count != 0
+            || self
+                .book
+                .inflight
+                .front()
+                .is_none_or(|f| f.batch.count() != 1)
+        {
             return n;
         }
         let mut len = [0u8; 4];
