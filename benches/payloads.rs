@@ -9,7 +9,9 @@
 //! `value` is the median rate of the steady maps (all but the first),
 //! `first` the first map's rate. `benches/ab ... -- 1` runs a single map:
 //! then `value` is that fresh pool's first map, as `benches/compare`
-//! measures it.
+//! measures it. `benches/ab ... -- fat` times instead a map of 4,000 small
+//! items whose results are 300 KiB each (default chunking: several big
+//! answers per batch); `value` is then its time in seconds.
 
 use std::time::Instant;
 
@@ -26,11 +28,28 @@ fn faults() -> i64 {
     ru.ru_minflt
 }
 
+/// A small argument, a big result.
+fn fat(i: u32) -> ByteBuf {
+    ByteBuf::from(vec![i as u8; 300 << 10])
+}
+
+fn fat_results() {
+    let pool = forkpool::Pool::new(2).unwrap();
+    pool.map(fat, 0..100).unwrap();
+    let t = Instant::now();
+    let out = pool.map(fat, 0..4000).unwrap();
+    let dt = t.elapsed().as_secs_f64();
+    assert!(out.iter().all(|b| b.len() == 300 << 10));
+    println!("4000 results of 300 KiB: {dt:.3} s");
+    println!("{{\"value\": {dt:.4}}}");
+}
+
 fn main() {
-    let maps: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(20);
+    let arg = std::env::args().nth(1);
+    if arg.as_deref() == Some("fat") {
+        return fat_results();
+    }
+    let maps: usize = arg.and_then(|a| a.parse().ok()).unwrap_or(20);
     let (n, size) = (64usize, 1usize << 20);
     let pool = forkpool::Pool::builder()
         .workers(2)
