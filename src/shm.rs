@@ -73,6 +73,11 @@ pub(crate) const SLOT_TAKEN: u64 = 2;
 /// Cancel slot state: the supervisor cancelled the job; the worker skips it.
 pub(crate) const SLOT_CANCELLED: u64 = 3;
 
+/// `WorkerStatus::started_ns` while a finished item's record waits for
+/// room: the supervisor reads a start later than now as "started just
+/// now" (`Conn::check_running`), so no time limit falls due meanwhile.
+pub(crate) const DELIVERING: u64 = u64::MAX;
+
 /// What the worker publishes about itself.
 #[repr(C, align(64))]
 #[derive(Default)]
@@ -80,7 +85,8 @@ pub(crate) struct WorkerStatus {
     /// `(seq << 2) | RUNNING / DONE / KILL` for the latest item started.
     pub current: AtomicU64,
     /// `CLOCK_MONOTONIC_COARSE` nanoseconds when that item started (only
-    /// written for batches with a time limit).
+    /// written for batches with a time limit), or [`DELIVERING`] once its
+    /// job is over and its record waits for room in the ring.
     pub started_ns: AtomicU64,
     /// The CPU the worker last ran on, as it started to wait for work (see
     /// `crate::spin`).

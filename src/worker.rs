@@ -27,7 +27,7 @@ use crate::job::{Call, RawCall};
 use crate::out::Out;
 use crate::pool::Config;
 use crate::ring::{Consumer, Producer};
-use crate::shm::{DONE, KILL, RUNNING, Region, SLOT_QUEUED, SLOT_TAKEN, StatusPage};
+use crate::shm::{DELIVERING, DONE, KILL, RUNNING, Region, SLOT_QUEUED, SLOT_TAKEN, StatusPage};
 use crate::spin::{Budget, Wait};
 use crate::wire::{self, BatchHeader, HEADER, Items, Tag};
 use crate::zygote::{WORKER_BELL_IN, WORKER_BELL_OUT};
@@ -315,11 +315,19 @@ impl Worker {
     }
 
     /// Waits until the outbox has `need` free bytes (at most its size).
+    ///
+    /// Records are written only once a job is over, so a wait here is the
+    /// supervisor's (it has not taken earlier results yet), not the job's:
+    /// the item's time limits stop counting (see `WorkerStatus::started_ns`).
     fn reserve(&mut self, need: usize) {
         loop {
             if self.outbox.free().unwrap_or_else(|_| exit(EXIT_PROTOCOL)) >= need {
                 return;
             }
+            self.page
+                .worker
+                .started_ns
+                .store(DELIVERING, Ordering::Relaxed);
             self.flush();
             match self.outbox.request_space(need) {
                 Ok(true) => self.sleep(),

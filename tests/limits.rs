@@ -271,3 +271,30 @@ fn a_big_item_past_its_hard_limit_times_out_while_map_waits() {
         vec![1 << 20]
     );
 }
+
+/// A job that returns 3 MiB at once: more than a result ring holds.
+fn three_mib(i: u32) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(vec![i as u8; 3 << 20])
+}
+
+#[test]
+fn a_result_waiting_for_room_is_not_timed_out() {
+    // map steps the supervisor itself between items; while the input is
+    // slow, a worker whose result does not fit waits for the ring to be
+    // emptied. That wait is the pool's, not the job's: a 200 ms limit must
+    // not kill a job that took microseconds (it did before).
+    let pool = Pool::builder()
+        .workers(2)
+        .chunk_size(1)
+        .time_limit(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let slow = (0..4u32).inspect(|_| std::thread::sleep(Duration::from_millis(300)));
+    let out = pool.map(three_mib, slow).expect("no item may time out");
+    assert!(
+        out.iter()
+            .enumerate()
+            .all(|(i, b)| b.len() == 3 << 20 && b[0] == i as u8)
+    );
+    assert_eq!(pool.stats().timed_out, 0);
+}
