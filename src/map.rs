@@ -110,7 +110,7 @@ struct Batcher {
     spares: Spares,
     /// Bytes of the last batch, the size expected of the next.
     last_bytes: usize,
-    /// Items encoded so far, and their bytes.
+    /// Items of the batches taken so far, and their bytes.
     pushed_items: u64,
     pushed_bytes: u64,
 }
@@ -158,8 +158,6 @@ impl Batcher {
             });
         }
         self.count += 1;
-        self.pushed_items += 1;
-        self.pushed_bytes += len as u64;
         Ok(())
     }
 
@@ -183,6 +181,8 @@ impl Batcher {
         }
         let items = std::mem::take(&mut self.items);
         self.last_bytes = items.len();
+        self.pushed_items += u64::from(self.count);
+        self.pushed_bytes += items.len() as u64;
         let big = items.len() >= HANDOFF_BYTES;
         let mut batch = Batch::new(
             self.call,
