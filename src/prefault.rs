@@ -136,20 +136,10 @@ impl Prefault {
     }
 }
 
-impl Default for Prefault {
-    fn default() -> Self {
-        Prefault::new()
-    }
-}
-
 impl Drop for Prefault {
     fn drop(&mut self) {
         let inner = &self.spares.inner;
-        let mut st = inner.lock();
-        st.stop = true;
-        let stocks = mem::take(&mut st.stocks);
-        drop(st);
-        drop(stocks);
+        inner.clear(inner.lock(), true);
         inner.wake.notify_one();
         let thread = inner
             .thread
@@ -229,11 +219,7 @@ impl Spares {
                 Err(_) => {
                     // No thread, no stocks: nothing would free them.
                     drop(slot);
-                    let mut st = self.inner.lock();
-                    st.stop = true;
-                    let stocks = mem::take(&mut st.stocks);
-                    drop(st);
-                    drop(stocks);
+                    self.inner.clear(self.inner.lock(), true);
                     return got;
                 }
             }
@@ -305,6 +291,16 @@ impl Inner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Empties the stocks, freeing them outside the lock, and marks them
+    /// unwanted; with `stop`, for good.
+    fn clear(&self, mut st: MutexGuard<'_, State>, stop: bool) {
+        st.stop |= stop;
+        st.wanted = false;
+        let stocks = mem::take(&mut st.stocks);
+        drop(st);
+        drop(stocks);
+    }
+
     /// The filling thread: keeps the stocks full while they are wanted,
     /// frees them when they are not, and returns when told to stop.
     fn fill(&self) {
@@ -335,10 +331,7 @@ impl Inner {
                     .unwrap_or_else(PoisonError::into_inner);
                 st = guard;
                 if waited.timed_out() && st.takes == seen && !st.stop {
-                    st.wanted = false;
-                    let idle = mem::take(&mut st.stocks);
-                    drop(st);
-                    drop(idle);
+                    self.clear(st, false);
                     st = self.lock();
                 }
             } else {

@@ -359,7 +359,7 @@ impl RecordReader {
     /// received so far was consumed and the current buffer is too small;
     /// `get(n)` returns an empty buffer with room for `n` bytes, or nothing.
     pub(crate) fn reserve_with(&mut self, n: usize, get: impl FnOnce(usize) -> Option<Vec<u8>>) {
-        if self.start == self.buf.len()
+        if self.at_record_start()
             && self.buf.capacity() < n
             && let Some(buf) = get(n)
         {
