@@ -12,6 +12,7 @@
 //! as [`JobError::Cancelled`]. So no code path — a crash, a terminate, a
 //! panic in the supervisor — can leave a job unresolved: nothing hangs.
 
+use crate::config::PoolConfig;
 use crate::error::JobError;
 use crate::gate::Ticket;
 use crate::job::{Call, JobId};
@@ -70,6 +71,18 @@ pub(crate) struct JobOpts {
     /// Coarse-clock instant after which an item that has not started never
     /// runs: it resolves to [`JobError::Expired`].
     pub expires_at: Option<u64>,
+}
+
+impl JobOpts {
+    /// The pool's time limits, and nothing else: the options of a job
+    /// that sets none.
+    pub(crate) fn limits(config: &PoolConfig) -> JobOpts {
+        JobOpts {
+            time_limit: config.time_limit,
+            soft_time_limit: config.soft_time_limit,
+            ..JobOpts::default()
+        }
+    }
 }
 
 /// Undelivered items of one submission, with everything needed to run them.

@@ -122,6 +122,7 @@ mod bell;
 mod callbacks;
 mod clock;
 mod codec;
+mod config;
 mod error;
 mod gate;
 mod hugepage;

@@ -121,9 +121,9 @@ impl Batcher {
         Batcher {
             call,
             sink,
-            opts: config.job_opts(),
+            opts: JobOpts::limits(config),
             chunk: chunk.clamp(1, u32::MAX as usize) as u32,
-            cap: config.max_message_size,
+            cap: config.worker.max_message_size,
             items: Vec::new(),
             count: 0,
             base: 0,

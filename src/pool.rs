@@ -7,6 +7,7 @@
 
 use crate::batch::{Batch, JobOpts};
 use crate::codec;
+use crate::config::{PoolConfig, WorkerConfig};
 use crate::error::{Error, JobError, TrySubmitError};
 use crate::gate::{Gate, Refused, Ticket};
 use crate::job::{Call, JobHandle, JobId, Slot};
@@ -25,35 +26,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// Settings shared by the supervisor, the zygote and every worker (which
-/// inherit them with the rest of the caller's memory).
-#[derive(Debug)]
-pub(crate) struct Config {
-    pub workers: usize,
-    pub time_limit: Option<Duration>,
-    pub soft_time_limit: Option<Duration>,
-    pub max_tasks_per_worker: Option<usize>,
-    pub max_memory_per_worker: Option<u64>,
-    pub initializer: Option<fn()>,
-    pub chunk_size: Option<usize>,
-    pub max_message_size: u64,
-    pub ring_size: usize,
-    pub queue_capacity: Option<u64>,
-    /// Keep a spare worker forked and ready (`None`: decide automatically,
-    /// see `supervisor/standby.rs`).
-    pub standby: Option<bool>,
-}
-
-impl Config {
-    pub(crate) fn job_opts(&self) -> JobOpts {
-        JobOpts {
-            time_limit: self.time_limit,
-            soft_time_limit: self.soft_time_limit,
-            ..JobOpts::default()
-        }
-    }
-}
 
 /// Configures and builds a [`Pool`].
 ///
@@ -228,7 +200,7 @@ impl PoolBuilder {
         Pool::start(config, layers)
     }
 
-    pub(crate) fn validate(self) -> Result<Config, Error> {
+    pub(crate) fn validate(self) -> Result<PoolConfig, Error> {
         let bad = |m: String| Err(Error::InvalidConfig(m));
         let workers = self.workers.unwrap_or_else(num_cpus::get);
         if workers == 0 {
@@ -262,18 +234,20 @@ impl PoolBuilder {
                 "max_message_size must be between 1 KiB and {cap_max} bytes"
             ));
         }
-        Ok(Config {
+        Ok(PoolConfig {
             workers,
             time_limit: self.time_limit,
             soft_time_limit: self.soft_time_limit,
             max_tasks_per_worker: self.max_tasks_per_worker,
-            max_memory_per_worker: self.max_memory_per_worker,
-            initializer: self.initializer,
             chunk_size: self.chunk_size,
-            max_message_size: self.max_message_size,
-            ring_size: shm::DEFAULT_RING,
             queue_capacity: self.queue_capacity,
             standby: self.standby,
+            worker: WorkerConfig {
+                initializer: self.initializer,
+                max_message_size: self.max_message_size,
+                max_memory_per_worker: self.max_memory_per_worker,
+                ring_size: shm::DEFAULT_RING,
+            },
         })
     }
 }
@@ -303,7 +277,7 @@ pub(crate) struct Shared {
     /// Lets a waiting caller step the supervisor itself (see `supervisor::drive`).
     pub(crate) driver: Driver,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) config: Arc<Config>,
+    pub(crate) config: Arc<PoolConfig>,
     closed: AtomicBool,
     /// The bounded queue, with `queue_capacity`.
     gate: Option<Arc<Gate>>,
@@ -437,7 +411,7 @@ impl Pool {
         PoolBuilder::default()
     }
 
-    fn start(config: Config, layers: LayerSettings) -> Result<Pool, Error> {
+    fn start(config: PoolConfig, layers: LayerSettings) -> Result<Pool, Error> {
         let config = Arc::new(config);
         let counters = Arc::new(Counters::default());
         let throttles = Arc::new(Throttles::default());
@@ -552,7 +526,7 @@ impl Pool {
         }
         let mut items = Vec::new();
         let encoded = wire::push_item(&mut items, |v| codec::encode_into(v, &arg));
-        let cap = shared.config.max_message_size;
+        let cap = shared.config.worker.max_message_size;
         let refused = match encoded {
             Err(e) => Some(JobError::Codec(format!("argument: {e}"))),
             Ok(len) if len as u64 > cap => Some(JobError::TooLarge {
@@ -573,7 +547,7 @@ impl Pool {
             1,
             0,
             slot,
-            shared.config.job_opts(),
+            JobOpts::limits(&shared.config),
             Some(id),
         );
         batch.ticket = ticket.map(Box::new);

@@ -557,7 +557,7 @@ where
             Err(e) => return refuse(e),
         };
         let mut items = Vec::new();
-        let cap = shared.config.max_message_size;
+        let cap = shared.config.worker.max_message_size;
         match wire::push_item(&mut items, |v| codec::encode_into(v, arg)) {
             Err(e) => return refuse(JobError::Codec(format!("argument: {e}"))),
             Ok(len) if len as u64 > cap => {

@@ -23,9 +23,9 @@
 
 use crate::bell;
 use crate::clock;
+use crate::config::WorkerConfig;
 use crate::job::{Call, RawCall};
 use crate::out::Out;
-use crate::pool::Config;
 use crate::ring::{Consumer, Producer};
 use crate::shm::{DELIVERING, DONE, KILL, RUNNING, Region, SLOT_QUEUED, SLOT_TAKEN, StatusPage};
 use crate::spin::{Budget, Wait};
@@ -192,7 +192,7 @@ struct Worker {
     page: &'static StatusPage,
     inbox: Consumer,
     outbox: Producer,
-    config: &'static Config,
+    config: &'static WorkerConfig,
     next_seq: u64,
     scratch: Vec<u8>,
     /// How long to spin for the next frame before sleeping (see `wait_for`).
@@ -201,12 +201,12 @@ struct Worker {
 
 /// The worker's main: called by the zygote's child right after fork, with
 /// the shared memory mapped and descriptors in place. Never returns.
-pub(crate) fn run(region: Region, config: &Config) -> ! {
+pub(crate) fn run(region: Region, config: &WorkerConfig) -> ! {
     // The worker is its own process: its region and config live until exit.
     let region: &'static Region = Box::leak(Box::new(region));
     // SAFETY: `config` lives in memory copied from the caller at fork and is
     // never freed in this process.
-    let config: &'static Config = unsafe { &*(config as *const Config) };
+    let config: &'static WorkerConfig = unsafe { &*(config as *const WorkerConfig) };
     let page = region.page();
     PAGE.store((page as *const StatusPage).cast_mut(), Ordering::Release);
     page.worker

@@ -34,9 +34,9 @@ pub(crate) use drive::{Driver, Help, Submitter};
 use crate::batch::Batch;
 use crate::bell::Drained;
 use crate::clock;
+use crate::config::PoolConfig;
 use crate::error::{Error, JobError};
 use crate::job::JobId;
-use crate::pool::Config;
 use crate::prefault::Spares;
 use crate::progress::Progress;
 use crate::spin;
@@ -102,12 +102,12 @@ pub(crate) enum Whereabouts {
 
 /// Forks the zygote and starts the supervisor thread.
 pub(crate) fn start(
-    config: Arc<Config>,
+    config: Arc<PoolConfig>,
     counters: Arc<Counters>,
     throttles: Arc<Throttles>,
     spares: Spares,
 ) -> Result<(Submitter, Driver, JoinHandle<()>), Error> {
-    let zygote = ZygoteLink::start(&config)?;
+    let zygote = ZygoteLink::start(&config.worker, zygote_capacity(&config))?;
     let wake = Arc::new(Wake::new()?);
     let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
     epoll.add(wake.fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE))?;
@@ -117,7 +117,7 @@ pub(crate) fn start(
     )?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let sup = Supervisor {
-        standby: Standby::new(&config),
+        standby: Standby::new(config.standby),
         config,
         counters,
         spares,
@@ -155,6 +155,12 @@ pub(crate) fn start(
     Ok((Submitter::new(tx, wake), driver, handle))
 }
 
+/// Children the fork server must keep track of at once: the workers, a
+/// standby, and replacements forked while dead ones are being reported.
+fn zygote_capacity(config: &PoolConfig) -> usize {
+    2 * config.workers + 8
+}
+
 const TOKEN_WAKE: u64 = 0;
 const TOKEN_ZYGOTE: u64 = 1;
 const KIND_BELL: u64 = 2;
@@ -165,7 +171,7 @@ fn token(key: u64, kind: u64) -> u64 {
 }
 
 struct Supervisor {
-    config: Arc<Config>,
+    config: Arc<PoolConfig>,
     counters: Arc<Counters>,
     /// Big buffers for answers, from and back to the pool's stocks.
     spares: Spares,
@@ -760,8 +766,8 @@ impl Supervisor {
         let tasks = self.config.max_tasks_per_worker.map(|t| t as u64);
         let (mut conn, fds) = match Conn::new(
             key,
-            self.config.ring_size,
-            self.config.max_message_size,
+            self.config.worker.ring_size,
+            self.config.worker.max_message_size,
             tasks,
         ) {
             Ok(x) => x,

@@ -21,7 +21,7 @@
 //! unless the supervisor killed it itself (time limit, cancellation).
 
 use super::Wake;
-use crate::pool::Config;
+use crate::config::PoolConfig;
 use crate::zygote::ZygoteLink;
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::io;
@@ -39,12 +39,12 @@ pub(super) struct Restart {
 
 impl Restart {
     /// Starts forking a new fork server; `wake` is rung when it is done.
-    pub(super) fn begin(config: Arc<Config>, wake: Arc<Wake>) -> io::Result<Restart> {
+    pub(super) fn begin(config: Arc<PoolConfig>, wake: Arc<Wake>) -> io::Result<Restart> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         std::thread::Builder::new()
             .name("forkpool-refork".into())
             .spawn(move || {
-                let link = ZygoteLink::start(&config);
+                let link = ZygoteLink::start(&config.worker, super::zygote_capacity(&config));
                 // If the supervisor is gone, the link comes back and is
                 // dropped here, which stops and reaps the new zygote.
                 let _ = tx.send(link);

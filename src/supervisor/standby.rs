@@ -25,8 +25,6 @@
 //! never die never pays for the extra process. `PoolBuilder::standby_worker`
 //! overrides the choice either way.
 
-use crate::pool::Config;
-
 /// Longest a promoted worker's first answer holds up the next standby.
 const HOLD: u64 = 5_000_000;
 
@@ -49,8 +47,9 @@ pub(super) struct Standby {
 }
 
 impl Standby {
-    pub(super) fn new(config: &Config) -> Standby {
-        match config.standby {
+    /// The user's choice (`PoolBuilder::standby_worker`), if any.
+    pub(super) fn new(choice: Option<bool>) -> Standby {
+        match choice {
             Some(keep) => Standby {
                 keep,
                 automatic: false,
@@ -79,15 +78,10 @@ impl Standby {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::PoolBuilder;
-
-    fn config(b: PoolBuilder) -> Config {
-        b.workers(1).validate().unwrap()
-    }
 
     #[test]
     fn automatic_keeps_one_after_the_first_replacement() {
-        let mut s = Standby::new(&config(PoolBuilder::default()));
+        let mut s = Standby::new(None);
         assert!(!s.wanted());
         s.worker_replaced();
         assert!(s.wanted());
@@ -102,10 +96,10 @@ mod tests {
 
     #[test]
     fn the_users_choice_holds() {
-        let mut s = Standby::new(&config(PoolBuilder::default().standby_worker(false)));
+        let mut s = Standby::new(Some(false));
         s.worker_replaced();
         assert!(!s.wanted());
-        let s = Standby::new(&config(PoolBuilder::default().standby_worker(true)));
+        let s = Standby::new(Some(true));
         assert!(s.wanted());
     }
 }

@@ -22,8 +22,8 @@ mod msg;
 mod postfork;
 mod server;
 
+use crate::config::WorkerConfig;
 use crate::error::ExitStatus;
-use crate::pool::Config;
 use crate::worker;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -63,14 +63,15 @@ pub(crate) struct ZygoteLink {
 }
 
 impl ZygoteLink {
-    /// Forks the zygote from the calling process.
-    pub(crate) fn start(config: &Config) -> io::Result<ZygoteLink> {
+    /// Forks the zygote from the calling process, with room for `capacity`
+    /// children at once.
+    pub(crate) fn start(config: &WorkerConfig, capacity: usize) -> io::Result<ZygoteLink> {
         let (ours, theirs) = msg::socket_pair()?;
         // SAFETY: socket_pair just returned both descriptors; each is owned once.
         let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(ours), OwnedFd::from_raw_fd(theirs)) };
         // Everything the zygote will use is set up before the fork.
         worker::capture_job_panics();
-        let table = server::Table::with_capacity(2 * config.workers + 8);
+        let table = server::Table::with_capacity(capacity);
         let mut out = io::stdout().lock();
         out.flush()?;
         let err = io::stderr().lock();

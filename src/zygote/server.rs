@@ -15,7 +15,7 @@
 
 use super::msg::{self, ADOPT, EXITED, Msg, SPAWN, SPAWN_FAILED, SPAWNED};
 use super::postfork;
-use crate::pool::Config;
+use crate::config::WorkerConfig;
 use crate::shm::Region;
 use crate::worker;
 use std::os::fd::RawFd;
@@ -73,7 +73,7 @@ impl Table {
 }
 
 /// Runs the fork server in the freshly forked zygote. Never returns.
-pub(crate) fn serve(sock: RawFd, mut table: Table, config: &Config) -> ! {
+pub(crate) fn serve(sock: RawFd, mut table: Table, config: &WorkerConfig) -> ! {
     if !postfork::install_fds(&[sock]) {
         postfork::exit(70);
     }
@@ -153,7 +153,7 @@ fn reap(table: &mut Table) {
     }
 }
 
-fn serve_request(table: &mut Table, config: &Config) {
+fn serve_request(table: &mut Table, config: &WorkerConfig) {
     let req = match msg::recv(SOCK, true) {
         Ok(Some(req)) => req,
         Ok(None) => shutdown(table),
@@ -239,7 +239,7 @@ pub(crate) const WORKER_BELL_OUT: RawFd = 4;
 const WORKER_SHM: RawFd = 5;
 
 /// Turns the freshly forked child into a worker. Never returns.
-fn become_worker(fds: [RawFd; 3], config: &Config) -> ! {
+fn become_worker(fds: [RawFd; 3], config: &WorkerConfig) -> ! {
     if !postfork::install_fds(&fds) {
         postfork::exit(70);
     }
