@@ -12,15 +12,33 @@
 //! as [`JobError::Cancelled`]. So no code path — a crash, a terminate, a
 //! panic in the supervisor — can leave a job unresolved: nothing hangs.
 
+use crate::call::Call;
 use crate::config::PoolConfig;
 use crate::error::JobError;
 use crate::gate::Ticket;
-use crate::job::{Call, JobId};
 use crate::prefault::Spares;
 use crate::throttle::Throttle;
 use crate::wire;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Identifies one submitted job within its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub(crate) u64);
+
+impl JobId {
+    /// The id as a number (unique within the pool, increasing).
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job-{}", self.0)
+    }
+}
 
 /// How items of a batch resolved, as delivered to its [`Sink`].
 #[derive(Debug)]

@@ -15,7 +15,8 @@
 //! joined pool, say) runs its callback on the thread that resolved it.
 
 use crate::error::JobError;
-use crate::job::{self, Finisher};
+use crate::outcome;
+use crate::slot::Finisher;
 use crate::wire::{self, Tag};
 use crossbeam_channel::Sender;
 use std::fmt;
@@ -100,7 +101,7 @@ impl JobCallbacks {
                 }
                 Some(rec) if rec.tag == Tag::Err => RawFailure::Returned(rec.body.to_vec()),
                 Some(rec) => RawFailure::Job(
-                    job::outcome(rec)
+                    outcome::outcome(rec)
                         .err()
                         .unwrap_or_else(|| JobError::Codec("unexpected record".into())),
                 ),

@@ -15,10 +15,11 @@
 //! the batch size, grow batches while items prove quick.
 
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
+use crate::call::Call;
 use crate::codec;
 use crate::error::{Error, JobError};
 use crate::hugepage;
-use crate::job::{Call, decode_result};
+use crate::outcome::decode_result;
 use crate::pool::Pool;
 use crate::prefault::{self, Spares};
 use crate::progress_bar::Bar;

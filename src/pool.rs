@@ -5,16 +5,18 @@
 //! starts the supervisor thread; the workers come up in the background and
 //! jobs submitted meanwhile wait for them.
 
-use crate::batch::{Batch, JobOpts};
+use crate::batch::{Batch, JobId, JobOpts};
+use crate::call::Call;
 use crate::codec;
 use crate::config::{PoolConfig, WorkerConfig};
 use crate::error::{Error, JobError, TrySubmitError};
 use crate::gate::{Gate, Refused, Ticket};
-use crate::job::{Call, JobHandle, JobId, Slot};
+use crate::handle::JobHandle;
 use crate::layers::{LayerSettings, Layers};
 use crate::map::{self, Imap, ImapUnordered};
 use crate::prefault::Prefault;
 use crate::shm;
+use crate::slot::Slot;
 use crate::stats::{Counters, Stats};
 use crate::supervisor::{self, Command, Driver, Submitter, Whereabouts};
 use crate::throttle::Throttles;

@@ -14,10 +14,12 @@
 //! The store is shared by the pool and the finishers of its detached jobs,
 //! which hold it weakly: it never keeps the pool (or itself) alive.
 
+use crate::batch::JobId;
 use crate::error::JobError;
-use crate::job::{JobHandle, JobId, Slot};
+use crate::handle::JobHandle;
 use crate::pool::Pool;
 use crate::progress::Progress;
+use crate::slot::Slot;
 use crate::supervisor::Whereabouts;
 use crate::wire::{self, Tag};
 use serde::de::DeserializeOwned;

@@ -17,10 +17,11 @@
 //! together.
 
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
+use crate::call::Call;
 use crate::clock;
 use crate::error::JobError;
-use crate::job::{Call, Slot};
 use crate::pool::Shared;
+use crate::slot::Slot;
 use crate::stats::Counters;
 use crate::supervisor::{Command, Submitter};
 use crate::wire::{self, Tag};

@@ -13,17 +13,19 @@
 //! slot, behind a retry sink if it has a policy), and a finisher on the
 //! slot that runs the callbacks and keeps, stores or drops the outcome.
 
-use crate::batch::{Batch, JobOpts, Sink};
+use crate::batch::{Batch, JobId, JobOpts, Sink};
+use crate::call::Call;
 use crate::callbacks::{self, Failure, JobCallbacks, OnError, OnSuccess, RawFailure};
 use crate::clock;
 use crate::codec;
 use crate::error::JobError;
 use crate::gate::Ticket;
-use crate::job::{Call, Finisher, JobHandle, JobId, Slot};
+use crate::handle::JobHandle;
 use crate::pool::Pool;
 use crate::rate::RateLimit;
 use crate::results::Store;
 use crate::retry::{RetryPolicy, RetrySink};
+use crate::slot::{Finisher, Slot};
 use crate::wire::{self, Tag};
 use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};

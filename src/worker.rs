@@ -22,9 +22,9 @@
 //! caller's `atexit` handlers or destructors.
 
 use crate::bell;
+use crate::call::{Call, RawCall};
 use crate::clock;
 use crate::config::WorkerConfig;
-use crate::job::{Call, RawCall};
 use crate::out::Out;
 use crate::ring::{Consumer, Producer};
 use crate::shm::{DELIVERING, DONE, KILL, RUNNING, Region, SLOT_QUEUED, SLOT_TAKEN, StatusPage};

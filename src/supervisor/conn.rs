@@ -13,11 +13,10 @@
 //! lying is killed and treated as crashed.
 
 use super::Whereabouts;
-use crate::batch::Batch;
+use crate::batch::{Batch, JobId};
 use crate::bell::{self, Drained};
 use crate::clock;
 use crate::error::{ExitStatus, JobError};
-use crate::job::JobId;
 use crate::prefault::{self, Spares};
 use crate::progress::Progress;
 use crate::ring::{Consumer, Producer};

@@ -31,12 +31,11 @@ mod timers;
 
 pub(crate) use drive::{Driver, Help, Submitter};
 
-use crate::batch::Batch;
+use crate::batch::{Batch, JobId};
 use crate::bell::Drained;
 use crate::clock;
 use crate::config::PoolConfig;
 use crate::error::{Error, JobError};
-use crate::job::JobId;
 use crate::prefault::Spares;
 use crate::progress::Progress;
 use crate::spin;

@@ -13,7 +13,7 @@
 //! dropped here would resolve as cancelled, as every batch does).
 
 use crate::batch::Batch;
-use crate::job::JobId;
+use crate::batch::JobId;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
@@ -154,7 +154,7 @@ impl Timers {
 mod tests {
     use super::*;
     use crate::batch::{JobOpts, Outcome, Sink};
-    use crate::job::Call;
+    use crate::call::Call;
     use std::sync::{Arc, Mutex};
 
     #[derive(Default)]
