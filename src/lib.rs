@@ -118,37 +118,65 @@
 #![allow(clippy::result_large_err)]
 
 mod batch;
+#[path = "transport/bell.rs"]
 mod bell;
+#[path = "worker/call.rs"]
 mod call;
+#[path = "options/callbacks.rs"]
 mod callbacks;
+#[path = "sys/clock.rs"]
 mod clock;
+#[path = "transport/codec.rs"]
 mod codec;
 mod config;
 mod error;
+#[path = "batch/gate.rs"]
 mod gate;
+#[path = "client/handle.rs"]
 mod handle;
+#[path = "sys/hugepage.rs"]
 mod hugepage;
+#[path = "options/mod.rs"]
 mod layers;
+#[path = "client/map.rs"]
 mod map;
+#[path = "worker/out.rs"]
 mod out;
+#[path = "batch/outcome.rs"]
 mod outcome;
 mod pool;
+#[path = "sys/prefault.rs"]
 mod prefault;
+#[path = "batch/progress.rs"]
 mod progress;
+#[path = "client/progress_bar.rs"]
 mod progress_bar;
+#[path = "options/rate.rs"]
 mod rate;
+#[path = "options/results.rs"]
 mod results;
+#[path = "options/retry.rs"]
 mod retry;
+#[path = "transport/ring.rs"]
 mod ring;
+#[path = "transport/shm.rs"]
 mod shm;
+#[path = "options/signature.rs"]
 mod signature;
+#[path = "batch/slot.rs"]
 mod slot;
+#[path = "sys/spin.rs"]
 mod spin;
+#[path = "metrics/stats.rs"]
 mod stats;
 mod supervisor;
+#[path = "batch/throttle.rs"]
 mod throttle;
+#[path = "transport/wire.rs"]
 mod wire;
+#[path = "worker/run.rs"]
 mod worker;
+#[path = "worker/zygote/mod.rs"]
 mod zygote;
 
 pub use batch::JobId;
