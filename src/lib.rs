@@ -118,77 +118,27 @@
 #![allow(clippy::result_large_err)]
 
 mod batch;
-#[path = "transport/bell.rs"]
-mod bell;
-#[path = "worker/call.rs"]
-mod call;
-#[path = "options/callbacks.rs"]
-mod callbacks;
-#[path = "sys/clock.rs"]
-mod clock;
-#[path = "transport/codec.rs"]
-mod codec;
+mod client;
 mod config;
 mod error;
-#[path = "batch/gate.rs"]
-mod gate;
-#[path = "client/handle.rs"]
-mod handle;
-#[path = "sys/hugepage.rs"]
-mod hugepage;
-#[path = "options/mod.rs"]
-mod layers;
-#[path = "client/map.rs"]
-mod map;
-#[path = "worker/out.rs"]
-mod out;
-#[path = "batch/outcome.rs"]
-mod outcome;
+mod metrics;
+mod options;
 mod pool;
-#[path = "sys/prefault.rs"]
-mod prefault;
-#[path = "batch/progress.rs"]
-mod progress;
-#[path = "client/progress_bar.rs"]
-mod progress_bar;
-#[path = "options/rate.rs"]
-mod rate;
-#[path = "options/results.rs"]
-mod results;
-#[path = "options/retry.rs"]
-mod retry;
-#[path = "transport/ring.rs"]
-mod ring;
-#[path = "transport/shm.rs"]
-mod shm;
-#[path = "options/signature.rs"]
-mod signature;
-#[path = "batch/slot.rs"]
-mod slot;
-#[path = "sys/spin.rs"]
-mod spin;
-#[path = "metrics/stats.rs"]
-mod stats;
 mod supervisor;
-#[path = "batch/throttle.rs"]
-mod throttle;
-#[path = "transport/wire.rs"]
-mod wire;
-#[path = "worker/run.rs"]
+mod sys;
+mod transport;
 mod worker;
-#[path = "worker/zygote/mod.rs"]
-mod zygote;
 
 pub use batch::JobId;
-pub use callbacks::Failure;
+pub use batch::progress::Progress;
+pub use client::handle::JobHandle;
+pub use client::map::{Imap, ImapUnordered};
 pub use error::{Error, JobError, TrySubmitError};
-pub use handle::JobHandle;
-pub use map::{Imap, ImapUnordered};
+pub use metrics::stats::Stats;
+pub use options::callbacks::Failure;
+pub use options::rate::{RateLimit, RateLimitError};
+pub use options::results::JobStatus;
+pub use options::retry::{RetryOn, RetryPolicy};
+pub use options::signature::{Expiry, Job, NoError};
 pub use pool::{Pool, PoolBuilder};
-pub use progress::{Progress, report_progress};
-pub use rate::{RateLimit, RateLimitError};
-pub use results::JobStatus;
-pub use retry::{RetryOn, RetryPolicy};
-pub use signature::{Expiry, Job, NoError};
-pub use stats::Stats;
-pub use worker::soft_time_limit_exceeded;
+pub use worker::current::{report_progress, soft_time_limit_exceeded};

@@ -12,13 +12,19 @@
 //! as [`JobError::Cancelled`]. So no code path — a crash, a terminate, a
 //! panic in the supervisor — can leave a job unresolved: nothing hangs.
 
-use crate::call::Call;
+pub(crate) mod gate;
+pub(crate) mod outcome;
+pub(crate) mod progress;
+pub(crate) mod slot;
+pub(crate) mod throttle;
+
+use crate::batch::gate::Ticket;
+use crate::batch::throttle::Throttle;
 use crate::config::PoolConfig;
 use crate::error::JobError;
-use crate::gate::Ticket;
-use crate::prefault::Spares;
-use crate::throttle::Throttle;
-use crate::wire;
+use crate::sys::prefault::Spares;
+use crate::transport::wire;
+use crate::worker::call::Call;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,7 +122,7 @@ pub(crate) struct Batch {
     pub opts: JobOpts,
     /// Set for a single cancellable job (`submit`).
     pub job: Option<JobId>,
-    /// Places in the pool's bounded queue (see `crate::gate`), held until
+    /// Places in the pool's bounded queue (see `crate::batch::gate`), held until
     /// the items are handed to a worker or resolved.
     pub ticket: Option<Box<Ticket>>,
     /// The throttle of the batch's function (its rate limit), attached by

@@ -5,10 +5,10 @@
 //! store, callbacks, retries — turns records into outcomes here, so a
 //! record tag means the same thing everywhere.
 
-use crate::codec;
 use crate::error::JobError;
-use crate::prefault::Spares;
-use crate::wire::{Record, Tag};
+use crate::sys::prefault::Spares;
+use crate::transport::codec;
+use crate::transport::wire::{Record, Tag};
 use serde::de::DeserializeOwned;
 
 /// What one item record means for its job.

@@ -7,14 +7,14 @@
 //! (see `supervisor/drive.rs`), so a quick job costs no thread wake-up.
 
 use crate::batch::JobId;
+use crate::batch::outcome::decode_result;
+use crate::batch::progress::Progress;
+use crate::batch::slot::Slot;
 use crate::error::JobError;
-use crate::outcome::decode_result;
 use crate::pool::Shared;
-use crate::prefault::{self, Spares};
-use crate::progress::Progress;
-use crate::slot::Slot;
 use crate::supervisor::Whereabouts;
-use crate::wire;
+use crate::sys::prefault::{self, Spares};
+use crate::transport::wire;
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::future::Future;

@@ -14,17 +14,17 @@
 //! memory; they start with one item per batch and, unless the user fixed
 //! the batch size, grow batches while items prove quick.
 
+use crate::batch::outcome::decode_result;
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
-use crate::call::Call;
-use crate::codec;
+use crate::client::progress_bar::Bar;
 use crate::error::{Error, JobError};
-use crate::hugepage;
-use crate::outcome::decode_result;
 use crate::pool::Pool;
-use crate::prefault::{self, Spares};
-use crate::progress_bar::Bar;
 use crate::supervisor::Help;
-use crate::wire;
+use crate::sys::hugepage;
+use crate::sys::prefault::{self, Spares};
+use crate::transport::codec;
+use crate::transport::wire;
+use crate::worker::call::Call;
 use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

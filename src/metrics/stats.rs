@@ -11,7 +11,7 @@
 //! counted as failed, and each retry as submitted again (and in `retried`).
 
 use crate::error::JobError;
-use crate::wire::{Run, Tag};
+use crate::transport::wire::{Run, Tag};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A snapshot of a pool's counters, from [`Pool::stats`](crate::Pool::stats).

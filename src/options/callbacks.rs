@@ -14,10 +14,10 @@
 //! still run). A job resolved after that thread has ended (submitted to a
 //! joined pool, say) runs its callback on the thread that resolved it.
 
+use crate::batch::outcome;
+use crate::batch::slot::Finisher;
 use crate::error::JobError;
-use crate::outcome;
-use crate::slot::Finisher;
-use crate::wire::{self, Tag};
+use crate::transport::wire::{self, Tag};
 use crossbeam_channel::Sender;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};

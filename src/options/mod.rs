@@ -11,13 +11,19 @@
 //! Nothing here holds the pool itself: the last `Pool` handle dropping
 //! still terminates it.
 
-use crate::callbacks::Callbacks;
+pub(crate) mod callbacks;
+pub(crate) mod rate;
+pub(crate) mod results;
+pub(crate) mod retry;
+pub(crate) mod signature;
+
+use crate::batch::throttle::Throttles;
 use crate::error::Error;
+use crate::options::callbacks::Callbacks;
+use crate::options::rate::{RateLimit, RateLimits};
+use crate::options::results::Store;
+use crate::options::retry::RetryPolicy;
 use crate::pool::PoolBuilder;
-use crate::rate::{RateLimit, RateLimits};
-use crate::results::Store;
-use crate::retry::RetryPolicy;
-use crate::throttle::Throttles;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -12,9 +12,9 @@
 //! Functions are told apart by address. Two functions the compiler merged
 //! because their machine code is identical share an address, and a limit.
 
-use crate::clock;
+use crate::batch::throttle::{Throttle, Throttles};
 use crate::pool::Pool;
-use crate::throttle::{Throttle, Throttles};
+use crate::sys::clock;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;

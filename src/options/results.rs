@@ -15,13 +15,13 @@
 //! which hold it weakly: it never keeps the pool (or itself) alive.
 
 use crate::batch::JobId;
+use crate::batch::progress::Progress;
+use crate::batch::slot::Slot;
+use crate::client::handle::JobHandle;
 use crate::error::JobError;
-use crate::handle::JobHandle;
 use crate::pool::Pool;
-use crate::progress::Progress;
-use crate::slot::Slot;
 use crate::supervisor::Whereabouts;
-use crate::wire::{self, Tag};
+use crate::transport::wire::{self, Tag};
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};

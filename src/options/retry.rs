@@ -16,15 +16,15 @@
 //! that ("full jitter"), so that many jobs failing together do not retry
 //! together.
 
+use crate::batch::slot::Slot;
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
-use crate::call::Call;
-use crate::clock;
 use crate::error::JobError;
+use crate::metrics::stats::Counters;
 use crate::pool::Shared;
-use crate::slot::Slot;
-use crate::stats::Counters;
 use crate::supervisor::{Command, Submitter};
-use crate::wire::{self, Tag};
+use crate::sys::clock;
+use crate::transport::wire::{self, Tag};
+use crate::worker::call::Call;
 use std::ops::BitOr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};

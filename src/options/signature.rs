@@ -13,20 +13,20 @@
 //! slot, behind a retry sink if it has a policy), and a finisher on the
 //! slot that runs the callbacks and keeps, stores or drops the outcome.
 
+use crate::batch::gate::Ticket;
+use crate::batch::slot::{Finisher, Slot};
 use crate::batch::{Batch, JobId, JobOpts, Sink};
-use crate::call::Call;
-use crate::callbacks::{self, Failure, JobCallbacks, OnError, OnSuccess, RawFailure};
-use crate::clock;
-use crate::codec;
+use crate::client::handle::JobHandle;
 use crate::error::JobError;
-use crate::gate::Ticket;
-use crate::handle::JobHandle;
+use crate::options::callbacks::{self, Failure, JobCallbacks, OnError, OnSuccess, RawFailure};
+use crate::options::rate::RateLimit;
+use crate::options::results::Store;
+use crate::options::retry::{RetryPolicy, RetrySink};
 use crate::pool::Pool;
-use crate::rate::RateLimit;
-use crate::results::Store;
-use crate::retry::{RetryPolicy, RetrySink};
-use crate::slot::{Finisher, Slot};
-use crate::wire::{self, Tag};
+use crate::sys::clock;
+use crate::transport::codec;
+use crate::transport::wire::{self, Tag};
+use crate::worker::call::Call;
 use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use std::fmt;

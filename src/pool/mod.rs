@@ -5,22 +5,22 @@
 //! starts the supervisor thread; the workers come up in the background and
 //! jobs submitted meanwhile wait for them.
 
+use crate::batch::gate::{Gate, Refused, Ticket};
+use crate::batch::slot::Slot;
+use crate::batch::throttle::Throttles;
 use crate::batch::{Batch, JobId, JobOpts};
-use crate::call::Call;
-use crate::codec;
+use crate::client::handle::JobHandle;
+use crate::client::map::{self, Imap, ImapUnordered};
 use crate::config::{PoolConfig, WorkerConfig};
 use crate::error::{Error, JobError, TrySubmitError};
-use crate::gate::{Gate, Refused, Ticket};
-use crate::handle::JobHandle;
-use crate::layers::{LayerSettings, Layers};
-use crate::map::{self, Imap, ImapUnordered};
-use crate::prefault::Prefault;
-use crate::shm;
-use crate::slot::Slot;
-use crate::stats::{Counters, Stats};
+use crate::metrics::stats::{Counters, Stats};
+use crate::options::{LayerSettings, Layers};
 use crate::supervisor::{self, Command, Driver, Submitter, Whereabouts};
-use crate::throttle::Throttles;
-use crate::wire;
+use crate::sys::prefault::Prefault;
+use crate::transport::codec;
+use crate::transport::shm;
+use crate::transport::wire;
+use crate::worker::call::Call;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;

@@ -13,16 +13,16 @@
 //! lying is killed and treated as crashed.
 
 use super::Whereabouts;
+use crate::batch::progress::Progress;
 use crate::batch::{Batch, JobId};
-use crate::bell::{self, Drained};
-use crate::clock;
 use crate::error::{ExitStatus, JobError};
-use crate::prefault::{self, Spares};
-use crate::progress::Progress;
-use crate::ring::{Consumer, Producer};
-use crate::shm::{DONE, KILL, RUNNING, Region, SLOT_CANCELLED, SLOT_QUEUED, StatusPage};
-use crate::stats::Counters;
-use crate::wire::{self, BATCH_HEADER, BatchHeader, HEADER, Record, RecordReader, Tag};
+use crate::metrics::stats::Counters;
+use crate::sys::clock;
+use crate::sys::prefault::{self, Spares};
+use crate::transport::bell::{self, Drained};
+use crate::transport::ring::{Consumer, Producer};
+use crate::transport::shm::{DONE, KILL, RUNNING, Region, SLOT_CANCELLED, SLOT_QUEUED, StatusPage};
+use crate::transport::wire::{self, BATCH_HEADER, BatchHeader, HEADER, Record, RecordReader, Tag};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -520,7 +520,7 @@ impl Conn {
 
     /// Makes what was written visible to the worker, waking it if it sleeps.
     /// Also records the CPU of the stepping thread, which the worker checks
-    /// before it spins for its next frame (see `crate::spin`).
+    /// before it spins for its next frame (see `crate::sys::spin`).
     pub(super) fn publish(&mut self, cpu: u32) {
         let driver_cpu = &self.page().driver_cpu.0;
         if driver_cpu.load(Ordering::Relaxed) != cpu {

@@ -19,7 +19,7 @@
 //! Nothing here decides *what* a step does; that is `super`.
 
 use super::{Command, Supervisor};
-use crate::spin::{Budget, NO_CPU, Wait};
+use crate::sys::spin::{Budget, NO_CPU, Wait};
 use crossbeam_channel::Sender;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -96,7 +96,7 @@ impl Submitter {
     }
 }
 
-/// How long a helping caller spins before it sleeps (see `crate::spin`):
+/// How long a helping caller spins before it sleeps (see `crate::sys::spin`):
 /// up to 400 µs for quick jobs, down to 50 µs for long ones.
 fn help_budget() -> Budget {
     Budget::new(

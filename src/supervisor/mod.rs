@@ -31,17 +31,17 @@ mod timers;
 
 pub(crate) use drive::{Driver, Help, Submitter};
 
+use crate::batch::progress::Progress;
+use crate::batch::throttle::Throttles;
 use crate::batch::{Batch, JobId};
-use crate::bell::Drained;
-use crate::clock;
 use crate::config::PoolConfig;
 use crate::error::{Error, JobError};
-use crate::prefault::Spares;
-use crate::progress::Progress;
-use crate::spin;
-use crate::stats::Counters;
-use crate::throttle::Throttles;
-use crate::zygote::{Event, Polled, ZygoteLink};
+use crate::metrics::stats::Counters;
+use crate::sys::clock;
+use crate::sys::prefault::Spares;
+use crate::sys::spin;
+use crate::transport::bell::Drained;
+use crate::worker::zygote::{Event, Polled, ZygoteLink};
 use conn::{Conn, Ctx};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use drive::Wake;

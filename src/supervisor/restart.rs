@@ -22,7 +22,7 @@
 
 use super::Wake;
 use crate::config::PoolConfig;
-use crate::zygote::ZygoteLink;
+use crate::worker::zygote::ZygoteLink;
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::io;
 use std::sync::Arc;

@@ -154,7 +154,7 @@ impl Timers {
 mod tests {
     use super::*;
     use crate::batch::{JobOpts, Outcome, Sink};
-    use crate::call::Call;
+    use crate::worker::call::Call;
     use std::sync::{Arc, Mutex};
 
     #[derive(Default)]

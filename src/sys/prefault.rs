@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::hugepage;
+use crate::sys::hugepage;
 
 /// Shorter strings come from memory the allocator recycles, or fault too
 /// little to be worth a hand-off.

@@ -16,7 +16,7 @@
 
 use bincode::Options;
 
-use crate::prefault::Spares;
+use crate::sys::prefault::Spares;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -164,7 +164,7 @@ impl<'a> bincode::BincodeRead<'a> for &mut Slice<'a, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prefault::Prefault;
+    use crate::sys::prefault::Prefault;
 
     #[test]
     fn round_trip_and_errors() {

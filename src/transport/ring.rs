@@ -5,18 +5,18 @@
 //! *consumes* them. Neither side makes a system call unless the other one is
 //! asleep: a consumer about to sleep sets `consumer_sleeping`, and the
 //! producer that publishes after that rings the consumer's doorbell (a pipe,
-//! see [`crate::bell`]); the same handshake runs the other way when the
+//! see [`crate::transport::bell`]); the same handshake runs the other way when the
 //! producer waits for space. Both handshakes are store-then-load on each side
 //! with a `SeqCst` fence in between, so a wake-up cannot be lost.
 //!
-//! Because the data area is mapped twice back to back (see [`crate::shm`]),
+//! Because the data area is mapped twice back to back (see [`crate::transport::shm`]),
 //! any `len <= size` bytes at any position are contiguous.
 //!
 //! Positions only grow; `write - read` is the number of bytes in the ring.
 //! Either side may be the untrusted worker, so positions read from the other
 //! side are checked: an impossible position is reported as [`Corrupt`].
 
-use crate::shm::RingCtl;
+use crate::transport::shm::RingCtl;
 use std::mem::MaybeUninit;
 use std::ptr;
 use std::sync::atomic::{Ordering, fence};
@@ -304,7 +304,7 @@ impl Consumer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shm::Region;
+    use crate::transport::shm::Region;
 
     #[test]
     fn bytes_wrap_and_flags_handshake() {

@@ -89,7 +89,7 @@ pub(crate) struct WorkerStatus {
     /// job is over and its record waits for room in the ring.
     pub started_ns: AtomicU64,
     /// The CPU the worker last ran on, as it started to wait for work (see
-    /// `crate::spin`).
+    /// `crate::sys::spin`).
     pub cpu: AtomicU32,
 }
 
@@ -151,7 +151,7 @@ pub(crate) struct StatusPage {
     /// `seq + 1` of the item whose soft time limit has passed (0: none).
     pub soft_expired: Line<AtomicU64>,
     /// The CPU of the thread that last stepped the supervisor — the one that
-    /// will hand the worker its next frame (see `crate::spin`).
+    /// will hand the worker its next frame (see `crate::sys::spin`).
     pub driver_cpu: Line<AtomicU32>,
     /// `(job_id << 2) | SLOT_*` for each cancellable job in flight.
     pub cancel: [AtomicU64; CANCEL_SLOTS],

@@ -2,7 +2,7 @@
 //!
 //! Every message is a frame `[len: u32 LE][tag: u8][body: len bytes]`.
 //! Frames travel through the per-worker shared-memory rings (see
-//! [`crate::ring`]); the pipes only carry wake-ups.
+//! [`crate::transport::ring`]); the pipes only carry wake-ups.
 //!
 //! - Supervisor → worker: [`Tag::Batch`] (a header, then `count` items each
 //!   `[len: u32][argument bytes]`) and [`Tag::Exit`].

@@ -18,10 +18,10 @@
 //! into a shim with [`Call::shim`]. This file belongs to the worker side:
 //! it knows nothing of pools, handles or the supervisor.
 
-use crate::codec;
-use crate::out::Out;
-use crate::wire::Tag;
-use crate::worker::{BatchRun, Release};
+use super::batch_run::{BatchRun, Release};
+use super::out::Out;
+use crate::transport::codec;
+use crate::transport::wire::Tag;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

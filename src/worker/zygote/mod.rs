@@ -24,11 +24,9 @@ mod server;
 
 use crate::config::WorkerConfig;
 use crate::error::ExitStatus;
-use crate::worker;
+use crate::worker::panic;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-
-pub(crate) use server::{WORKER_BELL_IN, WORKER_BELL_OUT};
 
 /// Something the zygote reported.
 #[derive(Debug)]
@@ -70,7 +68,7 @@ impl ZygoteLink {
         // SAFETY: socket_pair just returned both descriptors; each is owned once.
         let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(ours), OwnedFd::from_raw_fd(theirs)) };
         // Everything the zygote will use is set up before the fork.
-        worker::capture_job_panics();
+        panic::capture_job_panics();
         let table = server::Table::with_capacity(capacity);
         let mut out = io::stdout().lock();
         out.flush()?;

@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn messages_carry_descriptors() {
         let (a, b) = socket_pair().unwrap();
-        let (r, w) = crate::bell::pair().unwrap();
+        let (r, w) = crate::transport::bell::pair().unwrap();
         use std::os::fd::AsRawFd;
         let m = Msg {
             kind: SPAWN,
@@ -206,7 +206,7 @@ mod tests {
         assert_eq!(got.msg, m);
         assert_eq!(got.nfds, 2);
         // The passed write end works.
-        crate::bell::ring(got.fds[1]);
+        crate::transport::bell::ring(got.fds[1]);
         // SAFETY: closing descriptors the test owns.
         unsafe {
             libc::close(got.fds[0]);

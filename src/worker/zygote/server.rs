@@ -16,8 +16,9 @@
 use super::msg::{self, ADOPT, EXITED, Msg, SPAWN, SPAWN_FAILED, SPAWNED};
 use super::postfork;
 use crate::config::WorkerConfig;
-use crate::shm::Region;
-use crate::worker;
+use crate::transport::shm::Region;
+use crate::worker::fds::{WORKER_BELL_IN, WORKER_BELL_OUT, WORKER_SHM};
+use crate::worker::run;
 use std::os::fd::RawFd;
 
 /// The zygote's socket, after `install_fds`.
@@ -233,11 +234,6 @@ fn serve_request(table: &mut Table, config: &WorkerConfig) {
     }
 }
 
-/// Worker-side descriptors after `install_fds`.
-pub(crate) const WORKER_BELL_IN: RawFd = 3;
-pub(crate) const WORKER_BELL_OUT: RawFd = 4;
-const WORKER_SHM: RawFd = 5;
-
 /// Turns the freshly forked child into a worker. Never returns.
 fn become_worker(fds: [RawFd; 3], config: &WorkerConfig) -> ! {
     if !postfork::install_fds(&fds) {
@@ -252,7 +248,7 @@ fn become_worker(fds: [RawFd; 3], config: &WorkerConfig) -> ! {
     };
     // SAFETY: the mapping holds its own reference to the file.
     unsafe { libc::close(WORKER_SHM) };
-    worker::run(region, config)
+    run::run(region, config)
 }
 
 /// Kills and reaps every child, then exits: the caller is gone (or asked).
