@@ -17,8 +17,8 @@
 use crate::batch::outcome::decode_result;
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
 use crate::client::progress_bar::Bar;
+use crate::client::shared::Shared;
 use crate::error::{Error, JobError};
-use crate::pool::Pool;
 use crate::supervisor::Help;
 use crate::sys::hugepage;
 use crate::sys::prefault::{self, Spares};
@@ -117,8 +117,8 @@ struct Batcher {
 }
 
 impl Batcher {
-    fn new(pool: &Pool, call: Call, sink: Arc<StreamSink>, chunk: usize) -> Batcher {
-        let config = &pool.shared.config;
+    fn new(shared: &Shared, call: Call, sink: Arc<StreamSink>, chunk: usize) -> Batcher {
+        let config = &shared.config;
         Batcher {
             call,
             sink,
@@ -128,7 +128,7 @@ impl Batcher {
             items: Vec::new(),
             count: 0,
             base: 0,
-            spares: pool.shared.prefault.spares().clone(),
+            spares: shared.prefault.spares().clone(),
             last_bytes: 0,
             pushed_items: 0,
             pushed_bytes: 0,
@@ -203,8 +203,8 @@ impl Batcher {
 }
 
 /// Counts an item that failed before it could be sent.
-fn refused(pool: &Pool, error: &JobError) {
-    let c = &pool.shared.counters;
+fn refused(shared: &Shared, error: &JobError) {
+    let c = &shared.counters;
     c.submitted.fetch_add(1, Ordering::Relaxed);
     c.count_error(error, 1);
 }
@@ -235,13 +235,19 @@ fn unpack<R: DeserializeOwned>(
     }
 }
 
-pub(crate) fn map<A, R, I>(pool: &Pool, f: fn(A) -> R, items: I) -> Result<Vec<R>, Error>
+/// `Pool::map`: `f` over every item, results in input order; `progress_bar`
+/// draws a bar (see `progress_bar.rs`).
+pub(crate) fn map<A, R, I>(
+    shared: &Shared,
+    f: fn(A) -> R,
+    items: I,
+    progress_bar: bool,
+) -> Result<Vec<R>, Error>
 where
     A: Serialize + DeserializeOwned + Send + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
     I: IntoIterator<Item = A>,
 {
-    let shared = &pool.shared;
     if shared.is_closed() {
         return Err(Error::PoolClosed);
     }
@@ -256,12 +262,9 @@ where
     // Automatic chunks over an input of known length shrink toward its end.
     let guided = shared.config.chunk_size.is_none() && hi == Some(lo);
     let (sink, rx) = stream();
-    let mut batcher = Batcher::new(pool, Call::new(f), sink, chunk);
+    let mut batcher = Batcher::new(shared, Call::new(f), sink, chunk);
     let mut out = Collector::with_capacity(estimate, Some(shared.prefault.spares()));
-    let bar = Bar::new(
-        shared.layers.progress_bar,
-        (hi == Some(lo)).then_some(lo as u64),
-    );
+    let bar = Bar::new(progress_bar, (hi == Some(lo)).then_some(lo as u64));
     let mut total = 0u64;
     // The calling thread hands its batches to workers and takes their
     // answers itself (see `supervisor::drive`): the bytes then cross
@@ -293,7 +296,7 @@ where
                 if let Some(b) = batcher.take() {
                     send(&mut flow, b);
                 }
-                refused(pool, &e);
+                refused(shared, &e);
                 flow.refused += 1;
                 out.accept(index, Outcome::Failed { count: 1, error: e });
             }
@@ -320,7 +323,7 @@ where
             bar.set(out.resolved);
             let allowed = batcher.items_in_window(workers);
             if let Some(target) = flow.must_wait_for(out.resolved, allowed) {
-                collect_until(pool, &rx, &mut out, &bar, flow.big, target);
+                collect_until(shared, &rx, &mut out, &bar, flow.big, target);
             }
         }
     }
@@ -328,7 +331,7 @@ where
         send(&mut flow, b);
     }
     drop(batcher);
-    collect_until(pool, &rx, &mut out, &bar, flow.big, total);
+    collect_until(shared, &rx, &mut out, &bar, flow.big, total);
     bar.finish();
     out.finish(total)
 }
@@ -359,14 +362,13 @@ impl Flow {
 
 /// Takes answers until at least `target` items of the map have resolved.
 fn collect_until<R: DeserializeOwned>(
-    pool: &Pool,
+    shared: &Shared,
     rx: &Receiver<(u64, Outcome)>,
     out: &mut Collector<'_, R>,
     bar: &Bar,
     big: bool,
     target: u64,
 ) {
-    let shared = &pool.shared;
     while out.resolved < target {
         while let Ok((base, outcome)) = rx.try_recv() {
             out.accept(base, outcome);
@@ -621,7 +623,7 @@ impl<R> Drop for Collector<'_, R> {
 
 /// The machinery behind both `imap`s.
 struct Stream<I: Iterator, R> {
-    pool: Pool,
+    shared: Arc<Shared>,
     input: Option<Fuse<I>>,
     batcher: Batcher,
     rx: Receiver<(u64, Outcome)>,
@@ -652,22 +654,25 @@ where
     I::Item: Serialize + DeserializeOwned + Send + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
-    fn new(pool: Pool, f: fn(I::Item) -> R, input: I, ordered: bool) -> Self {
-        let config = &pool.shared.config;
+    fn new(
+        shared: Arc<Shared>,
+        f: fn(I::Item) -> R,
+        input: I,
+        ordered: bool,
+        progress_bar: bool,
+    ) -> Self {
+        let config = &shared.config;
         let chunk = config.chunk_size.unwrap_or(1);
         let workers = config.workers;
         let window = Self::window_for(workers, chunk);
         let auto_chunk = config.chunk_size.is_none();
         let (sink, rx) = stream();
-        let batcher = Batcher::new(&pool, Call::new(f), sink, chunk);
-        let closed = pool.shared.is_closed();
+        let batcher = Batcher::new(&shared, Call::new(f), sink, chunk);
+        let closed = shared.is_closed();
         let (lo, hi) = input.size_hint();
-        let bar = Bar::new(
-            pool.shared.layers.progress_bar,
-            (hi == Some(lo)).then_some(lo as u64),
-        );
+        let bar = Bar::new(progress_bar, (hi == Some(lo)).then_some(lo as u64));
         Stream {
-            pool,
+            shared,
             input: Some(input.fuse()),
             batcher,
             rx,
@@ -739,13 +744,12 @@ where
             match self.batcher.push(index, &item) {
                 Err(e) => {
                     if let Some(b) = self.batcher.take() {
-                        self.pool.shared.submit_batch(b);
+                        self.shared.submit_batch(b);
                     }
-                    refused(&self.pool, &e);
+                    refused(&self.shared, &e);
                     self.place(index, Err(e));
                 }
                 Ok(()) if self.batcher.is_full() => self
-                    .pool
                     .shared
                     .submit_batch(self.batcher.take().expect("full batch")),
                 Ok(()) => {}
@@ -753,7 +757,7 @@ where
         }
         // About to wait: a partial batch must not sit here.
         if let Some(b) = self.batcher.take() {
-            self.pool.shared.submit_batch(b);
+            self.shared.submit_batch(b);
         }
     }
 
@@ -786,7 +790,7 @@ where
             let n = unpack(
                 base,
                 outcome,
-                Some(self.pool.shared.prefault.spares()),
+                Some(self.shared.prefault.spares()),
                 |i, r| got.push((i, r)),
             );
             self.bar.inc(n);
@@ -805,10 +809,10 @@ impl<I: Iterator, R> Drop for Stream<I, R> {
     }
 }
 
-/// Results of [`Pool::imap`], in input order.
+/// Results of [`Pool::imap`](crate::Pool::imap), in input order.
 pub struct Imap<I: Iterator, R>(Stream<I, R>);
 
-/// Results of [`Pool::imap_unordered`], in the order they finish.
+/// Results of [`Pool::imap_unordered`](crate::Pool::imap_unordered), in the order they finish.
 pub struct ImapUnordered<I: Iterator, R>(Stream<I, R>);
 
 impl<I, R> Imap<I, R>
@@ -817,8 +821,13 @@ where
     I::Item: Serialize + DeserializeOwned + Send + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
-    pub(crate) fn new(pool: Pool, f: fn(I::Item) -> R, input: I) -> Self {
-        Imap(Stream::new(pool, f, input, true))
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        f: fn(I::Item) -> R,
+        input: I,
+        progress_bar: bool,
+    ) -> Self {
+        Imap(Stream::new(shared, f, input, true, progress_bar))
     }
 }
 
@@ -828,8 +837,13 @@ where
     I::Item: Serialize + DeserializeOwned + Send + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
-    pub(crate) fn new(pool: Pool, f: fn(I::Item) -> R, input: I) -> Self {
-        ImapUnordered(Stream::new(pool, f, input, false))
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        f: fn(I::Item) -> R,
+        input: I,
+        progress_bar: bool,
+    ) -> Self {
+        ImapUnordered(Stream::new(shared, f, input, false, progress_bar))
     }
 }
 

@@ -23,3 +23,4 @@
 pub(crate) mod handle;
 pub(crate) mod map;
 pub(crate) mod progress_bar;
+pub(crate) mod shared;

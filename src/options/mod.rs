@@ -1,5 +1,5 @@
 //! The per-pool state of the layers above the core, and their pool-wide
-//! settings on [`PoolBuilder`].
+//! settings on [`PoolBuilder`](crate::PoolBuilder).
 //!
 //! The core (supervisor, workers, batches) knows nothing of Celery-style
 //! options. The layers that provide them — job signatures
@@ -23,7 +23,6 @@ use crate::options::callbacks::Callbacks;
 use crate::options::rate::{RateLimit, RateLimits};
 use crate::options::results::Store;
 use crate::options::retry::RetryPolicy;
-use crate::pool::PoolBuilder;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,11 +33,11 @@ pub(crate) const DEFAULT_RESULT_EXPIRES: Duration = Duration::from_secs(24 * 60 
 /// The layers' settings, as given to the builder.
 #[derive(Debug, Clone)]
 pub(crate) struct LayerSettings {
-    result_expires: Duration,
-    retry: Option<RetryPolicy>,
+    pub(crate) result_expires: Duration,
+    pub(crate) retry: Option<RetryPolicy>,
     /// `(function address, limit)`.
-    rate_limits: Vec<(usize, RateLimit)>,
-    progress_bar: bool,
+    pub(crate) rate_limits: Vec<(usize, RateLimit)>,
+    pub(crate) progress_bar: bool,
 }
 
 impl Default for LayerSettings {
@@ -90,63 +89,5 @@ impl Layers {
             retry: settings.retry,
             progress_bar: settings.progress_bar,
         }
-    }
-}
-
-/// Pool-wide defaults of the job options.
-impl PoolBuilder {
-    /// The retry policy of every job that does not set its own (with
-    /// [`Job::retry`](crate::Job::retry)), [`Pool::submit`](crate::Pool::submit)
-    /// and [`Pool::apply`](crate::Pool::apply) included. `map` items are
-    /// not retried. Default: no retries.
-    ///
-    /// ```
-    /// use forkpool::{Pool, RetryPolicy, RetryOn};
-    /// use std::time::Duration;
-    /// # fn main() -> Result<(), forkpool::Error> {
-    /// let pool = Pool::builder()
-    ///     .workers(2)
-    ///     .retry(RetryPolicy::new(3).backoff(Duration::from_millis(100)).on(RetryOn::CRASHED))
-    ///     .build()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
-        self.layers.retry = Some(policy);
-        self
-    }
-
-    /// How long the finished result of a detached job
-    /// ([`Job::detach`](crate::Job::detach)) is kept for
-    /// [`Pool::take_result`](crate::Pool::take_result). Default: one day.
-    pub fn result_expires(mut self, keep: Duration) -> Self {
-        self.layers.result_expires = keep;
-        self
-    }
-
-    /// Limits how fast jobs of function `f` start, across all workers
-    /// (the same as [`Pool::set_rate_limit`](crate::Pool::set_rate_limit)
-    /// right after building).
-    ///
-    /// ```
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// fn call_api(id: u32) -> u32 { id }
-    /// let pool = forkpool::Pool::builder()
-    ///     .workers(2)
-    ///     .rate_limit(call_api, "10/s".parse()?)
-    ///     .build()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn rate_limit<A, R>(mut self, f: fn(A) -> R, limit: RateLimit) -> Self {
-        self.layers.rate_limits.push((f as usize, limit));
-        self
-    }
-
-    /// Whether `map`, `imap` and `imap_unordered` draw a progress bar on
-    /// stderr (items done, rate, time left). Default: no. The bar is drawn
-    /// only when stderr is a terminal, and only with the `progress-bar`
-    /// cargo feature (on by default); otherwise this does nothing.
-    pub fn progress_bar(mut self, show: bool) -> Self {
-        self.layers.progress_bar = show;
-        self
     }
 }

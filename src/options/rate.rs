@@ -2,7 +2,7 @@
 //! limiter that the supervisor consults as a throttle.
 //!
 //! A limit belongs to a function within a pool: every job of that function
-//! — [`Pool::submit`], [`Pool::job`], `map` items alike — starts no faster
+//! — [`Pool::submit`](crate::Pool::submit), [`Pool::job`](crate::Pool::job), `map` items alike — starts no faster
 //! than the limit, counted across all workers, while jobs of other
 //! functions run freely. Like Celery's token bucket of capacity one, starts
 //! are spaced evenly: `"10/s"` lets one job start every 100 ms, with no
@@ -13,7 +13,6 @@
 //! because their machine code is identical share an address, and a limit.
 
 use crate::batch::throttle::{Throttle, Throttles};
-use crate::pool::Pool;
 use crate::sys::clock;
 use std::collections::HashMap;
 use std::fmt;
@@ -90,7 +89,7 @@ pub enum RateLimitError {
         unit: String,
     },
     /// The count is zero or negative (Celery reads 0 as "no limit"; here
-    /// that is [`Pool::set_rate_limit`] with `None`).
+    /// that is [`Pool::set_rate_limit`](crate::Pool::set_rate_limit) with `None`).
     #[error("rate limit {input:?}: the count must be above zero (to lift a limit, set None)")]
     NotPositive {
         /// The whole text given.
@@ -272,26 +271,6 @@ impl RateLimits {
                 map.insert(func, l);
             }
         }
-    }
-}
-
-impl Pool {
-    /// Sets how fast jobs of function `f` may start, across all workers
-    /// (Celery's `rate_limit`); `None` lifts the limit. Jobs already
-    /// waiting follow the new limit from their next start on.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// fn call_api(id: u32) -> u32 { id }
-    /// let pool = forkpool::Pool::new(2)?;
-    /// pool.set_rate_limit(call_api, Some("20/s".parse()?));
-    /// let ids = pool.map(call_api, 0..5)?; // started at most 20 per second
-    /// assert_eq!(ids, [0, 1, 2, 3, 4]);
-    /// pool.set_rate_limit(call_api, None);
-    /// # Ok(()) }
-    /// ```
-    pub fn set_rate_limit<A, R>(&self, f: fn(A) -> R, limit: Option<RateLimit>) {
-        self.shared.layers.rates.set(f as usize, limit);
     }
 }
 

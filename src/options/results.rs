@@ -3,8 +3,8 @@
 //!
 //! A job submitted with [`Job::detach`](crate::Job::detach) gives only its
 //! [`JobId`] — something a web handler can return and a later request can
-//! ask about. [`Pool::status`] says where the job is (pending, scheduled,
-//! running with its progress, succeeded, failed); [`Pool::take_result`]
+//! ask about. [`Pool::status`](crate::Pool::status) says where the job is (pending, scheduled,
+//! running with its progress, succeeded, failed); [`Pool::take_result`](crate::Pool::take_result)
 //! hands over the result once. A finished result is kept for
 //! [`PoolBuilder::result_expires`](crate::PoolBuilder::result_expires)
 //! (default one day, like Celery's `result_expires`), counted from when the
@@ -18,8 +18,8 @@ use crate::batch::JobId;
 use crate::batch::progress::Progress;
 use crate::batch::slot::Slot;
 use crate::client::handle::JobHandle;
+use crate::client::shared::Shared;
 use crate::error::JobError;
-use crate::pool::Pool;
 use crate::supervisor::Whereabouts;
 use crate::transport::wire::{self, Tag};
 use serde::de::DeserializeOwned;
@@ -27,7 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-/// Where a detached job is, from [`Pool::status`].
+/// Where a detached job is, from [`Pool::status`](crate::Pool::status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum JobStatus {
@@ -42,10 +42,10 @@ pub enum JobStatus {
         /// The latest progress the job reported.
         progress: Option<Progress>,
     },
-    /// It finished with a result, which [`Pool::take_result`] hands over.
+    /// It finished with a result, which [`Pool::take_result`](crate::Pool::take_result) hands over.
     Succeeded,
     /// It finished without a result, or a fallible job returned `Err`;
-    /// [`Pool::take_result`] tells why.
+    /// [`Pool::take_result`](crate::Pool::take_result) tells why.
     Failed,
     /// No such detached job: never detached, its result was taken, or it
     /// expired.
@@ -139,9 +139,35 @@ impl Store {
         }
     }
 
+    /// Where detached job `id` is now: the store knows finished jobs; for
+    /// a waiting one, the supervisor is asked (through `shared`).
+    pub(crate) fn status(&self, shared: &Shared, id: JobId) -> JobStatus {
+        let slot = match self.lookup(id) {
+            Lookup::Unknown => return JobStatus::Unknown,
+            Lookup::Done(true) => return JobStatus::Succeeded,
+            Lookup::Done(false) => return JobStatus::Failed,
+            Lookup::Waiting(slot) => slot,
+        };
+        let status = match shared.inspect(id) {
+            Whereabouts::Scheduled => JobStatus::Scheduled,
+            Whereabouts::Queued => JobStatus::Pending,
+            Whereabouts::Running { progress } => JobStatus::Running { progress },
+            // Not yet received by the supervisor, or it just finished.
+            Whereabouts::Elsewhere => JobStatus::Pending,
+        };
+        if status == JobStatus::Pending && slot.is_ready() {
+            return match self.lookup(id) {
+                Lookup::Done(true) => JobStatus::Succeeded,
+                Lookup::Done(false) => JobStatus::Failed,
+                _ => JobStatus::Unknown,
+            };
+        }
+        status
+    }
+
     /// Takes `id`'s result, if finished and of type `R`. A result that does
     /// not decode as `R` stays in the store.
-    fn take<R: DeserializeOwned>(&self, id: JobId) -> Option<Result<R, JobError>> {
+    pub(crate) fn take<R: DeserializeOwned>(&self, id: JobId) -> Option<Result<R, JobError>> {
         let mut inner = self.lock();
         let Entry::Done(outcome) = inner.jobs.get(&id)? else {
             return None;
@@ -165,63 +191,6 @@ enum Lookup {
 
 fn succeeded(outcome: &Result<Vec<u8>, JobError>) -> bool {
     matches!(outcome, Ok(buf) if wire::records(buf).next().is_some_and(|r| r.tag == Tag::Ok))
-}
-
-/// Results of detached jobs.
-impl Pool {
-    /// Where detached job `id` is now.
-    ///
-    /// ```
-    /// use forkpool::{JobStatus, Pool};
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// fn render(page: u32) -> String { format!("<h1>page {page}</h1>") }
-    /// let pool = Pool::new(1)?;
-    /// let id = pool.job(render).detach(7); // only the id comes back
-    /// // ... a later request:
-    /// while !matches!(pool.status(id), JobStatus::Succeeded | JobStatus::Failed) {
-    ///     std::thread::sleep(std::time::Duration::from_millis(10));
-    /// }
-    /// let html: String = pool.take_result(id).unwrap()?;
-    /// assert_eq!(html, "<h1>page 7</h1>");
-    /// assert_eq!(pool.status(id), JobStatus::Unknown); // taken
-    /// # Ok(()) }
-    /// ```
-    pub fn status(&self, id: JobId) -> JobStatus {
-        let store = &self.shared.layers.store;
-        let slot = match store.lookup(id) {
-            Lookup::Unknown => return JobStatus::Unknown,
-            Lookup::Done(true) => return JobStatus::Succeeded,
-            Lookup::Done(false) => return JobStatus::Failed,
-            Lookup::Waiting(slot) => slot,
-        };
-        let status = match self.shared.inspect(id) {
-            Whereabouts::Scheduled => JobStatus::Scheduled,
-            Whereabouts::Queued => JobStatus::Pending,
-            Whereabouts::Running { progress } => JobStatus::Running { progress },
-            // Not yet received by the supervisor, or it just finished.
-            Whereabouts::Elsewhere => JobStatus::Pending,
-        };
-        if status == JobStatus::Pending && slot.is_ready() {
-            return match store.lookup(id) {
-                Lookup::Done(true) => JobStatus::Succeeded,
-                Lookup::Done(false) => JobStatus::Failed,
-                _ => JobStatus::Unknown,
-            };
-        }
-        status
-    }
-
-    /// Takes the result of detached job `id`: `Some` once it has finished —
-    /// `Ok(value)`, or why it failed — and then never again; `None` while it
-    /// runs, or when there is no such result (see [`JobStatus::Unknown`]).
-    ///
-    /// `R` is the type the job's handle would give: `T` for a job built
-    /// with [`Pool::job`], `Result<T, E>` for [`Pool::try_job`], `()` after
-    /// [`Job::ignore_result`](crate::Job::ignore_result). Asking for the
-    /// wrong type gives [`JobError::Codec`] and leaves the result in place.
-    pub fn take_result<R: DeserializeOwned>(&self, id: JobId) -> Option<Result<R, JobError>> {
-        self.shared.layers.store.take(id)
-    }
 }
 
 #[cfg(test)]

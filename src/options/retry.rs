@@ -18,9 +18,9 @@
 
 use crate::batch::slot::Slot;
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
+use crate::client::shared::Shared;
 use crate::error::JobError;
 use crate::metrics::stats::Counters;
-use crate::pool::Shared;
 use crate::supervisor::{Command, Submitter};
 use crate::sys::clock;
 use crate::transport::wire::{self, Tag};

@@ -1,5 +1,5 @@
 //! Job signatures: [`Job`], one function with its options, built by
-//! [`Pool::job`] or [`Pool::try_job`] and submitted any number of times.
+//! [`Pool::job`](crate::Pool::job) or [`Pool::try_job`](crate::Pool::try_job) and submitted any number of times.
 //!
 //! A `Job` is what Celery calls a signature: the function plus how to run
 //! it — when to start ([`countdown`](Job::countdown), [`eta`](Job::eta)),
@@ -17,12 +17,13 @@ use crate::batch::gate::Ticket;
 use crate::batch::slot::{Finisher, Slot};
 use crate::batch::{Batch, JobId, JobOpts, Sink};
 use crate::client::handle::JobHandle;
+use crate::client::shared::Shared;
 use crate::error::JobError;
+use crate::options::Layers;
 use crate::options::callbacks::{self, Failure, JobCallbacks, OnError, OnSuccess, RawFailure};
 use crate::options::rate::RateLimit;
 use crate::options::results::Store;
 use crate::options::retry::{RetryPolicy, RetrySink};
-use crate::pool::Pool;
 use crate::sys::clock;
 use crate::transport::codec;
 use crate::transport::wire::{self, Tag};
@@ -32,11 +33,10 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 /// The error type of a job that cannot fail by itself (one built with
-/// [`Pool::job`]). It has no values.
+/// [`Pool::job`](crate::Pool::job)). It has no values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoError {}
 
@@ -89,11 +89,11 @@ struct Success {
 
 /// A function with its options: a job to submit, once or many times.
 ///
-/// Built by [`Pool::job`] for `fn(A) -> R`, or [`Pool::try_job`] for a
+/// Built by [`Pool::job`](crate::Pool::job) for `fn(A) -> R`, or [`Pool::try_job`](crate::Pool::try_job) for a
 /// fallible `fn(A) -> Result<R, E>`. Options are set by chaining; a job
 /// then goes to the pool with [`submit`](Job::submit) (a handle),
-/// [`detach`](Job::detach) (an id, for [`Pool::status`] and
-/// [`Pool::take_result`]) or [`spawn`](Job::spawn) (fire and forget).
+/// [`detach`](Job::detach) (an id, for [`Pool::status`](crate::Pool::status) and
+/// [`Pool::take_result`](crate::Pool::take_result)) or [`spawn`](Job::spawn) (fire and forget).
 ///
 /// ```
 /// use forkpool::{Pool, RetryPolicy};
@@ -115,7 +115,8 @@ struct Success {
 /// ```
 #[must_use = "a job does nothing until it is submitted"]
 pub struct Job<A, R, E = NoError> {
-    pool: Pool,
+    shared: Arc<Shared>,
+    layers: Arc<Layers>,
     /// Sends the result back.
     call: Call,
     /// Drops the result in the worker.
@@ -136,7 +137,8 @@ pub struct Job<A, R, E = NoError> {
 impl<A, R, E> Clone for Job<A, R, E> {
     fn clone(&self) -> Self {
         Job {
-            pool: self.pool.clone(),
+            shared: self.shared.clone(),
+            layers: self.layers.clone(),
             call: self.call,
             call_ignoring: self.call_ignoring,
             fallible: self.fallible,
@@ -172,56 +174,6 @@ impl<A, R, E> fmt::Debug for Job<A, R, E> {
     }
 }
 
-/// Building jobs with options.
-impl Pool {
-    /// A job of `f` with options, to submit once or many times. With no
-    /// options set, `pool.job(f).submit(arg)` is `pool.submit(f, arg)`.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), forkpool::Error> {
-    /// fn double(x: u64) -> u64 { 2 * x }
-    /// let pool = forkpool::Pool::new(1)?;
-    /// let handle = pool.job(double).time_limit(std::time::Duration::from_secs(5)).submit(21);
-    /// assert_eq!(handle.get(), Ok(42));
-    /// # Ok(()) }
-    /// ```
-    pub fn job<A, R>(&self, f: fn(A) -> R) -> Job<A, R>
-    where
-        A: Serialize + DeserializeOwned + Send + 'static,
-        R: Serialize + DeserializeOwned + Send + 'static,
-    {
-        Job::new(self, Call::new(f), Call::ignoring(f), false)
-    }
-
-    /// A job of a fallible function `f`. Its `Err` is a failure: retried
-    /// by [`RetryOn::ERROR`](crate::RetryOn::ERROR), passed to
-    /// [`on_error`](Job::on_error) as [`Failure::Err`], counted in
-    /// [`Stats::errored`](crate::Stats::errored). The handle gives
-    /// `Ok(Err(e))`, typed, once retries are spent; `Err(JobError)` when
-    /// the job produced nothing (it panicked, crashed, ...).
-    ///
-    /// ```
-    /// # fn main() -> Result<(), forkpool::Error> {
-    /// fn parse(text: String) -> Result<u32, String> {
-    ///     text.trim().parse().map_err(|_| format!("not a number: {text:?}"))
-    /// }
-    /// let pool = forkpool::Pool::new(1)?;
-    /// assert_eq!(pool.try_job(parse).submit(" 42 ".into()).get(), Ok(Ok(42)));
-    /// let bad = pool.try_job(parse).submit("x".into()).get();
-    /// assert_eq!(bad, Ok(Err("not a number: \"x\"".to_string())));
-    /// assert_eq!(pool.stats().errored, 1);
-    /// # Ok(()) }
-    /// ```
-    pub fn try_job<A, T, E>(&self, f: fn(A) -> Result<T, E>) -> Job<A, T, E>
-    where
-        A: Serialize + DeserializeOwned + Send + 'static,
-        T: Serialize + DeserializeOwned + Send + 'static,
-        E: Serialize + DeserializeOwned + Send + 'static,
-    {
-        Job::new(self, Call::fallible(f), Call::fallible_ignoring(f), true)
-    }
-}
-
 /// Options, and submissions that give an id.
 impl<A, R, E> Job<A, R, E>
 where
@@ -229,9 +181,18 @@ where
     R: DeserializeOwned + Send + 'static,
     E: Send + 'static,
 {
-    fn new(pool: &Pool, call: Call, call_ignoring: Call, fallible: bool) -> Self {
+    /// A job of the function `call` runs; `call_ignoring` is the same
+    /// function with its value dropped in the worker.
+    pub(crate) fn new(
+        shared: &Arc<Shared>,
+        layers: &Arc<Layers>,
+        call: Call,
+        call_ignoring: Call,
+        fallible: bool,
+    ) -> Self {
         Job {
-            pool: pool.clone(),
+            shared: shared.clone(),
+            layers: layers.clone(),
             call,
             call_ignoring,
             fallible,
@@ -240,7 +201,7 @@ where
             expires: None,
             time_limit: None,
             soft_time_limit: None,
-            retry: pool.shared.layers.retry.clone(),
+            retry: layers.retry.clone(),
             rate_limit: None,
             on_success: None,
             on_error: None,
@@ -335,7 +296,7 @@ where
 
     /// Limits how fast jobs of this function start, across all workers. The
     /// limit belongs to the function in this pool, as if set with
-    /// [`Pool::set_rate_limit`] when this job is submitted: it holds for
+    /// [`Pool::set_rate_limit`](crate::Pool::set_rate_limit) when this job is submitted: it holds for
     /// every job of the function, however submitted.
     ///
     /// ```
@@ -370,7 +331,8 @@ where
     /// ```
     pub fn ignore_result(self) -> Job<A, (), E> {
         Job {
-            pool: self.pool,
+            shared: self.shared,
+            layers: self.layers,
             call: self.call,
             call_ignoring: self.call_ignoring,
             fallible: self.fallible,
@@ -433,7 +395,7 @@ where
 
     /// Submits the job and returns only its id: its result is kept in the
     /// pool (for [`PoolBuilder::result_expires`](crate::PoolBuilder::result_expires)
-    /// once it finishes) for [`Pool::status`] and [`Pool::take_result`] —
+    /// once it finishes) for [`Pool::status`](crate::Pool::status) and [`Pool::take_result`](crate::Pool::take_result) —
     /// how a web handler hands work off and a later request collects it.
     pub fn detach(&self, arg: A) -> JobId {
         self.launch(&arg, Target::Store, None, false).id
@@ -448,7 +410,7 @@ where
 
     /// Turns the options into the core's.
     fn job_opts(&self) -> Result<JobOpts, JobError> {
-        let config = &self.pool.shared.config;
+        let config = &self.shared.config;
         let invalid = |message: String| Err(JobError::InvalidOptions { message });
         if self.time_limit == Some(Duration::ZERO) || self.soft_time_limit == Some(Duration::ZERO) {
             return invalid("time limits must be above zero".into());
@@ -502,7 +464,7 @@ where
     /// What runs when the job's outcome is final: callbacks, then keep it
     /// (for a handle), store it, or drop it.
     fn finisher(&self, id: JobId, target: Target, strip: bool) -> Finisher {
-        let layers = &self.pool.shared.layers;
+        let layers = &self.layers;
         let cbs = JobCallbacks {
             on_success: self.on_success.as_ref().map(|s| s.call.clone()),
             on_error: self.on_error.clone(),
@@ -535,43 +497,31 @@ where
     /// Submits one job; returns its slot. `ticket`: places in the bounded
     /// queue the caller already holds; `quiet`: the caller helps right away.
     fn launch(&self, arg: &A, target: Target, ticket: Option<Ticket>, quiet: bool) -> Arc<Slot> {
-        let shared = &self.pool.shared;
+        let shared = &self.shared;
         let id = shared.next_job_id();
         let slot = Arc::new(Slot::new(id));
         let ignore = self.ignore || target == Target::Nowhere;
         let needs_body = self.on_success.as_ref().is_some_and(|s| s.needs_body);
         slot.set_finisher(self.finisher(id, target, ignore && needs_body));
         if target == Target::Store {
-            shared.layers.store.insert(slot.clone());
+            self.layers.store.insert(slot.clone());
         }
         if shared.is_closed() {
             slot.resolve(Err(JobError::PoolClosed));
             return slot;
         }
-        let refuse = |error: JobError| {
-            shared.counters.submitted.fetch_add(1, Ordering::Relaxed);
-            shared.counters.count_error(&error, 1);
-            slot.resolve(Err(error));
-            slot.clone()
-        };
-        let opts = match self.job_opts() {
-            Ok(o) => o,
-            Err(e) => return refuse(e),
-        };
-        let mut items = Vec::new();
-        let cap = shared.config.worker.max_message_size;
-        match wire::push_item(&mut items, |v| codec::encode_into(v, arg)) {
-            Err(e) => return refuse(JobError::Codec(format!("argument: {e}"))),
-            Ok(len) if len as u64 > cap => {
-                return refuse(JobError::TooLarge {
-                    size: len as u64,
-                    limit: cap,
-                });
+        let encoded = self
+            .job_opts()
+            .and_then(|opts| Ok((opts, shared.encode_arg(arg)?)));
+        let (opts, items) = match encoded {
+            Ok(x) => x,
+            Err(error) => {
+                shared.refuse(&slot, error);
+                return slot;
             }
-            Ok(_) => {}
-        }
+        };
         if let Some(limit) = self.rate_limit {
-            shared.layers.rates.set(self.call.func, Some(limit));
+            self.layers.rates.set(self.call.func, Some(limit));
         }
         let call = if ignore && !needs_body {
             self.call_ignoring
@@ -596,7 +546,7 @@ where
     }
 }
 
-/// Callbacks and handles of jobs built with [`Pool::job`].
+/// Callbacks and handles of jobs built with [`Pool::job`](crate::Pool::job).
 impl<A, R> Job<A, R, NoError>
 where
     A: Serialize + DeserializeOwned + Send + 'static,
@@ -642,11 +592,11 @@ where
         quiet: bool,
     ) -> JobHandle<R> {
         let slot = self.launch(&arg, Target::Handle, ticket, quiet);
-        JobHandle::new(slot, Arc::downgrade(&self.pool.shared))
+        JobHandle::new(slot, Arc::downgrade(&self.shared))
     }
 }
 
-/// Callbacks and handles of fallible jobs, built with [`Pool::try_job`].
+/// Callbacks and handles of fallible jobs, built with [`Pool::try_job`](crate::Pool::try_job).
 impl<A, T, E> Job<A, T, E>
 where
     A: Serialize + DeserializeOwned + Send + 'static,
@@ -691,6 +641,6 @@ where
     /// `Ok(Err(e))` with the job's own error, or `Err(JobError)`.
     pub fn submit(&self, arg: A) -> JobHandle<Result<T, E>> {
         let slot = self.launch(&arg, Target::Handle, None, false);
-        JobHandle::new(slot, Arc::downgrade(&self.pool.shared))
+        JobHandle::new(slot, Arc::downgrade(&self.shared))
     }
 }
