@@ -1,0 +1,116 @@
+//! The books of one worker: the batches sent to it, in order, and the
+//! answers received for the front one.
+//!
+//! Items are numbered by a sequence the worker follows (`seq`); a batch in
+//! flight knows the number of its first undelivered item, so the next
+//! record always belongs to [`Book::first_undelivered`]. Answers for the
+//! front batch are gathered and delivered together, and a batch leaves the
+//! books once nothing of it is left.
+
+use super::{Ctx, Kill};
+use crate::batch::Batch;
+use crate::transport::wire::{self, BATCH_HEADER, HEADER, Record, Tag};
+use std::collections::VecDeque;
+
+/// A batch sent to the worker.
+pub(super) struct InFlight {
+    pub(super) batch: Batch,
+    /// Sequence number of the batch's first undelivered item.
+    pub(super) seq0: u64,
+    /// Frame header and batch header, kept for streaming large frames.
+    pub(super) head: [u8; HEADER + BATCH_HEADER],
+    pub(super) slot: Option<u32>,
+}
+
+/// The accounting side of a conn: batches in flight and answers received.
+pub(super) struct Book {
+    pub(super) inflight: VecDeque<InFlight>,
+    /// Records received for the front batch, not yet delivered.
+    pub(super) out: Vec<u8>,
+    pub(super) out_count: u32,
+    pub(super) cancel_used: u64,
+    pub(super) kill: Option<Kill>,
+    /// The killed item answered anyway; its answer was dropped.
+    pub(super) swallowed: bool,
+    pub(super) ready: bool,
+    pub(super) init_failed: Option<String>,
+    pub(super) retiring: bool,
+}
+
+impl Book {
+    pub(super) fn first_undelivered(&self) -> Option<u64> {
+        self.inflight
+            .front()
+            .map(|f| f.seq0 + u64::from(self.out_count))
+    }
+
+    /// Handles one record. Err means the worker broke the protocol.
+    pub(super) fn on_record(&mut self, rec: Record<'_>, ctx: &mut Ctx<'_>) -> Result<(), String> {
+        if !rec.tag.is_item() {
+            match rec.tag {
+                Tag::Ready if rec.body.len() == 4 => self.ready = true,
+                Tag::InitFailed => {
+                    self.init_failed = Some(String::from_utf8_lossy(rec.body).into_owned())
+                }
+                Tag::Retire => self.retiring = true,
+                t => return Err(format!("malformed {t:?} record")),
+            }
+            return Ok(());
+        }
+        if self.swallowed {
+            return Err("answered past an item it was killed over".into());
+        }
+        let seq = self
+            .first_undelivered()
+            .ok_or("a result with no job in flight")?;
+        if let Some(k) = &self.kill
+            && k.seq == seq
+        {
+            self.swallowed = true;
+            return Ok(());
+        }
+        self.out
+            .extend_from_slice(&wire::header(rec.tag, rec.body.len() as u32));
+        self.out.extend_from_slice(rec.body);
+        self.out_count += 1;
+        ctx.counters.count_record(rec.tag);
+        if self
+            .inflight
+            .front()
+            .is_some_and(|f| f.batch.count() == self.out_count)
+        {
+            self.flush_out(ctx);
+        }
+        Ok(())
+    }
+
+    /// Delivers the records received for the front batch.
+    pub(super) fn flush_out(&mut self, ctx: &mut Ctx<'_>) {
+        if self.out_count == 0 {
+            return;
+        }
+        let front = self
+            .inflight
+            .front_mut()
+            .expect("records belong to a batch");
+        front
+            .batch
+            .deliver_records(self.out_count, std::mem::take(&mut self.out));
+        front.seq0 += u64::from(self.out_count);
+        self.out_count = 0;
+        self.pop_finished(ctx);
+    }
+
+    /// Drops the front batch if nothing of it is left.
+    pub(super) fn pop_finished(&mut self, ctx: &mut Ctx<'_>) {
+        if self.inflight.front().is_some_and(|f| f.batch.count() == 0) {
+            let done = self.inflight.pop_front().expect("front exists");
+            if let Some(slot) = done.slot {
+                self.cancel_used &= !(1u64 << slot);
+            }
+            if let Some(id) = done.batch.job {
+                ctx.done_jobs.push(id);
+            }
+        }
+    }
+}

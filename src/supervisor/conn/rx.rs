@@ -1,0 +1,137 @@
+//! Receiving from a worker: pulling its records out of the result ring
+//! and handing them to the books.
+//!
+//! Records are copied out of shared memory before they are parsed, and the
+//! reader validates each header (tag, length under the cap) before it
+//! buffers a byte of body; a worker caught breaking the protocol is not
+//! believed any further (`violate`). One call pulls at most [`MAX_PULL`]
+//! bytes, so one busy worker cannot hold the supervisor.
+
+use super::{Conn, Ctx};
+use crate::sys::prefault::{self, Spares};
+use crate::transport::bell;
+use crate::transport::wire::HEADER;
+use std::os::fd::AsRawFd;
+
+/// Copy at most this much from a worker's ring per pass, so one chatty
+/// worker cannot starve the others.
+const MAX_PULL: usize = 8 << 20;
+
+impl Conn {
+    /// Takes in everything the worker has published.
+    pub(in crate::supervisor) fn pump_rx(&mut self, ctx: &mut Ctx<'_>) {
+        if self.violated.is_some() {
+            return;
+        }
+        // At most MAX_PULL bytes per call, so one busy worker cannot hold
+        // the supervisor (and its other workers' rings) for long: every
+        // step pumps every worker again, and nobody sleeps while bytes wait.
+        let mut pulled = 0;
+        loop {
+            let avail = match self.rx.available() {
+                Ok(a) => a,
+                Err(_) => return self.violate("moved its result ring write position impossibly"),
+            };
+            let take = self.big_record_alone(avail.min(MAX_PULL - pulled), ctx.spares);
+            if take > 0 {
+                self.promoted_at = None;
+            }
+            self.pull(take);
+            pulled += take;
+            if let Err(e) = self.parse(ctx) {
+                return self.violate(e);
+            }
+            if take == avail || take == 0 || pulled >= MAX_PULL {
+                break;
+            }
+        }
+        self.book.flush_out(ctx);
+    }
+
+    /// How much of the `n` available bytes to pull: all of them, unless
+    /// the next record is big and the last answer of the front batch. Such
+    /// a record is pulled alone, into a buffer of its size from the pool's
+    /// stocks (already faulted in; the caller gives it back once decoded),
+    /// and is then handed on whole. (Answers to a batch of several items
+    /// are gathered into one buffer anyway.)
+    #[inline]
+    pub(super) fn big_record_alone(&mut self, n: usize, spares: &Spares) -> usize {
+        // (A big record is written whole, or a ring's worth at a time.)
+        if n < prefault::MIN
+            || !self.reader.at_record_start()
+            || self.book.out_count != 0
+            || self
+                .book
+                .inflight
+                .front()
+                .is_none_or(|f| f.batch.count() != 1)
+        {
+            return n;
+        }
+        let mut len = [0u8; 4];
+        self.rx.copy_out(0, &mut len);
+        let len = u32::from_le_bytes(len);
+        // Only a size hint: the reader checks the header once it is copied.
+        let size = HEADER + len as usize;
+        if size < prefault::MIN || len as u64 > self.reader.cap() {
+            return n;
+        }
+        self.reader.reserve_with(size, |size| spares.take(size));
+        n.min(size)
+    }
+
+    pub(super) fn pull(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let rx = &self.rx;
+        self.reader.extend_with(n, |dst| rx.copy_into(0, dst));
+        if self.rx.consume(n) {
+            bell::ring(self.bell_to.as_raw_fd());
+        }
+    }
+
+    /// Handles every complete record received.
+    pub(super) fn parse(&mut self, ctx: &mut Ctx<'_>) -> Result<(), String> {
+        loop {
+            // Fast path: a run of answers for the front batch, copied at once.
+            if self.book.kill.is_none()
+                && let Some(front) = self.book.inflight.front()
+            {
+                let want = front.batch.count() - self.book.out_count;
+                let run = self.reader.scan_items(want).map_err(|e| e.to_string())?;
+                if run.count > 0 {
+                    ctx.counters.count_run(&run);
+                    let whole = (self.book.out_count == 0 && run.count == want)
+                        .then(|| self.reader.take_whole(run.bytes))
+                        .flatten();
+                    if let Some(buf) = whole {
+                        // The answers of the whole front batch, and nothing
+                        // else: hand the buffer on as it is.
+                        self.book.out = buf;
+                        self.book.out_count = run.count;
+                        self.book.flush_out(ctx);
+                        continue;
+                    }
+                    self.book.out.extend_from_slice(self.reader.take(run.bytes));
+                    self.book.out_count += run.count;
+                    if run.count == want {
+                        self.book.flush_out(ctx);
+                    }
+                    continue;
+                }
+            }
+            // Slow path, one record: control records, a killed item, errors.
+            match self.reader.next() {
+                Ok(Some(rec)) => self.book.on_record(rec, ctx)?,
+                Ok(None) => {
+                    // One big result must not pin its size for the
+                    // worker's lifetime.
+                    self.reader.release_idle();
+                    return Ok(());
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
