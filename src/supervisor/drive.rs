@@ -16,6 +16,15 @@
 //!   the supervisor thread, which is therefore never needed on the fast
 //!   path and never missing on the slow one.
 //!
+//! # The rule for whoever steps
+//!
+//! Stepping the supervisor withdraws the sleeping thread's announcements,
+//! so workers stop ringing it (see `sleep.rs`). A caller that steps
+//! ([`Driver::step_once`]) must therefore, before it blocks, leave through
+//! [`Driver::help_while`] or [`Driver::hand_over`], which wake the
+//! supervisor thread if work is outstanding; a caller that simply blocks
+//! after a bare step can leave an answer waiting for ever.
+//!
 //! Nothing here decides *what* a step does; that is `super`.
 
 use super::{Command, Supervisor};

@@ -15,89 +15,63 @@
 //! Jobs that may not start yet (a countdown, an ETA, a retry's backoff, a
 //! rate limit's next slot) wait in its timers (`timers.rs`), not in a
 //! worker; a job whose expiry passes before it started is resolved as
-//! expired wherever it waits; a function's throttle (`throttle.rs`, its rate limit) is
+//! expired wherever it waits; a function's throttle (`batch/throttle.rs`, its rate limit) is
 //! asked before each of its items is handed to an idle worker.
 //!
 //! Promises: every batch it receives is resolved exactly once per item — by
 //! a worker's answer, a charged failure, or `Cancelled` when the pool is
 //! terminated or the supervisor itself fails — and when the thread ends, no
 //! worker or fork server of this pool is left running.
+//!
+//! | file | owns |
+//! | --- | --- |
+//! | `mod.rs` | starting the thread, the supervisor's state, one `step`, commands, shutdown |
+//! | `command.rs` | what callers send ([`Command`]) and what they learn of a job ([`Whereabouts`]) |
+//! | `drive.rs` | who steps it: the supervisor thread, or a caller helping while it waits |
+//! | `sleep.rs` | sleeping in `epoll` without losing a wake-up |
+//! | `dispatch.rs` | taking batches in, handing them to workers: prefetch, throttles, task limits |
+//! | `jobs.rs` | one job wherever it waits: where it is, cancel, expire |
+//! | `workers.rs` | the round over the workers: rings pumped, deadlines, dead workers' books closed |
+//! | `spawn.rs` | keeping the pool at strength; the fork server's events; start failures |
+//! | `standby.rs` | when to keep a spare worker (a pure policy) |
+//! | `restart.rs` | forking a new fork server after the last one died |
+//! | `timers.rs` | batches waiting for their start time; expiry times |
+//! | `conn/` | one worker's connection and books |
 
+mod command;
 mod conn;
+mod dispatch;
 mod drive;
+mod jobs;
 mod restart;
+mod sleep;
+mod spawn;
 mod standby;
 mod timers;
+mod workers;
 
+pub(crate) use command::{Command, Whereabouts};
 pub(crate) use drive::{Driver, Help, Submitter};
 
-use crate::batch::progress::Progress;
 use crate::batch::throttle::Throttles;
 use crate::batch::{Batch, JobId};
 use crate::config::PoolConfig;
-use crate::error::{Error, JobError};
+use crate::error::Error;
 use crate::metrics::stats::Counters;
-use crate::sys::clock;
 use crate::sys::prefault::Spares;
 use crate::sys::spin;
-use crate::transport::bell::Drained;
-use crate::worker::zygote::{Event, Polled, ZygoteLink};
+use crate::worker::zygote::ZygoteLink;
 use conn::{Conn, Ctx};
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, TryRecvError};
 use drive::Wake;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use restart::Restart;
 use standby::Standby;
 use std::collections::{HashMap, VecDeque};
-
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use timers::Timers;
-
-/// Most batches of several items queued at one worker.
-const PREFETCH_BATCHES: usize = 2;
-/// Most single-item batches queued at one worker.
-const PREFETCH_SINGLES: usize = 32;
-/// Consecutive failed worker starts after which queued jobs fail.
-const START_FAILURES: u32 = 3;
-
-/// What the pool's callers ask of the supervisor.
-pub(crate) enum Command {
-    Submit(Batch),
-    Cancel {
-        id: JobId,
-        reply: Sender<bool>,
-    },
-    /// Where is this single job now?
-    Inspect {
-        id: JobId,
-        reply: Sender<Whereabouts>,
-    },
-    /// The job was cancelled before it was dispatched: if it waits in the
-    /// timers, drop it now rather than when it falls due.
-    Discard(JobId),
-    /// Accept no new work (callers check; this stops replacements when idle).
-    Close,
-    /// Finish all work, let the workers exit, then end.
-    Join,
-    /// Kill everything now.
-    Terminate,
-}
-
-/// Where a single job is, as the supervisor sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Whereabouts {
-    /// Waiting for a start time (countdown, ETA, retry backoff, rate limit).
-    Scheduled,
-    /// Waiting for a worker: in the queue, or in a worker's inbox behind
-    /// another job.
-    Queued,
-    /// A worker is running it; with the latest progress it reported.
-    Running { progress: Option<Progress> },
-    /// Not with the supervisor: finished, unknown, or not yet received.
-    Elsewhere,
-}
 
 /// Forks the zygote and starts the supervisor thread.
 pub(crate) fn start(
@@ -160,6 +134,8 @@ fn zygote_capacity(config: &PoolConfig) -> usize {
     2 * config.workers + 8
 }
 
+/// Poller tokens: the command wake-up, the fork server, and per worker
+/// (`token(key, kind)`) its doorbell or its pidfd.
 const TOKEN_WAKE: u64 = 0;
 const TOKEN_ZYGOTE: u64 = 1;
 const KIND_BELL: u64 = 2;
@@ -322,568 +298,6 @@ impl Supervisor {
                 }
             }
         }
-    }
-
-    /// Takes in a submitted batch: to the timers if it may not start yet,
-    /// else to the dispatch queue.
-    fn accept(&mut self, mut batch: Batch) {
-        batch.throttle = self.throttles.get(batch.call.func);
-        if let (Some(at), Some(id)) = (batch.opts.expires_at, batch.job) {
-            self.timers.watch_expiry(at, id);
-        }
-        match batch.opts.not_before {
-            Some(at) if at > clock::coarse_ns() => self.timers.schedule(at, batch),
-            _ => self.pending.push_back(batch),
-        }
-    }
-
-    /// Moves batches whose start time came to the dispatch queue, and
-    /// expires jobs whose expiry came before they started.
-    fn run_timers(&mut self) {
-        let now = clock::coarse_ns();
-        while let Some(batch) = self.timers.pop_due(now) {
-            self.pending.push_back(batch);
-        }
-        while let Some(id) = self.timers.pop_expired(now) {
-            self.expire(id);
-        }
-    }
-
-    /// Takes job `id` out of the timers or the queue, if it waits there (not
-    /// yet handed to a worker).
-    fn take_undispatched(&mut self, id: JobId) -> Option<Batch> {
-        self.timers.take_job(id).or_else(|| {
-            let pos = self.pending.iter().position(|b| b.job == Some(id))?;
-            self.pending.remove(pos)
-        })
-    }
-
-    /// Resolves job `id` as expired if it has not started; a job already
-    /// running (or finished) is left alone.
-    fn expire(&mut self, id: JobId) {
-        if let Some(mut batch) = self.take_undispatched(id) {
-            // Single jobs only: resolved here unless cancelled meanwhile.
-            if batch.sink.fail_now(JobError::Expired) {
-                self.counters.count_error(&JobError::Expired, 1);
-            }
-            batch.forget(batch.count());
-            return;
-        }
-        let Some(&key) = self.dispatched_jobs.get(&id) else {
-            return;
-        };
-        if let Some(conn) = self.conns.iter_mut().find(|c| c.key == key) {
-            let mut ctx = Ctx {
-                counters: &self.counters,
-                done_jobs: &mut self.done_jobs,
-                spares: &self.spares,
-            };
-            conn.withdraw(id, JobError::Expired, &mut ctx);
-        }
-    }
-
-    fn whereabouts(&self, id: JobId) -> Whereabouts {
-        if self.timers.contains(id) {
-            return Whereabouts::Scheduled;
-        }
-        if self.pending.iter().any(|b| b.job == Some(id)) {
-            return Whereabouts::Queued;
-        }
-        self.dispatched_jobs
-            .get(&id)
-            .and_then(|key| self.conns.iter().find(|c| c.key == *key))
-            .and_then(|c| c.whereabouts(id))
-            .unwrap_or(Whereabouts::Elsewhere)
-    }
-
-    fn cancel(&mut self, id: JobId) -> bool {
-        if let Some(mut batch) = self.take_undispatched(id) {
-            if batch.sink.cancel_now() {
-                self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-            }
-            batch.forget(batch.count());
-            return true;
-        }
-        let Some(&key) = self.dispatched_jobs.get(&id) else {
-            return false;
-        };
-        let Some(conn) = self.conns.iter_mut().find(|c| c.key == key) else {
-            return false;
-        };
-        let mut ctx = Ctx {
-            counters: &self.counters,
-            done_jobs: &mut self.done_jobs,
-            spares: &self.spares,
-        };
-        conn.cancel(id, &mut ctx)
-    }
-
-    fn zygote_events(&mut self) {
-        loop {
-            let Some(z) = &self.zygote else { return };
-            match z.poll() {
-                Polled::Empty => return,
-                Polled::Closed => return self.zygote_lost(),
-                Polled::Event(Event::Spawned { key, pid, pidfd }) => {
-                    if let Some(c) = self.conns.iter_mut().find(|c| c.key == key) {
-                        c.spawned(pid, pidfd);
-                        if let Some(fd) = c.pidfd() {
-                            let ev = EpollEvent::new(EpollFlags::EPOLLIN, token(key, KIND_PIDFD));
-                            c.pidfd_registered = self.epoll.add(fd, ev).is_ok();
-                        }
-                    }
-                }
-                Polled::Event(Event::SpawnFailed { key, error }) => {
-                    if let Some(c) = self.conns.iter_mut().find(|c| c.key == key) {
-                        c.spawn_failed = true;
-                    }
-                    self.start_failed(format!("fork failed: {error}"));
-                }
-                Polled::Event(Event::Exited { key, status }) => {
-                    if let Some(c) = self.conns.iter_mut().find(|c| c.key == key) {
-                        c.status = Some(status);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The fork server died (or broke the protocol). Its workers keep
-    /// serving as orphans; `maintain` forks a new fork server. A worker it
-    /// was asked for but never confirmed (it may have died mid-`fork`) is
-    /// let go if it holds no job (if it exists, it exits on its doorbell's
-    /// end-of-file); one that holds jobs is asked to exit once it has
-    /// answered them, and is known until then by its pipe only.
-    fn zygote_lost(&mut self) {
-        if let Some(z) = self.zygote.take() {
-            let _ = self.epoll.delete(z.fd());
-            drop(z); // reaps it (or, if it lives, stops it and then reaps it)
-        }
-        for c in &mut self.conns {
-            if c.pid().is_none() && !c.busy() {
-                c.spawn_failed = true;
-            } else {
-                c.orphaned = true;
-                if c.pid().is_none() {
-                    // Known by its pipe only: let it answer what it holds,
-                    // then exit (its pipe's end-of-file closes its books),
-                    // and count a replacement for it at once.
-                    c.request_exit();
-                }
-            }
-        }
-    }
-
-    /// Installs the new fork server once the helper has forked it.
-    fn restarted(&mut self) {
-        let Some(result) = self.restart.as_ref().and_then(Restart::poll) else {
-            return;
-        };
-        self.restart = None;
-        let registered = result.and_then(|link| {
-            let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_ZYGOTE);
-            self.epoll.add(link.fd(), ev)?;
-            Ok(link)
-        });
-        match registered {
-            Ok(link) => {
-                // The dead fork server's workers: the new one kills them
-                // too if the caller dies.
-                for c in self.conns.iter().filter(|c| c.orphaned) {
-                    if let (Some(pid), Some(fd)) = (c.pid(), c.pidfd()) {
-                        let _ = link.adopt(c.key, pid, fd);
-                    }
-                }
-                self.zygote = Some(link);
-                self.zygote_ready = true;
-                self.counters
-                    .fork_server_restarts
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => self.start_failed(format!("could not restart the fork server: {e}")),
-        }
-    }
-
-    /// Takes in answers, continues streaming frames, and closes the books
-    /// of workers that died.
-    fn service_workers(&mut self) {
-        let mut i = 0;
-        while i < self.conns.len() {
-            let mut ctx = Ctx {
-                counters: &self.counters,
-                done_jobs: &mut self.done_jobs,
-                spares: &self.spares,
-            };
-            let c = &mut self.conns[i];
-            c.pump_rx(&mut ctx);
-            c.pump_tx();
-            if c.is_ready() {
-                self.start_failures = 0;
-            }
-            if !c.finished() {
-                i += 1;
-                continue;
-            }
-            let mut c = self.conns.swap_remove(i);
-            let requeue = c.finalize(&mut ctx);
-            if let Some(code @ 70..=72) = c.status.and_then(|s| s.code()) {
-                // The worker left on its own over a broken frame or ring: a
-                // forkpool bug, worth saying out loud (its jobs ran elsewhere).
-                eprintln!(
-                    "forkpool: worker {} exited with code {code}, forkpool's code for a broken \
-                     frame or ring (unless a job called exit({code})): please report this",
-                    c.pid().unwrap_or(0)
-                );
-            }
-            if let Some(why) = c.violation() {
-                eprintln!(
-                    "forkpool: worker {} broke the protocol ({why}); treated as crashed",
-                    c.pid().unwrap_or(0)
-                );
-            }
-            for batch in requeue.into_iter().rev() {
-                self.pending.push_front(batch);
-            }
-            if c.bell_registered {
-                let _ = self.epoll.delete(c.bell_fd());
-            }
-            if c.pidfd_registered
-                && let Some(fd) = c.pidfd()
-            {
-                let _ = self.epoll.delete(fd);
-            }
-            if !c.is_ready() && !c.ended_on_purpose() && !c.spawn_failed {
-                let why = match c.init_failure() {
-                    Some(msg) => msg.to_string(),
-                    None => format!(
-                        "worker {} exited before it was ready ({:?})",
-                        c.pid().unwrap_or(0),
-                        c.status
-                    ),
-                };
-                self.start_failed(why);
-            }
-        }
-        for id in self.done_jobs.drain(..) {
-            self.dispatched_jobs.remove(&id);
-        }
-    }
-
-    fn start_failed(&mut self, why: String) {
-        self.start_failures += 1;
-        self.last_start_error = why;
-        let backoff = 50_000_000u64 << self.start_failures.min(5);
-        self.spawn_after = clock::coarse_ns() + backoff;
-        if self.start_failures >= START_FAILURES && !self.conns.iter().any(Conn::is_ready) {
-            let error = JobError::WorkerStart {
-                message: self.last_start_error.clone(),
-            };
-            for mut batch in self.pending.drain(..) {
-                self.counters.count_error(&error, u64::from(batch.count()));
-                batch.fail(batch.count(), error.clone());
-            }
-        }
-    }
-
-    /// Enforces time limits; returns the nearest deadline.
-    fn deadlines(&mut self) -> Option<u64> {
-        let now = clock::coarse_ns();
-        self.conns
-            .iter_mut()
-            .filter_map(|c| c.check_deadlines(now))
-            .min()
-    }
-
-    /// Hands pending batches to workers.
-    fn dispatch(&mut self) {
-        let now = clock::coarse_ns();
-        while let Some(front) = self.pending.front() {
-            if !front.sink.claim() {
-                let mut batch = self.pending.pop_front().expect("front exists");
-                batch.forget(batch.count());
-                continue;
-            }
-            if front.opts.expires_at.is_some_and(|at| at <= now) {
-                let mut batch = self.pending.pop_front().expect("front exists");
-                let n = batch.count();
-                self.counters.count_error(&JobError::Expired, u64::from(n));
-                batch.fail(n, JobError::Expired);
-                continue;
-            }
-            let Some(i) = self.pick(front) else { return };
-            let mut batch = self.pending.pop_front().expect("front exists");
-            if batch.throttle.is_some() {
-                match self.pass_throttle(batch, now) {
-                    Some(admitted) => batch = admitted,
-                    None => continue,
-                }
-            }
-            if let Some(left) = self.conns[i].tasks_left()
-                && left < u64::from(batch.count())
-            {
-                let front_part = batch.split_front(left as u32);
-                self.pending.push_front(batch);
-                batch = front_part;
-            }
-            let job = batch.job;
-            let key = self.conns[i].key;
-            // Handed to a worker, the items leave the bounded queue.
-            let ticket = batch.ticket.take();
-            match self.conns[i].try_send(batch) {
-                Ok(()) => {
-                    drop(ticket);
-                    if let Some(id) = job {
-                        self.dispatched_jobs.insert(id, key);
-                    }
-                    if self.conns[i].tasks_left() == Some(0) {
-                        self.conns[i].request_exit();
-                    }
-                }
-                Err(mut batch) => {
-                    batch.ticket = ticket;
-                    self.pending.push_front(batch);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Asks the batch's throttle whether its first item may start now. Throttled
-    /// items go one at a time: the rest of the batch goes back to the
-    /// queue's front. An item refused waits in the timers until the instant
-    /// the throttle gave, then queues again.
-    fn pass_throttle(&mut self, mut batch: Batch, now: u64) -> Option<Batch> {
-        if batch.count() > 1 {
-            let one = batch.split_front(1);
-            self.pending.push_front(batch);
-            batch = one;
-        }
-        let throttle = batch.throttle.as_ref().expect("throttled batch");
-        match throttle.admit(now, batch.throttle_waited) {
-            Ok(()) => Some(batch),
-            Err(at) => {
-                batch.throttle_waited = true;
-                self.timers.schedule(at.max(now + 1), batch);
-                None
-            }
-        }
-    }
-
-    /// The worker to send `batch` to: the least loaded that may take it,
-    /// preferring workers that are already up. A gated item goes only to a
-    /// worker with nothing queued, so that it starts when it is sent.
-    fn pick(&self, batch: &Batch) -> Option<usize> {
-        let single = batch.count() == 1;
-        let queue_limit = if single {
-            PREFETCH_SINGLES
-        } else {
-            PREFETCH_BATCHES
-        };
-        self.conns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.accepts(batch.job.is_some()) && c.inflight_batches() < queue_limit)
-            .filter(|(_, c)| batch.throttle.is_none() || !c.busy())
-            .min_by_key(|(_, c)| (c.inflight_items(), !c.is_ready()))
-            .map(|(i, _)| i)
-    }
-
-    /// Starts workers until the pool is at strength.
-    fn maintain(&mut self) {
-        if self.zygote.is_none() {
-            // Jobs wait for it; if forking it keeps failing, `start_failed`
-            // fails them rather than let them hang.
-            let idle = self.closing && self.pending.is_empty();
-            if self.restart.is_none() && !idle && clock::coarse_ns() >= self.spawn_after {
-                match Restart::begin(self.config.clone(), self.wake.clone()) {
-                    Ok(r) => self.restart = Some(r),
-                    Err(e) => self.start_failed(format!("could not restart the fork server: {e}")),
-                }
-            }
-            return;
-        }
-        let want = if self.closing && self.pending.is_empty() {
-            0
-        } else {
-            self.config.workers
-        };
-        let mut have = self
-            .conns
-            .iter()
-            .filter(|c| !c.standby && c.counts_toward_strength())
-            .count();
-        while have < want {
-            if self.activated >= self.config.workers as u64 {
-                self.standby.worker_replaced();
-            }
-            if let Some(c) = self
-                .conns
-                .iter_mut()
-                .find(|c| c.standby && c.counts_toward_strength())
-            {
-                c.standby = false;
-                c.promoted_at = Some(clock::coarse_ns());
-                self.activated();
-            } else if clock::coarse_ns() < self.spawn_after || !self.spawn_one(false) {
-                return;
-            }
-            have += 1;
-        }
-        self.standby_hold = None;
-        if want == 0 || !self.standby.wanted() || clock::coarse_ns() < self.spawn_after {
-            return;
-        }
-        if self
-            .conns
-            .iter()
-            .any(|c| (c.standby && c.counts_toward_strength()) || c.awaiting_exit_status())
-        {
-            return;
-        }
-        match standby::hold(self.conns.iter().map(|c| c.promoted_at), clock::coarse_ns()) {
-            Some(until) => self.standby_hold = Some(until),
-            None => {
-                self.spawn_one(true);
-            }
-        }
-    }
-
-    /// Counts a worker put to work; past the first N, a restart.
-    fn activated(&mut self) {
-        if self.activated >= self.config.workers as u64 {
-            self.counters
-                .worker_restarts
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        self.activated += 1;
-    }
-
-    /// Asks the fork server for a worker: one of the N, or a `standby`.
-    fn spawn_one(&mut self, standby: bool) -> bool {
-        let key = self.next_key;
-        self.next_key += 1;
-        let tasks = self.config.max_tasks_per_worker.map(|t| t as u64);
-        let (mut conn, fds) = match Conn::new(
-            key,
-            self.config.worker.ring_size,
-            self.config.worker.max_message_size,
-            tasks,
-        ) {
-            Ok(x) => x,
-            Err(e) => {
-                self.start_failed(format!("could not set up a worker: {e}"));
-                return false;
-            }
-        };
-        let Some(z) = &self.zygote else { return false };
-        if let Err(e) = z.spawn(key, fds.borrow()) {
-            self.start_failed(format!("could not reach the fork server: {e}"));
-            return false;
-        }
-        drop(fds);
-        let ev = EpollEvent::new(EpollFlags::EPOLLIN, token(key, KIND_BELL));
-        conn.bell_registered = self.epoll.add(conn.bell_fd(), ev).is_ok();
-        conn.standby = standby;
-        if !standby {
-            self.activated();
-        }
-        self.conns.push(conn);
-        true
-    }
-
-    fn update_live(&self) {
-        let (mut live, mut standby) = (0, 0);
-        for c in &self.conns {
-            if c.pid().is_some() && c.status.is_none() && !c.gone {
-                if c.standby {
-                    standby += 1;
-                } else {
-                    live += 1;
-                }
-            }
-        }
-        self.counters.live_workers.store(live, Ordering::Relaxed);
-        self.counters
-            .standby_workers
-            .store(standby, Ordering::Relaxed);
-        self.counters
-            .scheduled
-            .store(self.timers.items(), Ordering::Relaxed);
-    }
-
-    /// Gets ready to sleep until a command, a worker, the fork server or a
-    /// deadline needs the supervisor: asks every worker to ring when it
-    /// writes. Returns the timeout in milliseconds (`None`: no timeout), or
-    /// `Err` when there is already work to do.
-    fn prepare_sleep(&mut self) -> Result<Option<u64>, ()> {
-        self.wake.set_sleeping(true);
-        fence(Ordering::SeqCst);
-        let room = self.pending.front().map_or(0, |b| b.items_len() + 64);
-        let mut idle = self.cmds.is_empty();
-        // A new fork server forked (and rung for) just before we set the
-        // flag: take it now, its wake-up may have come too early.
-        idle &= !self.restart.as_ref().is_some_and(Restart::done);
-        for c in &mut self.conns {
-            idle &= c.prepare_sleep(room);
-        }
-        if !idle {
-            self.after_sleep(&[]);
-            return Err(());
-        }
-        let mut until = self.next_deadline;
-        let active = self.conns.iter().filter(|c| !c.standby).count();
-        if self.spawn_after > 0 && active < self.config.workers {
-            until = Some(until.map_or(self.spawn_after, |t| t.min(self.spawn_after)));
-        }
-        self.sleep_until = Some(until.unwrap_or(u64::MAX));
-        Ok(until.map(|t| t.saturating_sub(clock::coarse_ns()).div_ceil(1_000_000)))
-    }
-
-    /// Back from sleeping: withdraws the requests to ring and takes note of
-    /// what the poller reported.
-    fn after_sleep(&mut self, events: &[EpollEvent]) {
-        self.wake.set_sleeping(false);
-        self.sleep_until = None;
-        for c in &self.conns {
-            c.awake();
-        }
-        for ev in events {
-            let t = ev.data();
-            match t {
-                TOKEN_WAKE => self.wake.drain(),
-                TOKEN_ZYGOTE => self.zygote_ready = true,
-                _ => {
-                    let (key, kind) = (t >> 2, t & 3);
-                    let Some(c) = self.conns.iter_mut().find(|c| c.key == key) else {
-                        continue;
-                    };
-                    if kind == KIND_BELL {
-                        if c.drain_bell() == Drained::Eof {
-                            let _ = self.epoll.delete(c.bell_fd());
-                            c.bell_registered = false;
-                        }
-                    } else if kind == KIND_PIDFD {
-                        c.gone = true;
-                        if let Some(fd) = c.pidfd() {
-                            let _ = self.epoll.delete(fd);
-                        }
-                        c.pidfd_registered = false;
-                    }
-                }
-            }
-        }
-    }
-
-    /// A caller is about to step: workers need not ring for it.
-    fn helping(&mut self) {
-        for c in &self.conns {
-            c.awake();
-        }
-    }
-
-    /// Whether a worker with work in flight last ran on `cpu`.
-    fn busy_worker_on(&self, cpu: u32) -> bool {
-        self.conns.iter().any(|c| c.busy() && c.worker_cpu() == cpu)
     }
 
     /// Ends the pool: kills every worker, resolves every job left as

@@ -1,0 +1,49 @@
+//! What the pool's callers say to the supervisor ([`Command`]), and what
+//! it tells them about one job ([`Whereabouts`]).
+//!
+//! Commands travel through an unbounded channel, so a caller never blocks
+//! on the supervisor; a question (`Cancel`, `Inspect`) carries a one-shot
+//! reply channel. When the supervisor is gone, a send fails and the caller
+//! gets its command back: a `Submit` then resolves its jobs as cancelled
+//! on the caller's side.
+
+use crate::batch::progress::Progress;
+use crate::batch::{Batch, JobId};
+use crossbeam_channel::Sender;
+
+/// What the pool's callers ask of the supervisor.
+pub(crate) enum Command {
+    Submit(Batch),
+    Cancel {
+        id: JobId,
+        reply: Sender<bool>,
+    },
+    /// Where is this single job now?
+    Inspect {
+        id: JobId,
+        reply: Sender<Whereabouts>,
+    },
+    /// The job was cancelled before it was dispatched: if it waits in the
+    /// timers, drop it now rather than when it falls due.
+    Discard(JobId),
+    /// Accept no new work (callers check; this stops replacements when idle).
+    Close,
+    /// Finish all work, let the workers exit, then end.
+    Join,
+    /// Kill everything now.
+    Terminate,
+}
+
+/// Where a single job is, as the supervisor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Whereabouts {
+    /// Waiting for a start time (countdown, ETA, retry backoff, rate limit).
+    Scheduled,
+    /// Waiting for a worker: in the queue, or in a worker's inbox behind
+    /// another job.
+    Queued,
+    /// A worker is running it; with the latest progress it reported.
+    Running { progress: Option<Progress> },
+    /// Not with the supervisor: finished, unknown, or not yet received.
+    Elsewhere,
+}
