@@ -17,7 +17,8 @@
 //! | file | owns |
 //! | --- | --- |
 //! | `wire.rs` | frames, tags, the batch header, the size cap, the untrusted-record decoder |
-//! | `shm.rs` | the shared memory: `memfd`, mirrored mappings, the status page and its typed words |
+//! | `shm.rs` | the shared memory: `memfd`, mirrored mappings |
+//! | `status.rs` | the status page: which item runs, cancel slots, ring positions, progress |
 //! | `ring.rs` | the SPSC byte ring and its sleep/wake handshakes |
 //! | `bell.rs` | doorbell pipes |
 //! | `codec.rs` | serde encoding (bincode 1.3), decoding into faulted-in buffers |
@@ -26,4 +27,5 @@ pub(crate) mod bell;
 pub(crate) mod codec;
 pub(crate) mod ring;
 pub(crate) mod shm;
+pub(crate) mod status;
 pub(crate) mod wire;

@@ -16,7 +16,7 @@
 //! Either side may be the untrusted worker, so positions read from the other
 //! side are checked: an impossible position is reported as [`Corrupt`].
 
-use crate::transport::shm::RingCtl;
+use crate::transport::status::RingCtl;
 use std::mem::MaybeUninit;
 use std::ptr;
 use std::sync::atomic::{Ordering, fence};

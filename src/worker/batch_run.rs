@@ -25,7 +25,7 @@ use super::run::{EXIT_PROTOCOL, Worker, exit};
 use crate::sys::clock;
 use crate::transport::bell;
 use crate::transport::ring::Consumer;
-use crate::transport::shm::{DONE, RUNNING, SLOT_QUEUED, SLOT_TAKEN};
+use crate::transport::status::{DONE, RUNNING, SLOT_QUEUED, SLOT_TAKEN};
 use crate::transport::wire::{self, BatchHeader, HEADER, Items, Tag};
 use std::sync::atomic::Ordering;
 

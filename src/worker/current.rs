@@ -9,7 +9,7 @@
 //! stores, no message and no system call, so a job may report on every
 //! iteration of a tight loop: only the latest report is kept.
 
-use crate::transport::shm::{KILL, RUNNING, StatusPage};
+use crate::transport::status::{KILL, RUNNING, StatusPage};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 /// This worker's status page, once it runs (null in the caller).

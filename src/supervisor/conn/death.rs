@@ -34,7 +34,7 @@
 use super::{Conn, Ctx};
 use crate::batch::Batch;
 use crate::error::{ExitStatus, JobError};
-use crate::transport::shm::{DONE, KILL, RUNNING, SLOT_CANCELLED};
+use crate::transport::status::{DONE, KILL, RUNNING, SLOT_CANCELLED};
 use std::sync::atomic::Ordering;
 
 impl Conn {

@@ -16,7 +16,7 @@ use crate::batch::progress::Progress;
 use crate::error::JobError;
 use crate::supervisor::Whereabouts;
 use crate::sys::clock;
-use crate::transport::shm::{KILL, RUNNING, SLOT_CANCELLED, SLOT_QUEUED};
+use crate::transport::status::{KILL, RUNNING, SLOT_CANCELLED, SLOT_QUEUED};
 use std::sync::atomic::Ordering;
 
 impl Conn {

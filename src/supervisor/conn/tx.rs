@@ -11,7 +11,7 @@ use super::book::InFlight;
 use super::{Conn, ExitRequest};
 use crate::batch::Batch;
 use crate::transport::bell;
-use crate::transport::shm::SLOT_QUEUED;
+use crate::transport::status::SLOT_QUEUED;
 use crate::transport::wire::{self, BATCH_HEADER, BatchHeader, HEADER, Tag};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
