@@ -83,11 +83,8 @@ pub(crate) fn start(
     let zygote = ZygoteLink::start(&config.worker, zygote_capacity(&config))?;
     let wake = Arc::new(Wake::new()?);
     let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
-    epoll.add(wake.fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE))?;
-    epoll.add(
-        zygote.fd(),
-        EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_ZYGOTE),
-    )?;
+    epoll.add(wake.fd(), Token::Wake.event())?;
+    epoll.add(zygote.fd(), Token::Zygote.event())?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let sup = Supervisor {
         standby: Standby::new(config.standby),
@@ -134,15 +131,44 @@ fn zygote_capacity(config: &PoolConfig) -> usize {
     2 * config.workers + 8
 }
 
-/// Poller tokens: the command wake-up, the fork server, and per worker
-/// (`token(key, kind)`) its doorbell or its pidfd.
-const TOKEN_WAKE: u64 = 0;
-const TOKEN_ZYGOTE: u64 = 1;
-const KIND_BELL: u64 = 2;
-const KIND_PIDFD: u64 = 3;
+/// What woke the supervisor's poller: the token registered with each
+/// descriptor in `epoll`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    /// A command came (the wake-up eventfd).
+    Wake,
+    /// The fork server's socket.
+    Zygote,
+    /// Worker `key`'s doorbell.
+    Bell(u64),
+    /// Worker `key`'s pidfd: the process is gone.
+    Pidfd(u64),
+}
 
-fn token(key: u64, kind: u64) -> u64 {
-    key << 2 | kind
+impl Token {
+    /// The kind in the low two bits, the worker's key above them.
+    const KIND_BITS: u32 = 2;
+
+    fn event(self) -> EpollEvent {
+        let data = match self {
+            Token::Wake => 0,
+            Token::Zygote => 1,
+            Token::Bell(key) => key << Self::KIND_BITS | 2,
+            Token::Pidfd(key) => key << Self::KIND_BITS | 3,
+        };
+        EpollEvent::new(EpollFlags::EPOLLIN, data)
+    }
+
+    fn of(event: &EpollEvent) -> Token {
+        let data = event.data();
+        let key = data >> Self::KIND_BITS;
+        match data & ((1 << Self::KIND_BITS) - 1) {
+            0 => Token::Wake,
+            1 => Token::Zygote,
+            2 => Token::Bell(key),
+            _ => Token::Pidfd(key),
+        }
+    }
 }
 
 struct Supervisor {
@@ -345,5 +371,23 @@ impl Supervisor {
         }
         self.counters.live_workers.store(0, Ordering::Relaxed);
         self.counters.standby_workers.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Token;
+
+    #[test]
+    fn tokens_round_trip() {
+        for t in [
+            Token::Wake,
+            Token::Zygote,
+            Token::Bell(7),
+            Token::Pidfd(7),
+            Token::Bell(1 << 40),
+        ] {
+            assert_eq!(Token::of(&t.event()), t);
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! someone steps the supervisor anyway.
 
 use super::restart::Restart;
-use super::{KIND_BELL, KIND_PIDFD, Supervisor, TOKEN_WAKE, TOKEN_ZYGOTE};
+use super::{Supervisor, Token};
 use crate::sys::clock;
 use crate::transport::bell::Drained;
 use nix::sys::epoll::EpollEvent;
@@ -53,28 +53,32 @@ impl Supervisor {
             c.awake();
         }
         for ev in events {
-            let t = ev.data();
-            match t {
-                TOKEN_WAKE => self.wake.drain(),
-                TOKEN_ZYGOTE => self.zygote_ready = true,
-                _ => {
-                    let (key, kind) = (t >> 2, t & 3);
-                    let Some(c) = self.conns.iter_mut().find(|c| c.key == key) else {
-                        continue;
-                    };
-                    if kind == KIND_BELL {
-                        if c.drain_bell() == Drained::Eof {
-                            let _ = self.epoll.delete(c.bell_fd());
-                            c.bell_registered = false;
-                        }
-                    } else if kind == KIND_PIDFD {
-                        c.gone = true;
-                        if let Some(fd) = c.pidfd() {
-                            let _ = self.epoll.delete(fd);
-                        }
-                        c.pidfd_registered = false;
-                    }
+            let token = Token::of(ev);
+            let key = match token {
+                Token::Wake => {
+                    self.wake.drain();
+                    continue;
                 }
+                Token::Zygote => {
+                    self.zygote_ready = true;
+                    continue;
+                }
+                Token::Bell(key) | Token::Pidfd(key) => key,
+            };
+            let Some(c) = self.conns.iter_mut().find(|c| c.key == key) else {
+                continue;
+            };
+            if let Token::Bell(_) = token {
+                if c.drain_bell() == Drained::Eof {
+                    let _ = self.epoll.delete(c.bell_fd());
+                    c.bell_registered = false;
+                }
+            } else {
+                c.gone = true;
+                if let Some(fd) = c.pidfd() {
+                    let _ = self.epoll.delete(fd);
+                }
+                c.pidfd_registered = false;
             }
         }
     }

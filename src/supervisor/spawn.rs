@@ -11,11 +11,10 @@
 
 use super::conn::Conn;
 use super::restart::Restart;
-use super::{KIND_BELL, KIND_PIDFD, Supervisor, TOKEN_ZYGOTE, standby, token};
+use super::{Supervisor, Token, standby};
 use crate::error::JobError;
 use crate::sys::clock;
 use crate::worker::zygote::{Event, Polled};
-use nix::sys::epoll::{EpollEvent, EpollFlags};
 use std::sync::atomic::Ordering;
 
 /// Consecutive failed worker starts after which queued jobs fail.
@@ -115,8 +114,10 @@ impl Supervisor {
             return false;
         }
         drop(fds);
-        let ev = EpollEvent::new(EpollFlags::EPOLLIN, token(key, KIND_BELL));
-        conn.bell_registered = self.epoll.add(conn.bell_fd(), ev).is_ok();
+        conn.bell_registered = self
+            .epoll
+            .add(conn.bell_fd(), Token::Bell(key).event())
+            .is_ok();
         conn.standby = standby;
         if !standby {
             self.activated();
@@ -171,8 +172,8 @@ impl Supervisor {
                     if let Some(c) = self.conns.iter_mut().find(|c| c.key == key) {
                         c.spawned(pid, pidfd);
                         if let Some(fd) = c.pidfd() {
-                            let ev = EpollEvent::new(EpollFlags::EPOLLIN, token(key, KIND_PIDFD));
-                            c.pidfd_registered = self.epoll.add(fd, ev).is_ok();
+                            c.pidfd_registered =
+                                self.epoll.add(fd, Token::Pidfd(key).event()).is_ok();
                         }
                     }
                 }
@@ -224,8 +225,7 @@ impl Supervisor {
         };
         self.restart = None;
         let registered = result.and_then(|link| {
-            let ev = EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_ZYGOTE);
-            self.epoll.add(link.fd(), ev)?;
+            self.epoll.add(link.fd(), Token::Zygote.event())?;
             Ok(link)
         });
         match registered {

@@ -156,7 +156,6 @@ fn errno() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
 
     #[test]
     fn mirrored_views_alias() {
@@ -168,8 +167,8 @@ mod tests {
             *data.add(10) = 42;
             assert_eq!(*data.add(64 * 1024 + 10), 42);
         }
-        r.page().worker.current.store(7, Ordering::Relaxed);
+        r.page().worker.current.start(7);
         let other = Region::map(std::os::fd::AsRawFd::as_raw_fd(&fd), 64 * 1024).unwrap();
-        assert_eq!(other.page().worker.current.load(Ordering::Relaxed), 7);
+        assert_eq!(other.page().worker.current.load().seq(), 7);
     }
 }

@@ -37,31 +37,226 @@ pub(crate) struct RingCtl {
     pub producer_waiting: Line<AtomicU32>,
 }
 
-/// `current` low bits: the item is running.
-pub(crate) const RUNNING: u64 = 1;
-/// `current` low bits: the item finished (its record is in the ring).
-pub(crate) const DONE: u64 = 2;
-/// `current` low bits: the supervisor claimed the item to kill the worker.
-pub(crate) const KILL: u64 = 3;
+/// The state bits of a status word: the low two bits, beside a 62-bit
+/// number (an item's sequence number, or a job id).
+const STATE_BITS: u32 = 2;
+const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
 
-/// Cancel slot state: the job is queued in the worker's ring.
-pub(crate) const SLOT_QUEUED: u64 = 1;
-/// Cancel slot state: the worker took the job and will run it.
-pub(crate) const SLOT_TAKEN: u64 = 2;
-/// Cancel slot state: the supervisor cancelled the job; the worker skips it.
-pub(crate) const SLOT_CANCELLED: u64 = 3;
+/// How the latest item a worker started stands ([`ItemWord`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ItemState {
+    /// Nothing started yet (the word is still zero).
+    Idle,
+    /// The item is running.
+    Running,
+    /// The item finished: its record is committed to the ring.
+    Done,
+    /// The supervisor claimed the item to kill the worker over it.
+    Kill,
+}
+
+impl ItemState {
+    const fn bits(self) -> u64 {
+        match self {
+            ItemState::Idle => 0,
+            ItemState::Running => 1,
+            ItemState::Done => 2,
+            ItemState::Kill => 3,
+        }
+    }
+}
+
+/// A reading of an [`ItemWord`]: an item's sequence number and its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Item(u64);
+
+impl Item {
+    const fn new(seq: u64, state: ItemState) -> Item {
+        Item(seq << STATE_BITS | state.bits())
+    }
+
+    /// The item's sequence number within the worker.
+    pub(crate) fn seq(self) -> u64 {
+        self.0 >> STATE_BITS
+    }
+
+    pub(crate) fn state(self) -> ItemState {
+        match self.0 & STATE_MASK {
+            0 => ItemState::Idle,
+            1 => ItemState::Running,
+            2 => ItemState::Done,
+            _ => ItemState::Kill,
+        }
+    }
+
+    /// The sequence number of the item whose user code may be running —
+    /// running, or claimed for a kill that has not landed yet.
+    pub(crate) fn running(self) -> Option<u64> {
+        matches!(self.state(), ItemState::Running | ItemState::Kill).then(|| self.seq())
+    }
+
+    /// How many items the worker has started: every item up to this one,
+    /// and this one unless nothing has started.
+    pub(crate) fn started_through(self) -> u64 {
+        match self.state() {
+            ItemState::Idle => 0,
+            _ => self.seq().saturating_add(1),
+        }
+    }
+}
+
+/// Which item a worker is on, and how it stands: `seq << 2 | state`.
+///
+/// The worker [`start`](Self::start)s each item and, when it is over,
+/// [`finish`](Self::finish)es it (a killable item) or
+/// [`mark_done`](Self::mark_done)s it (a timed one). The supervisor reads
+/// it and may [`claim_kill`](Self::claim_kill) the running item. `finish`
+/// and `claim_kill` are both compare-and-swaps from `Running`: exactly one
+/// of them wins, so a worker that lost waits for its kill instead of
+/// starting another item, and a kill never hits an innocent item.
+#[repr(transparent)]
+#[derive(Default)]
+pub(crate) struct ItemWord(AtomicU64);
+
+/// The supervisor claimed the item first: the worker is about to be killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Claimed;
+
+impl ItemWord {
+    /// Worker: item `seq` starts now.
+    #[inline(always)]
+    pub(crate) fn start(&self, seq: u64) {
+        self.0
+            .store(Item::new(seq, ItemState::Running).0, Ordering::Release);
+    }
+
+    /// Worker: killable item `seq` is over (its record committed), unless
+    /// the supervisor claimed it first.
+    #[inline(always)]
+    pub(crate) fn finish(&self, seq: u64) -> Result<(), Claimed> {
+        self.0
+            .compare_exchange(
+                Item::new(seq, ItemState::Running).0,
+                Item::new(seq, ItemState::Done).0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map(drop)
+            .map_err(|_| Claimed)
+    }
+
+    /// Worker: item `seq` is over, for the supervisor's limit checks (an
+    /// item that cannot be killed needs no compare-and-swap).
+    #[inline(always)]
+    pub(crate) fn mark_done(&self, seq: u64) {
+        self.0
+            .store(Item::new(seq, ItemState::Done).0, Ordering::Release);
+    }
+
+    /// The supervisor's reading (the worker wrote it).
+    pub(crate) fn load(&self) -> Item {
+        Item(self.0.load(Ordering::Acquire))
+    }
+
+    /// The worker's reading of its own word.
+    pub(crate) fn load_own(&self) -> Item {
+        Item(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Supervisor: claims running item `seq` to kill the worker over it.
+    /// False if the item is no longer running (it finished first).
+    pub(crate) fn claim_kill(&self, seq: u64) -> bool {
+        self.0
+            .compare_exchange(
+                Item::new(seq, ItemState::Running).0,
+                Item::new(seq, ItemState::Kill).0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+}
+
+/// How a cancellable job queued at a worker stands ([`CancelSlot`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    /// Queued in the worker's ring.
+    Queued,
+    /// The worker took it and will run it.
+    Taken,
+    /// The supervisor cancelled it; the worker skips it.
+    Cancelled,
+}
+
+impl SlotState {
+    const fn word(self, job: u64) -> u64 {
+        job << STATE_BITS
+            | match self {
+                SlotState::Queued => 1,
+                SlotState::Taken => 2,
+                SlotState::Cancelled => 3,
+            }
+    }
+}
+
+/// One cancellable job in a worker's inbox: `job_id << 2 | state`.
+///
+/// The supervisor [`queue`](Self::queue)s the job when it sends it. The
+/// worker [`take`](Self::take)s it before running it; the supervisor may
+/// [`cancel`](Self::cancel) it until then. Both are compare-and-swaps from
+/// `Queued`: a job is either run or skipped, never both. A job the worker
+/// took can only be stopped by killing the worker (see [`ItemWord`]).
+#[repr(transparent)]
+#[derive(Default)]
+pub(crate) struct CancelSlot(AtomicU64);
+
+impl CancelSlot {
+    /// Supervisor: job `job` is queued in the worker's inbox.
+    pub(crate) fn queue(&self, job: u64) {
+        self.0.store(SlotState::Queued.word(job), Ordering::Relaxed);
+    }
+
+    /// Worker: takes job `job` to run it. False if it was cancelled.
+    #[inline(always)]
+    pub(crate) fn take(&self, job: u64) -> bool {
+        self.transition(job, SlotState::Taken)
+    }
+
+    /// Supervisor: cancels job `job` before the worker takes it. False if
+    /// the worker took it first.
+    pub(crate) fn cancel(&self, job: u64) -> bool {
+        self.transition(job, SlotState::Cancelled)
+    }
+
+    /// Supervisor: whether job `job` was cancelled here.
+    pub(crate) fn is_cancelled(&self, job: u64) -> bool {
+        self.0.load(Ordering::Acquire) == SlotState::Cancelled.word(job)
+    }
+
+    #[inline(always)]
+    fn transition(&self, job: u64, to: SlotState) -> bool {
+        self.0
+            .compare_exchange(
+                SlotState::Queued.word(job),
+                to.word(job),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+}
 
 /// `WorkerStatus::started_ns` while a finished item's record waits for
 /// room: the supervisor reads a start later than now as "started just
-/// now" (`Conn::check_running`), so no time limit falls due meanwhile.
+/// now" (`conn/limits.rs`), so no time limit falls due meanwhile.
 pub(crate) const DELIVERING: u64 = u64::MAX;
 
 /// What the worker publishes about itself.
 #[repr(C, align(64))]
 #[derive(Default)]
 pub(crate) struct WorkerStatus {
-    /// `(seq << 2) | RUNNING / DONE / KILL` for the latest item started.
-    pub current: AtomicU64,
+    /// The latest item started, and how it stands.
+    pub current: ItemWord,
     /// `CLOCK_MONOTONIC_COARSE` nanoseconds when that item started (only
     /// written for batches with a time limit), or [`DELIVERING`] once its
     /// job is over and its record waits for room in the ring.
@@ -131,8 +326,8 @@ pub(crate) struct StatusPage {
     /// The CPU of the thread that last stepped the supervisor — the one that
     /// will hand the worker its next frame (see `crate::sys::spin`).
     pub driver_cpu: Line<AtomicU32>,
-    /// `(job_id << 2) | SLOT_*` for each cancellable job in flight.
-    pub cancel: [AtomicU64; CANCEL_SLOTS],
+    /// One slot for each cancellable job in flight.
+    pub cancel: [CancelSlot; CANCEL_SLOTS],
     /// The ring that carries batches to the worker.
     pub to_worker: RingCtl,
     /// The ring that carries records to the supervisor.
@@ -163,5 +358,46 @@ mod tests {
         // A writer caught mid-update (odd version) is not believed.
         cell.version.fetch_add(1, Ordering::Relaxed);
         assert_eq!(cell.read(2), None);
+    }
+
+    #[test]
+    fn an_item_is_finished_or_claimed_never_both() {
+        let w = ItemWord::default();
+        assert_eq!(w.load().state(), ItemState::Idle);
+        assert_eq!(w.load().started_through(), 0);
+        assert_eq!(w.load().running(), None);
+        w.start(5);
+        assert_eq!((w.load().seq(), w.load().state()), (5, ItemState::Running));
+        assert_eq!(w.load().running(), Some(5));
+        assert!(!w.claim_kill(4), "not the running item");
+        assert!(w.claim_kill(5));
+        assert_eq!(w.load().state(), ItemState::Kill);
+        assert_eq!(w.load().running(), Some(5), "its code may still run");
+        assert_eq!(w.finish(5), Err(Claimed), "the worker lost");
+        assert_eq!(w.load().started_through(), 6);
+        w.start(6);
+        assert_eq!(w.finish(6), Ok(()));
+        assert!(!w.claim_kill(6), "the supervisor lost");
+        assert_eq!((w.load().seq(), w.load().state()), (6, ItemState::Done));
+        assert_eq!(w.load().running(), None);
+        w.start(7);
+        w.mark_done(7);
+        assert_eq!(w.load_own().state(), ItemState::Done);
+        assert_eq!(w.load_own().started_through(), 8);
+    }
+
+    #[test]
+    fn a_queued_job_is_taken_or_cancelled_never_both() {
+        let slot = CancelSlot::default();
+        slot.queue(41);
+        assert!(!slot.take(40), "another job's id");
+        assert!(slot.take(41));
+        assert!(!slot.cancel(41), "taken: too late to cancel");
+        assert!(!slot.is_cancelled(41));
+        slot.queue(42);
+        assert!(slot.cancel(42));
+        assert!(slot.is_cancelled(42));
+        assert!(!slot.take(42), "cancelled: the worker skips it");
+        assert!(!slot.is_cancelled(41));
     }
 }

@@ -1,7 +1,7 @@
 //! Running one batch in a worker.
 //!
 //! For every item the worker first publishes in its status page which item
-//! it is on (`seq << 2 | RUNNING`, and the start time for a timed batch),
+//! it is on (`ItemWord::start`, and the start time for a timed batch),
 //! runs it — the job's shim decodes, calls and encodes, inlined in
 //! [`BatchRun::drive`] — writes the item's record, *commits* it to the
 //! result ring, and only then marks the item done. A crash at any point
@@ -25,7 +25,6 @@ use super::run::{EXIT_PROTOCOL, Worker, exit};
 use crate::sys::clock;
 use crate::transport::bell;
 use crate::transport::ring::Consumer;
-use crate::transport::status::{DONE, RUNNING, SLOT_QUEUED, SLOT_TAKEN};
 use crate::transport::wire::{self, BatchHeader, HEADER, Items, Tag};
 use std::sync::atomic::Ordering;
 
@@ -105,13 +104,7 @@ impl Worker {
         self.outbox.commit();
         let status = &self.page.worker;
         if flags & wire::FLAG_KILLABLE != 0 {
-            let claimed = status.current.compare_exchange(
-                seq << 2 | RUNNING,
-                seq << 2 | DONE,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
-            if claimed.is_err() {
+            if status.current.finish(seq).is_err() {
                 loop {
                     // SAFETY: pause just waits for a signal; SIGKILL is coming.
                     unsafe { libc::pause() };
@@ -119,7 +112,7 @@ impl Worker {
             }
         } else if flags & wire::FLAG_TIMED != 0 {
             // So that the supervisor's limit checks see the item is over.
-            status.current.store(seq << 2 | DONE, Ordering::Release);
+            status.current.mark_done(seq);
         }
         // Otherwise `RUNNING` plus the committed record tell the supervisor
         // all it needs, and the store is saved.
@@ -187,18 +180,8 @@ impl BatchRun<'_, '_> {
                     .store(clock::coarse_ns(), Ordering::Relaxed);
                 current::set_timed_item(seq + 1);
             }
-            status.current.store(seq << 2 | RUNNING, Ordering::Release);
-            let taken = !cancellable || {
-                let slot = &w.page.cancel[h.cancel_slot as usize];
-                let queued = h.job_id << 2 | SLOT_QUEUED;
-                slot.compare_exchange(
-                    queued,
-                    h.job_id << 2 | SLOT_TAKEN,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-            };
+            status.current.start(seq);
+            let taken = !cancellable || w.page.cancel[h.cancel_slot as usize].take(h.job_id);
             if taken {
                 batch.current = Some(seq);
                 let mut release = Release {

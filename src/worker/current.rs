@@ -9,7 +9,7 @@
 //! stores, no message and no system call, so a job may report on every
 //! iteration of a tight loop: only the latest report is kept.
 
-use crate::transport::status::{KILL, RUNNING, StatusPage};
+use crate::transport::status::StatusPage;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 /// This worker's status page, once it runs (null in the caller).
@@ -72,8 +72,8 @@ fn running_item() -> Option<(&'static StatusPage, u64)> {
     }
     // SAFETY: PAGE is only set in a worker, to its leaked, never-unmapped region.
     let page = unsafe { &*page };
-    let cur = page.worker.current.load(Ordering::Relaxed);
-    matches!(cur & 3, RUNNING | KILL).then_some((page, (cur >> 2) + 1))
+    let seq = page.worker.current.load_own().running()?;
+    Some((page, seq + 1))
 }
 
 /// Reports, from inside a job, that it has done `done` units out of

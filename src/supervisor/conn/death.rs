@@ -34,7 +34,6 @@
 use super::{Conn, Ctx};
 use crate::batch::Batch;
 use crate::error::{ExitStatus, JobError};
-use crate::transport::status::{DONE, KILL, RUNNING, SLOT_CANCELLED};
 use std::sync::atomic::Ordering;
 
 impl Conn {
@@ -62,16 +61,16 @@ impl Conn {
         } else {
             self.salvage(ctx);
         }
-        let cur = self.page().worker.current.load(Ordering::Acquire);
-        let (cseq, cstate) = (cur >> 2, cur & 3);
-        // Items it started: those before `cseq`, and `cseq` itself unless
-        // the word is still the initial "nothing started". A position past
-        // what was sent is a lie; it cannot make us charge more than that.
-        let started_through = match cstate {
-            DONE | RUNNING | KILL => cseq.saturating_add(1),
-            _ => 0,
-        }
-        .min(self.next_seq);
+        // Items it started: those before its current item, and that one
+        // unless the word is still the initial "nothing started". A position
+        // past what was sent is a lie; it cannot make us charge more than that.
+        let started_through = self
+            .page()
+            .worker
+            .current
+            .load()
+            .started_through()
+            .min(self.next_seq);
         // Every item it started and did not answer is charged: the running
         // one with what killed it; an earlier one whose record could not be
         // read (only after a protocol violation) with the crash too — it
@@ -97,8 +96,7 @@ impl Conn {
         let mut requeue = Vec::new();
         for mut f in self.book.inflight.drain(..) {
             if let (Some(slot), Some(id)) = (f.slot, f.batch.job) {
-                let word = page.cancel[slot as usize].load(Ordering::Acquire);
-                if word == id.0 << 2 | SLOT_CANCELLED {
+                if page.cancel[slot as usize].is_cancelled(id.0) {
                     f.batch.forget(f.batch.count());
                 }
                 ctx.done_jobs.push(id);

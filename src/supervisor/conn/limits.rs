@@ -16,7 +16,7 @@ use crate::batch::progress::Progress;
 use crate::error::JobError;
 use crate::supervisor::Whereabouts;
 use crate::sys::clock;
-use crate::transport::status::{KILL, RUNNING, SLOT_CANCELLED, SLOT_QUEUED};
+use crate::transport::status::ItemState;
 use std::sync::atomic::Ordering;
 
 impl Conn {
@@ -57,11 +57,11 @@ impl Conn {
             return None;
         }
         let page = self.region.page();
-        let cur = page.worker.current.load(Ordering::Acquire);
-        if cur & 3 != RUNNING {
+        let cur = page.worker.current.load();
+        if cur.state() != ItemState::Running {
             return None;
         }
-        let seq = cur >> 2;
+        let seq = cur.seq();
         let entry = self
             .book
             .inflight
@@ -89,12 +89,7 @@ impl Conn {
             let at = started.saturating_add(clock::ns(hard));
             if now < at {
                 next = Some(next.map_or(at, |n: u64| n.min(at)));
-            } else if page
-                .worker
-                .current
-                .compare_exchange(cur, seq << 2 | KILL, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
+            } else if page.worker.current.claim_kill(seq) {
                 timed_out = Some(hard);
             }
         }
@@ -126,8 +121,7 @@ impl Conn {
         }
         let seq = entry.seq0;
         let page = self.page();
-        let cur = page.worker.current.load(Ordering::Acquire);
-        if cur >> 2 == seq && matches!(cur & 3, RUNNING | KILL) {
+        if page.worker.current.load().running() == Some(seq) {
             let progress = page
                 .progress
                 .read(seq + 1)
@@ -157,27 +151,8 @@ impl Conn {
         };
         let seq = entry.seq0;
         let page = self.region.page();
-        let queued = id.0 << 2 | SLOT_QUEUED;
-        let cancelled = page.cancel[slot as usize]
-            .compare_exchange(
-                queued,
-                id.0 << 2 | SLOT_CANCELLED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok();
-        let killed = !cancelled
-            && may_kill
-            && page
-                .worker
-                .current
-                .compare_exchange(
-                    seq << 2 | RUNNING,
-                    seq << 2 | KILL,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok();
+        let cancelled = page.cancel[slot as usize].cancel(id.0);
+        let killed = !cancelled && may_kill && page.worker.current.claim_kill(seq);
         if !cancelled && !killed {
             return false;
         }

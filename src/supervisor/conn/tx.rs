@@ -11,7 +11,6 @@ use super::book::InFlight;
 use super::{Conn, ExitRequest};
 use crate::batch::Batch;
 use crate::transport::bell;
-use crate::transport::status::SLOT_QUEUED;
 use crate::transport::wire::{self, BATCH_HEADER, BatchHeader, HEADER, Tag};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -46,7 +45,7 @@ impl Conn {
             let s = self.book.cancel_used.trailing_ones();
             debug_assert!(s < 64, "caller checked for a free cancel slot");
             self.book.cancel_used |= 1u64 << s;
-            self.page().cancel[s as usize].store(id.0 << 2 | SLOT_QUEUED, Ordering::Relaxed);
+            self.page().cancel[s as usize].queue(id.0);
             flags |= wire::FLAG_CANCELLABLE;
             slot = Some(s);
         }
