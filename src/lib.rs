@@ -111,7 +111,8 @@
 //!
 //! Linux only (it relies on `fork`, `memfd_create`, `epoll` and pidfds).
 
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 // A `Batch` (and the `Command` carrying one) is handed back by value when it
 // cannot be sent (`Submitter::send`, `Conn::try_send`): moving ~180 bytes
 // beats boxing every batch on the dispatch path.

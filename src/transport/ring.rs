@@ -53,10 +53,11 @@ pub(crate) struct Consumer {
     local: u64,
 }
 
-// SAFETY (both impls): the pointers refer to a shared mapping that the owner
-// keeps alive alongside the ring; all shared state is accessed atomically or
-// through the single-producer / single-consumer protocol documented above.
+// SAFETY: the pointers refer to a shared mapping that the owner keeps alive
+// alongside the ring; all shared state is accessed atomically or through the
+// single-producer / single-consumer protocol documented above.
 unsafe impl Send for Producer {}
+// SAFETY: as for `Producer`.
 unsafe impl Send for Consumer {}
 
 impl Producer {

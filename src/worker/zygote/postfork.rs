@@ -26,8 +26,9 @@ pub(crate) fn close_from(first: RawFd) {
         return;
     }
     // Kernels before 5.9: close one by one up to the descriptor limit.
-    // SAFETY: getrlimit writes into a local struct.
+    // SAFETY: an all-zero rlimit is a valid value of this plain C struct.
     let mut lim: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: getrlimit writes into a local struct.
     let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
         lim.rlim_cur.min(1 << 20) as RawFd
     } else {
@@ -104,8 +105,9 @@ pub(crate) fn reset_signals(worker: bool) {
                 soft_limit_notice as extern "C" fn(libc::c_int) as libc::sighandler_t,
             ),
             _ => {
-                // SAFETY: querying the current action into a local struct.
+                // SAFETY: an all-zero sigaction is a valid value of this C struct.
                 let mut old: libc::sigaction = unsafe { zeroed() };
+                // SAFETY: querying the current action into a local struct.
                 let ok = unsafe { libc::sigaction(sig, ptr::null(), &mut old) } == 0;
                 if ok && old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
                     set_handler(sig, libc::SIG_DFL);
