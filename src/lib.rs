@@ -133,7 +133,7 @@ mod worker;
 pub use batch::JobId;
 pub use batch::progress::Progress;
 pub use client::handle::JobHandle;
-pub use client::map::{Imap, ImapUnordered};
+pub use client::imap::{Imap, ImapUnordered};
 pub use error::{Error, JobError, TrySubmitError};
 pub use metrics::stats::Stats;
 pub use options::callbacks::Failure;

@@ -17,10 +17,14 @@
 //! | --- | --- |
 //! | `shared.rs` | `Shared`: what every handle of one pool holds — the command queue, the driver, counters, the bounded queue, ids, shutdown |
 //! | `handle.rs` | [`JobHandle`](crate::JobHandle): `get`, `wait_timeout`, `cancel`, `progress`, `.await` |
-//! | `map.rs` | `map`, [`Imap`](crate::Imap), [`ImapUnordered`](crate::ImapUnordered) |
+//! | `batcher.rs` | items into batches, the byte window, answers back per delivery: what `map` and the `imap`s share |
+//! | `map.rs` | `map` |
+//! | `imap.rs` | [`Imap`](crate::Imap), [`ImapUnordered`](crate::ImapUnordered) |
 //! | `progress_bar.rs` | the bar `map` and `imap` draw (feature `progress-bar`) |
 
+pub(crate) mod batcher;
 pub(crate) mod handle;
+pub(crate) mod imap;
 pub(crate) mod map;
 pub(crate) mod progress_bar;
 pub(crate) mod shared;
