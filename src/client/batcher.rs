@@ -102,6 +102,11 @@ impl Batcher {
 
     /// Adds item number `index`, which must follow the batch's last one
     /// (after a failed push, call [`take`](Self::take) first).
+    ///
+    /// Per item, on `map`'s hot path: `#[inline]`, because `map` is
+    /// instantiated in the caller's crate and lives in another module, so
+    /// without it the push is a call per item (1.4 ns of 8, measured).
+    #[inline]
     pub(super) fn push<A: Serialize>(&mut self, index: u64, item: &A) -> Result<(), JobError> {
         if self.count == 0 {
             self.base = index;
@@ -137,6 +142,8 @@ impl Batcher {
         (window / avg).max(2 * workers as u64 + 1)
     }
 
+    /// Whether the batch is full (per item, like `push`).
+    #[inline]
     pub(super) fn is_full(&self) -> bool {
         self.count >= self.chunk || self.items.len() >= MAX_BATCH_BYTES
     }
