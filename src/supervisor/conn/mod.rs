@@ -20,12 +20,16 @@
 //! | `rx.rs` | receiving: pulling records out of the result ring, parsing them |
 //! | `limits.rs` | time limits, cancellation, expiry, where a job is |
 //! | `death.rs` | closing the books of a dead worker: whose fault, what is charged, what is requeued |
+//! | `tests.rs` | the conn against an in-process region, the test playing the worker |
 
 mod book;
 mod death;
 mod limits;
 mod rx;
 mod tx;
+
+#[cfg(test)]
+mod tests;
 
 use crate::batch::JobId;
 use crate::error::{ExitStatus, JobError};
