@@ -802,13 +802,15 @@ fn a_frame_larger_than_the_ring_streams_and_the_exit_frame_waits() {
     send(&mut conn, batch(&args, 0, &a, JobOpts::default(), None));
     assert!(conn.streaming.is_some());
     assert!(!conn.accepts(false), "nothing else goes while it streams");
-    conn.request_exit();
-    assert_eq!(conn.exit, ExitRequest::Wanted);
+    assert_eq!(w.unread(), RING, "a ring's worth at first");
 
     // The worker takes what is published; the conn writes more as room
-    // appears.
-    let mut frame = Vec::new();
-    let mut pieces = 0;
+    // appears. An exit asked for with room in the ring waits for the rest.
+    let mut frame = w.read(RING);
+    let mut pieces = 1;
+    conn.request_exit();
+    conn.publish(0);
+    assert_eq!(conn.exit, ExitRequest::Wanted);
     while frame.len() < total {
         let n = w.unread().min(total - frame.len());
         assert!(n > 0, "the conn wrote more after the worker made room");
