@@ -228,11 +228,6 @@ impl CancelSlot {
         self.transition(job, SlotState::Cancelled)
     }
 
-    /// Supervisor: whether job `job` was cancelled here.
-    pub(crate) fn is_cancelled(&self, job: u64) -> bool {
-        self.0.load(Ordering::Acquire) == SlotState::Cancelled.word(job)
-    }
-
     #[inline(always)]
     fn transition(&self, job: u64, to: SlotState) -> bool {
         self.0
@@ -393,11 +388,9 @@ mod tests {
         assert!(!slot.take(40), "another job's id");
         assert!(slot.take(41));
         assert!(!slot.cancel(41), "taken: too late to cancel");
-        assert!(!slot.is_cancelled(41));
         slot.queue(42);
         assert!(slot.cancel(42));
-        assert!(slot.is_cancelled(42));
         assert!(!slot.take(42), "cancelled: the worker skips it");
-        assert!(!slot.is_cancelled(41));
+        assert!(!slot.cancel(42), "cancelled once");
     }
 }

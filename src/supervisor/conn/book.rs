@@ -20,6 +20,10 @@ pub(super) struct InFlight {
     /// Frame header and batch header, kept for streaming large frames.
     pub(super) head: [u8; HEADER + BATCH_HEADER],
     pub(super) slot: Option<u32>,
+    /// A single job resolved early — withdrawn by a cancellation or an
+    /// expiry — so its outcome was delivered and counted: whatever becomes
+    /// of the worker, it must not be charged, counted or requeued again.
+    pub(super) settled: bool,
 }
 
 /// The accounting side of a conn: batches in flight and answers received.

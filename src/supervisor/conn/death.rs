@@ -22,6 +22,11 @@
 //!   runs twice, nothing is lost.
 //! - **A position beyond what was sent is clamped**, so a lying worker can
 //!   make us charge at most its own batches.
+//! - **A job already settled is left alone.** A single job withdrawn by a
+//!   cancellation or an expiry (`limits.rs`) was resolved and counted
+//!   then; its entry in the books says so (`InFlight::settled`), and death
+//!   neither charges, counts nor requeues it — nor does terminating the
+//!   pool count it again (`abandon`).
 //!
 //! (Before this rule, a violator's committed records were dropped and the
 //! first undelivered item — an innocent one that had finished — was
@@ -33,7 +38,7 @@
 
 use super::{Conn, Ctx};
 use crate::batch::Batch;
-use crate::error::{ExitStatus, JobError};
+use crate::error::ExitStatus;
 use std::sync::atomic::Ordering;
 
 impl Conn {
@@ -83,8 +88,8 @@ impl Conn {
                 None => ExitStatus::crashed(self.status),
             };
             let front = self.book.inflight.front_mut().expect("first item exists");
-            if error == JobError::Cancelled {
-                front.batch.forget(1); // resolved and counted when cancelled
+            if front.settled {
+                front.batch.forget(1); // resolved and counted when withdrawn
             } else {
                 ctx.counters.count_error(&error, 1);
                 front.batch.fail(1, error);
@@ -92,13 +97,12 @@ impl Conn {
             front.seq0 += 1;
             self.book.pop_finished(ctx);
         }
-        let page = self.region.page();
         let mut requeue = Vec::new();
         for mut f in self.book.inflight.drain(..) {
-            if let (Some(slot), Some(id)) = (f.slot, f.batch.job) {
-                if page.cancel[slot as usize].is_cancelled(id.0) {
-                    f.batch.forget(f.batch.count());
-                }
+            if f.settled {
+                f.batch.forget(f.batch.count());
+            }
+            if let Some(id) = f.batch.job {
                 ctx.done_jobs.push(id);
             }
             if f.batch.count() > 0 {
@@ -134,6 +138,7 @@ impl Conn {
             .book
             .inflight
             .iter()
+            .filter(|f| !f.settled)
             .map(|f| u64::from(f.batch.count()))
             .sum();
         ctx.counters.cancelled.fetch_add(left, Ordering::Relaxed);

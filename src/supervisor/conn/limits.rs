@@ -143,7 +143,12 @@ impl Conn {
         ctx: &mut Ctx<'_>,
     ) -> bool {
         let may_kill = why == JobError::Cancelled;
-        let Some(entry) = self.book.inflight.iter().find(|f| f.batch.job == Some(id)) else {
+        let Some(entry) = self
+            .book
+            .inflight
+            .iter_mut()
+            .find(|f| f.batch.job == Some(id))
+        else {
             return false;
         };
         let (Some(slot), true) = (entry.slot, entry.batch.count() > 0) else {
@@ -156,6 +161,7 @@ impl Conn {
         if !cancelled && !killed {
             return false;
         }
+        entry.settled = true;
         if entry.batch.sink.fail_now(why.clone()) {
             if why == JobError::Cancelled {
                 ctx.counters.cancelled.fetch_add(1, Ordering::Relaxed);

@@ -27,10 +27,10 @@ impl Conn {
         // the supervisor (and its other workers' rings) for long: every
         // step pumps every worker again, and nobody sleeps while bytes wait.
         let mut pulled = 0;
-        loop {
+        let broken = loop {
             let avail = match self.rx.available() {
                 Ok(a) => a,
-                Err(_) => return self.violate("moved its result ring write position impossibly"),
+                Err(_) => break Some("moved its result ring write position impossibly".into()),
             };
             let take = self.big_record_alone(avail.min(MAX_PULL - pulled), ctx.spares);
             if take > 0 {
@@ -39,13 +39,19 @@ impl Conn {
             self.pull(take);
             pulled += take;
             if let Err(e) = self.parse(ctx) {
-                return self.violate(e);
+                break Some(e);
             }
             if take == avail || take == 0 || pulled >= MAX_PULL {
-                break;
+                break None;
             }
-        }
+        };
+        // The answers gathered before a violation are believed (see
+        // `death.rs`): deliver them either way, so that the books' count of
+        // what was answered is what the sinks got.
         self.book.flush_out(ctx);
+        if let Some(why) = broken {
+            self.violate(why);
+        }
     }
 
     /// How much of the `n` available bytes to pull: all of them, unless

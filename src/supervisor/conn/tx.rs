@@ -64,6 +64,7 @@ impl Conn {
             seq0: self.next_seq,
             head,
             slot,
+            settled: false,
         });
         self.next_seq += u64::from(count);
         if let Some(t) = &mut self.tasks_left {
