@@ -68,6 +68,13 @@ pub enum JobError {
         /// What is wrong with the options.
         message: String,
     },
+    /// The job named a queue the pool does not have
+    /// ([`Job::queue`](crate::Job::queue)); it was not run.
+    #[error("the pool has no queue called {queue:?}")]
+    NoSuchQueue {
+        /// The name the job gave.
+        queue: String,
+    },
     /// No worker could be started to run the job: the initializer panicked
     /// or the worker could not be forked, several times in a row.
     #[error("no worker could be started: {message}")]
@@ -173,6 +180,10 @@ pub enum Error {
     /// The pool was closed: it accepts no new work.
     #[error("the pool is closed and accepts no new jobs")]
     PoolClosed,
+    /// A call named a queue the pool does not have
+    /// ([`Pool::queue`](crate::Pool::queue)).
+    #[error("the pool has no queue called {0:?}")]
+    NoSuchQueue(String),
 }
 
 impl From<nix::Error> for Error {

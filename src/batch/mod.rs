@@ -95,15 +95,23 @@ pub(crate) struct JobOpts {
     /// Coarse-clock instant after which an item that has not started never
     /// runs: it resolves to [`JobError::Expired`].
     pub expires_at: Option<u64>,
+    /// The queue whose workers run it (an index into the pool's queues,
+    /// resolved from the job's queue name or its function's route).
+    pub queue: u16,
+    /// Higher runs first within its queue; equal priorities run in the
+    /// order they were submitted.
+    pub priority: i32,
 }
 
 impl JobOpts {
-    /// The pool's time limits, and nothing else: the options of a job
-    /// that sets none.
-    pub(crate) fn limits(config: &PoolConfig) -> JobOpts {
+    /// The options of a job that sets none, bound for queue `queue`: that
+    /// queue's time limits, priority 0.
+    pub(crate) fn for_queue(config: &PoolConfig, queue: usize) -> JobOpts {
+        let q = &config.queues[queue];
         JobOpts {
-            time_limit: config.time_limit,
-            soft_time_limit: config.soft_time_limit,
+            time_limit: q.time_limit,
+            soft_time_limit: q.soft_time_limit,
+            queue: queue as u16,
             ..JobOpts::default()
         }
     }
@@ -133,6 +141,12 @@ pub(crate) struct Batch {
     /// Where the items' buffer goes when the batch is dropped, if it is big
     /// enough to be worth keeping (see `prefault.rs`).
     pub recycle: Option<Spares>,
+    /// The supervisor's submission number (0 until it takes the batch in):
+    /// equal priorities run in this order. Kept by every part of the batch
+    /// and across requeues, so work handed back returns to its place.
+    pub order: u64,
+    /// Coarse-clock instant the supervisor took the batch in (for aging).
+    pub since: u64,
 }
 
 impl Batch {
@@ -158,7 +172,14 @@ impl Batch {
             throttle: None,
             throttle_waited: false,
             recycle: None,
+            order: 0,
+            since: 0,
         }
+    }
+
+    /// Index of the first undelivered item within its submission.
+    pub(crate) fn base(&self) -> u64 {
+        self.base
     }
 
     /// Undelivered items.
@@ -237,6 +258,8 @@ impl Batch {
             throttle: self.throttle.clone(),
             throttle_waited: self.throttle_waited,
             recycle: None,
+            order: self.order,
+            since: self.since,
         };
         self.items.drain(..off);
         self.count -= n;

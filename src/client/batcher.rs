@@ -82,14 +82,21 @@ pub(super) struct Batcher {
 }
 
 impl Batcher {
-    pub(super) fn new(shared: &Shared, call: Call, sink: Arc<StreamSink>, chunk: usize) -> Batcher {
+    /// Batches of `call` for queue `queue`, `chunk` items at most.
+    pub(super) fn new(
+        shared: &Shared,
+        call: Call,
+        sink: Arc<StreamSink>,
+        chunk: usize,
+        queue: usize,
+    ) -> Batcher {
         let config = &shared.config;
         Batcher {
             call,
             sink,
-            opts: JobOpts::limits(config),
+            opts: JobOpts::for_queue(config, queue),
             chunk: chunk.clamp(1, u32::MAX as usize) as u32,
-            cap: config.worker.max_message_size,
+            cap: config.max_message_size,
             items: Vec::new(),
             count: 0,
             base: 0,

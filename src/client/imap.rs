@@ -71,14 +71,15 @@ where
         input: I,
         ordered: bool,
         progress_bar: bool,
+        queue: usize,
     ) -> Self {
         let config = &shared.config;
         let chunk = config.chunk_size.unwrap_or(1);
-        let workers = config.workers;
+        let workers = config.queues[queue].max_workers;
         let window = Self::window_for(workers, chunk);
         let auto_chunk = config.chunk_size.is_none();
         let (sink, rx) = stream();
-        let batcher = Batcher::new(&shared, Call::new(f), sink, chunk);
+        let batcher = Batcher::new(&shared, Call::new(f), sink, chunk, queue);
         let closed = shared.is_closed();
         let (lo, hi) = input.size_hint();
         let bar = Bar::new(progress_bar, (hi == Some(lo)).then_some(lo as u64));
@@ -237,8 +238,9 @@ where
         f: fn(I::Item) -> R,
         input: I,
         progress_bar: bool,
+        queue: usize,
     ) -> Self {
-        Imap(Stream::new(shared, f, input, true, progress_bar))
+        Imap(Stream::new(shared, f, input, true, progress_bar, queue))
     }
 }
 
@@ -253,8 +255,9 @@ where
         f: fn(I::Item) -> R,
         input: I,
         progress_bar: bool,
+        queue: usize,
     ) -> Self {
-        ImapUnordered(Stream::new(shared, f, input, false, progress_bar))
+        ImapUnordered(Stream::new(shared, f, input, false, progress_bar, queue))
     }
 }
 

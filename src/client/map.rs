@@ -41,13 +41,15 @@ fn auto_chunk(items: usize, workers: usize) -> usize {
     items.div_ceil(4 * workers).clamp(1, MAX_AUTO_CHUNK)
 }
 
-/// `Pool::map`: `f` over every item, results in input order; `progress_bar`
-/// draws a bar (see `progress_bar.rs`).
+/// `Pool::map`: `f` over every item, results in input order, run by the
+/// workers of queue `queue`; `progress_bar` draws a bar (see
+/// `progress_bar.rs`).
 pub(crate) fn map<A, R, I>(
     shared: &Shared,
     f: fn(A) -> R,
     items: I,
     progress_bar: bool,
+    queue: usize,
 ) -> Result<Vec<R>, Error>
 where
     A: Serialize + DeserializeOwned + Send + 'static,
@@ -60,7 +62,7 @@ where
     let input = items.into_iter();
     let (lo, hi) = input.size_hint();
     let estimate = hi.unwrap_or(lo).max(lo);
-    let workers = shared.config.workers;
+    let workers = shared.config.queues[queue].max_workers;
     let chunk = shared
         .config
         .chunk_size
@@ -68,7 +70,7 @@ where
     // Automatic chunks over an input of known length shrink toward its end.
     let guided = shared.config.chunk_size.is_none() && hi == Some(lo);
     let (sink, rx) = stream();
-    let mut batcher = Batcher::new(shared, Call::new(f), sink, chunk);
+    let mut batcher = Batcher::new(shared, Call::new(f), sink, chunk, queue);
     let mut out = Collector::with_capacity(estimate, Some(shared.prefault.spares()));
     let bar = Bar::new(progress_bar, (hi == Some(lo)).then_some(lo as u64));
     let mut total = 0u64;

@@ -24,7 +24,7 @@ use crate::batch::{Batch, JobId, JobOpts};
 use crate::client::handle::JobHandle;
 use crate::config::PoolConfig;
 use crate::error::{Error, JobError};
-use crate::metrics::stats::Counters;
+use crate::metrics::stats::{Counters, QueueCounters};
 use crate::supervisor::{self, Command, Driver, Submitter, Whereabouts};
 use crate::sys::prefault::Prefault;
 use crate::transport::codec;
@@ -52,6 +52,9 @@ pub(crate) struct Shared {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Faulted-in buffers for the big byte strings of results (`prefault.rs`).
     pub(crate) prefault: Prefault,
+    /// Each queue's most workers as last resized, to keep resizes within
+    /// the fork server's table.
+    maxes: Mutex<Vec<usize>>,
 }
 
 impl Shared {
@@ -63,7 +66,13 @@ impl Shared {
         throttles: Arc<Throttles>,
     ) -> Result<Arc<Shared>, Error> {
         let config = Arc::new(config);
-        let counters = Arc::new(Counters::default());
+        let queues = config.queues.iter();
+        let counters = Arc::new(Counters {
+            queues: queues
+                .map(|q| QueueCounters::new(&q.name, q.min_workers, q.max_workers))
+                .collect(),
+            ..Counters::default()
+        });
         let prefault = Prefault::new();
         let (submitter, driver, thread) = supervisor::start(
             config.clone(),
@@ -72,6 +81,7 @@ impl Shared {
             prefault.spares().clone(),
         )?;
         let gate = config.queue_capacity.map(Gate::new);
+        let maxes = config.queues.iter().map(|q| q.max_workers).collect();
         Ok(Arc::new(Shared {
             submitter,
             driver,
@@ -82,7 +92,32 @@ impl Shared {
             next_id: AtomicU64::new(1),
             thread: Mutex::new(Some(thread)),
             prefault,
+            maxes: Mutex::new(maxes),
         }))
+    }
+
+    /// Queue `queue` keeps between `min` and `max` workers from now on
+    /// (checked by the caller: `min <= max`, `max >= 1`). Refused if all
+    /// queues together could then have more workers than the fork server
+    /// was sized for when the pool was built.
+    pub(crate) fn resize(&self, queue: usize, min: usize, max: usize) -> Result<(), Error> {
+        let mut maxes = self.maxes.lock().unwrap_or_else(|e| e.into_inner());
+        let others: usize = maxes.iter().sum::<usize>() - maxes[queue];
+        let most = self.config.max_total_workers();
+        if others + max > most {
+            return Err(Error::InvalidConfig(format!(
+                "queue {:?}: {max} workers would make {} in all, above the {most} this pool \
+                 was built for",
+                self.config.queues[queue].name,
+                others + max
+            )));
+        }
+        let cmd = Command::Resize { queue, min, max };
+        if self.submitter.send(cmd).is_err() {
+            return Err(Error::PoolClosed);
+        }
+        maxes[queue] = max;
+        Ok(())
     }
 
     /// Places for one job in the bounded queue, without blocking: `Ok(None)`
@@ -98,7 +133,7 @@ impl Shared {
     /// cannot be sent (it does not encode, or it is over the message cap).
     pub(crate) fn encode_arg<A: Serialize>(&self, arg: &A) -> Result<Vec<u8>, JobError> {
         let mut items = Vec::new();
-        let cap = self.config.worker.max_message_size;
+        let cap = self.config.max_message_size;
         match wire::push_item(&mut items, |v| codec::encode_into(v, arg)) {
             Err(e) => Err(JobError::Codec(format!("argument: {e}"))),
             Ok(len) if len as u64 > cap => Err(JobError::TooLarge {
@@ -117,9 +152,9 @@ impl Shared {
         slot.resolve(Err(error));
     }
 
-    /// Submits one job of `call` with the pool's default options — the
-    /// path of `Pool::submit`, `try_submit` and `apply` — and returns its
-    /// handle. `ticket`: places in the bounded queue already held;
+    /// Submits one job of `call` with the default options of queue
+    /// `queue` — the path of `Pool::submit`, `try_submit` and `apply` — and
+    /// returns its handle. `ticket`: places in the bounded queue already held;
     /// `quiet`: the caller helps right away.
     pub(crate) fn submit_call<A, R>(
         self: &Arc<Self>,
@@ -127,6 +162,7 @@ impl Shared {
         arg: &A,
         quiet: bool,
         ticket: Option<Ticket>,
+        queue: usize,
     ) -> JobHandle<R>
     where
         A: Serialize,
@@ -146,7 +182,7 @@ impl Shared {
                 return handle;
             }
         };
-        let opts = JobOpts::limits(&self.config);
+        let opts = JobOpts::for_queue(&self.config, queue);
         let mut batch = Batch::new(call, items, 1, 0, slot, opts, Some(id));
         batch.ticket = ticket.map(Box::new);
         self.submit(batch, quiet);

@@ -15,7 +15,7 @@ use crate::transport::wire::{Run, Tag};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A snapshot of a pool's counters, from [`Pool::stats`](crate::Pool::stats).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
     /// Worker processes alive now (started and not known to have died).
@@ -56,6 +56,84 @@ pub struct Stats {
     pub worker_restarts: u64,
     /// Fork servers started to replace one that died (see `RELIABILITY.md`).
     pub fork_server_restarts: u64,
+    /// Each named queue, in the order the pool was built with (the
+    /// `"default"` queue first).
+    pub queues: Vec<QueueStats>,
+}
+
+impl Stats {
+    /// The queue called `name`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let default = pool.stats().queue("default").cloned().unwrap();
+    /// assert_eq!((default.min_workers, default.max_workers), (2, 2));
+    /// # Ok(()) }
+    /// ```
+    pub fn queue(&self, name: &str) -> Option<&QueueStats> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+}
+
+/// One queue's workers and load, in [`Stats::queues`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// The queue's name.
+    pub name: String,
+    /// Workers alive now (not counting a standby).
+    pub workers: u64,
+    /// Of those, workers with a job.
+    pub busy: u64,
+    /// Jobs waiting for one of its workers (`map` items count one each).
+    pub waiting: u64,
+    /// Workers kept when idle.
+    pub min_workers: u64,
+    /// Most workers.
+    pub max_workers: u64,
+    /// Workers forked because jobs waited and every worker was busy.
+    pub grown: u64,
+    /// Idle workers that left after the keep-alive (or a resize).
+    pub shrunk: u64,
+}
+
+/// The live counters of one queue.
+#[derive(Debug, Default)]
+pub(crate) struct QueueCounters {
+    pub name: String,
+    pub workers: AtomicU64,
+    pub busy: AtomicU64,
+    pub waiting: AtomicU64,
+    pub min_workers: AtomicU64,
+    pub max_workers: AtomicU64,
+    pub grown: AtomicU64,
+    pub shrunk: AtomicU64,
+}
+
+impl QueueCounters {
+    /// The counters of a queue called `name` with `min..=max` workers.
+    pub(crate) fn new(name: &str, min: usize, max: usize) -> QueueCounters {
+        QueueCounters {
+            name: name.to_string(),
+            min_workers: AtomicU64::new(min as u64),
+            max_workers: AtomicU64::new(max as u64),
+            ..QueueCounters::default()
+        }
+    }
+
+    fn snapshot(&self) -> QueueStats {
+        QueueStats {
+            name: self.name.clone(),
+            workers: self.workers.load(Relaxed),
+            busy: self.busy.load(Relaxed),
+            waiting: self.waiting.load(Relaxed),
+            min_workers: self.min_workers.load(Relaxed),
+            max_workers: self.max_workers.load(Relaxed),
+            grown: self.grown.load(Relaxed),
+            shrunk: self.shrunk.load(Relaxed),
+        }
+    }
 }
 
 /// The live counters behind [`Stats`].
@@ -77,6 +155,8 @@ pub(crate) struct Counters {
     pub scheduled: AtomicU64,
     pub worker_restarts: AtomicU64,
     pub fork_server_restarts: AtomicU64,
+    /// Per queue, by index.
+    pub queues: Vec<QueueCounters>,
 }
 
 impl Counters {
@@ -98,6 +178,7 @@ impl Counters {
             scheduled: self.scheduled.load(Relaxed),
             worker_restarts: self.worker_restarts.load(Relaxed),
             fork_server_restarts: self.fork_server_restarts.load(Relaxed),
+            queues: self.queues.iter().map(QueueCounters::snapshot).collect(),
         }
     }
 

@@ -129,6 +129,11 @@ pub struct Job<A, R, E = NoError> {
     soft_time_limit: Option<Duration>,
     retry: Option<RetryPolicy>,
     rate_limit: Option<RateLimit>,
+    /// Where the job goes: a queue of the pool (`Ok`), a name the pool
+    /// does not have (`Err`, refused at submission), or its function's
+    /// route (`None`).
+    queue: Option<Result<usize, String>>,
+    priority: i32,
     on_success: Option<Success>,
     on_error: Option<OnError>,
     _types: PhantomData<fn(A) -> (R, E)>,
@@ -149,6 +154,8 @@ impl<A, R, E> Clone for Job<A, R, E> {
             soft_time_limit: self.soft_time_limit,
             retry: self.retry.clone(),
             rate_limit: self.rate_limit,
+            queue: self.queue.clone(),
+            priority: self.priority,
             on_success: self.on_success.clone(),
             on_error: self.on_error.clone(),
             _types: PhantomData,
@@ -203,6 +210,8 @@ where
             soft_time_limit: None,
             retry: layers.retry.clone(),
             rate_limit: None,
+            queue: None,
+            priority: 0,
             on_success: None,
             on_error: None,
             _types: PhantomData,
@@ -315,6 +324,54 @@ where
         self
     }
 
+    /// Sends the job to queue `name` instead of its function's route (or
+    /// the default queue). A name the pool does not have fails the job
+    /// with [`JobError::NoSuchQueue`] when it is submitted — it never falls
+    /// back to another queue.
+    ///
+    /// ```
+    /// use forkpool::{JobError, Pool, Queue};
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// fn work(x: u32) -> u32 { x + 1 }
+    /// let pool = Pool::builder().workers(1).queue("slow", Queue::new().workers(1)).build()?;
+    /// assert_eq!(pool.job(work).queue("slow").submit(1).get(), Ok(2));
+    /// assert_eq!(
+    ///     pool.job(work).queue("slwo").submit(1).get(),
+    ///     Err(JobError::NoSuchQueue { queue: "slwo".into() })
+    /// );
+    /// # Ok(()) }
+    /// ```
+    pub fn queue(mut self, name: &str) -> Self {
+        self.queue = Some(self.shared.config.queue_index(name).ok_or_else(|| name.to_string()));
+        self
+    }
+
+    /// The job goes to the queue with this index (already checked).
+    pub(crate) fn on_queue(mut self, queue: usize) -> Self {
+        self.queue = Some(Ok(queue));
+        self
+    }
+
+    /// The job's priority within its queue: higher runs first, and jobs of
+    /// equal priority run in the order they were submitted. Default 0;
+    /// negative values are fine. A job waits for at most one job of its
+    /// queue to finish before it starts ahead of every job of a lower
+    /// priority — queued work is never left in a busy worker ahead of it
+    /// (see the README's "Queues, priorities and autoscaling").
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// fn report(n: u32) -> u32 { n }
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let urgent = pool.job(report).priority(10).submit(1);
+    /// assert_eq!(urgent.get(), Ok(1));
+    /// # Ok(()) }
+    /// ```
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
     /// Drops the job's value in the worker: nothing is sent back or kept
     /// but whether it succeeded (Celery's `ignore_result`). The job's
     /// result type becomes `()` — `Result<(), E>` for a fallible job, whose
@@ -343,6 +400,8 @@ where
             soft_time_limit: self.soft_time_limit,
             retry: self.retry,
             rate_limit: self.rate_limit,
+            queue: self.queue,
+            priority: self.priority,
             on_success: self.on_success,
             on_error: self.on_error,
             _types: PhantomData,
@@ -412,11 +471,17 @@ where
     fn job_opts(&self) -> Result<JobOpts, JobError> {
         let config = &self.shared.config;
         let invalid = |message: String| Err(JobError::InvalidOptions { message });
+        let queue = match &self.queue {
+            Some(Ok(q)) => *q,
+            Some(Err(name)) => return Err(JobError::NoSuchQueue { queue: name.clone() }),
+            None => config.route(self.call.func),
+        };
+        let defaults = JobOpts::for_queue(config, queue);
         if self.time_limit == Some(Duration::ZERO) || self.soft_time_limit == Some(Duration::ZERO) {
             return invalid("time limits must be above zero".into());
         }
-        let hard = self.time_limit.or(config.time_limit);
-        let soft = self.soft_time_limit.or(config.soft_time_limit);
+        let hard = self.time_limit.or(defaults.time_limit);
+        let soft = self.soft_time_limit.or(defaults.soft_time_limit);
         if let (Some(s), Some(h)) = (soft, hard)
             && s > h
         {
@@ -443,6 +508,8 @@ where
             soft_time_limit: soft,
             not_before: (!delay.is_zero()).then(|| clock::coarse_deadline(delay)),
             expires_at,
+            priority: self.priority,
+            ..defaults
         })
     }
 

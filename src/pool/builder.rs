@@ -7,7 +7,8 @@
 //! is an [`Error::InvalidConfig`] naming it, before anything is forked.
 
 use super::Pool;
-use crate::config::{PoolConfig, WorkerConfig};
+use super::queue::Queue;
+use crate::config::{DEFAULT_QUEUE, PoolConfig, WorkerConfig};
 use crate::error::Error;
 use crate::options::LayerSettings;
 use crate::options::rate::RateLimit;
@@ -32,11 +33,12 @@ use std::time::Duration;
 #[derive(Clone)]
 #[must_use = "a builder does nothing until .build() is called"]
 pub struct PoolBuilder {
-    workers: Option<usize>,
-    time_limit: Option<Duration>,
-    soft_time_limit: Option<Duration>,
-    max_tasks_per_worker: Option<usize>,
-    max_memory_per_worker: Option<u64>,
+    /// The default queue's settings, which the other queues inherit.
+    default: Queue,
+    /// The other queues, in the order they were given.
+    queues: Vec<(String, Queue)>,
+    /// `(function address, queue name)`.
+    routes: Vec<(usize, String)>,
     initializer: Option<fn()>,
     chunk_size: Option<usize>,
     max_message_size: u64,
@@ -50,11 +52,9 @@ pub struct PoolBuilder {
 impl fmt::Debug for PoolBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PoolBuilder")
-            .field("workers", &self.workers)
-            .field("time_limit", &self.time_limit)
-            .field("soft_time_limit", &self.soft_time_limit)
-            .field("max_tasks_per_worker", &self.max_tasks_per_worker)
-            .field("max_memory_per_worker", &self.max_memory_per_worker)
+            .field("default", &self.default)
+            .field("queues", &self.queues)
+            .field("routes", &self.routes.len())
             .field("initializer", &self.initializer.is_some())
             .field("chunk_size", &self.chunk_size)
             .field("max_message_size", &self.max_message_size)
@@ -68,11 +68,9 @@ impl fmt::Debug for PoolBuilder {
 impl Default for PoolBuilder {
     fn default() -> Self {
         PoolBuilder {
-            workers: None,
-            time_limit: None,
-            soft_time_limit: None,
-            max_tasks_per_worker: None,
-            max_memory_per_worker: None,
+            default: Queue::default(),
+            queues: Vec::new(),
+            routes: Vec::new(),
             initializer: None,
             chunk_size: None,
             max_message_size: wire::DEFAULT_MAX_MESSAGE,
@@ -86,14 +84,72 @@ impl Default for PoolBuilder {
 impl PoolBuilder {
     /// Number of worker processes. Default: the number of CPUs.
     pub fn workers(mut self, n: usize) -> Self {
-        self.workers = Some(n);
+        self.default.workers = Some((n, n));
+        self
+    }
+
+    /// Between `min` and `max` workers in the default queue, following the
+    /// load (see [`Queue::autoscale`](crate::Queue::autoscale)).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::builder().autoscale(1, 8).build()?;
+    /// assert_eq!(pool.apply(|x: u32| x + 1, 1), Ok(2));
+    /// # Ok(()) }
+    /// ```
+    pub fn autoscale(mut self, min: usize, max: usize) -> Self {
+        self.default.workers = Some((min, max));
+        self
+    }
+
+    /// How long an idle worker beyond its queue's minimum stays (every
+    /// queue that sets none). Default: 10 s.
+    pub fn keep_alive(mut self, idle: Duration) -> Self {
+        self.default.keep_alive = Some(idle);
+        self
+    }
+
+    /// Priority aging of every queue that sets none (see
+    /// [`Queue::aging`](crate::Queue::aging)). Default: none, priorities
+    /// are strict.
+    pub fn aging(mut self, every: Duration) -> Self {
+        self.default.aging = Some(every);
+        self
+    }
+
+    /// Adds a named queue with workers of its own. Jobs go to it when they
+    /// name it ([`Job::queue`](crate::Job::queue),
+    /// [`Pool::queue`](crate::Pool::queue)) or when their function is
+    /// [routed](Self::route) to it; every other job goes to the queue
+    /// called `"default"`, whose settings are the builder's own.
+    ///
+    /// ```
+    /// use forkpool::{Pool, Queue};
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = Pool::builder()
+    ///     .workers(2)
+    ///     .queue("slow", Queue::new().workers(1))
+    ///     .build()?;
+    /// assert_eq!(pool.queue("slow")?.apply(|x: u8| x * 2, 21), Ok(42));
+    /// # Ok(()) }
+    /// ```
+    pub fn queue(mut self, name: impl Into<String>, settings: Queue) -> Self {
+        self.queues.push((name.into(), settings));
+        self
+    }
+
+    /// Sends every job of function `f` that names no queue to queue
+    /// `queue` (Celery's `task_routes`). A route to a queue the pool does
+    /// not have makes [`build`](Self::build) fail.
+    pub fn route<A, R>(mut self, f: fn(A) -> R, queue: impl Into<String>) -> Self {
+        self.routes.push((f as usize, queue.into()));
         self
     }
 
     /// Hard time limit per job (per item of a `map`): past it the worker is
     /// killed and replaced, and the job fails with [`JobError::TimedOut`](crate::JobError::TimedOut).
     pub fn time_limit(mut self, limit: Duration) -> Self {
-        self.time_limit = Some(limit);
+        self.default.time_limit = Some(limit);
         self
     }
 
@@ -101,21 +157,21 @@ impl PoolBuilder {
     /// [`soft_time_limit_exceeded`](crate::soft_time_limit_exceeded) turns
     /// true inside the job so it can stop cleanly. Must not exceed the hard limit.
     pub fn soft_time_limit(mut self, limit: Duration) -> Self {
-        self.soft_time_limit = Some(limit);
+        self.default.soft_time_limit = Some(limit);
         self
     }
 
     /// Replace each worker after it has run this many jobs (map items count
     /// one each), like `maxtasksperchild`. `1` runs every job in a fresh process.
     pub fn max_tasks_per_worker(mut self, n: usize) -> Self {
-        self.max_tasks_per_worker = Some(n);
+        self.default.max_tasks_per_worker = Some(n);
         self
     }
 
     /// Replace a worker whose resident memory is above `bytes` after a job:
     /// the job's result is delivered first.
     pub fn max_memory_per_worker(mut self, bytes: u64) -> Self {
-        self.max_memory_per_worker = Some(bytes);
+        self.default.max_memory_per_worker = Some(bytes);
         self
     }
 
@@ -247,26 +303,6 @@ impl PoolBuilder {
 
     fn validate(self) -> Result<PoolConfig, Error> {
         let bad = |m: String| Err(Error::InvalidConfig(m));
-        let workers = self.workers.unwrap_or_else(num_cpus::get);
-        if workers == 0 {
-            return bad("workers must be at least 1".into());
-        }
-        if self.time_limit == Some(Duration::ZERO) || self.soft_time_limit == Some(Duration::ZERO) {
-            return bad("time limits must be above zero".into());
-        }
-        if let (Some(soft), Some(hard)) = (self.soft_time_limit, self.time_limit)
-            && soft > hard
-        {
-            return bad(format!(
-                "soft_time_limit ({soft:?}) is above time_limit ({hard:?})"
-            ));
-        }
-        if self.max_tasks_per_worker == Some(0) {
-            return bad("max_tasks_per_worker must be at least 1".into());
-        }
-        if self.max_memory_per_worker == Some(0) {
-            return bad("max_memory_per_worker must be above zero".into());
-        }
         if self.chunk_size == Some(0) {
             return bad("chunk_size must be at least 1".into());
         }
@@ -279,20 +315,40 @@ impl PoolBuilder {
                 "max_message_size must be between 1 KiB and {cap_max} bytes"
             ));
         }
+        let worker = WorkerConfig {
+            initializer: self.initializer,
+            max_message_size: self.max_message_size,
+            max_memory_per_worker: None,
+            ring_size: shm::DEFAULT_RING,
+        };
+        let cpus = num_cpus::get();
+        let mut queues = vec![self.default.resolve(DEFAULT_QUEUE, &self.default, &worker, cpus)?];
+        for (name, settings) in &self.queues {
+            if name.is_empty() {
+                return bad("a queue needs a name".into());
+            }
+            if queues.iter().any(|q| &q.name == name) {
+                return bad(format!("two queues are called {name:?}"));
+            }
+            queues.push(settings.resolve(name, &self.default, &worker, cpus)?);
+        }
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (func, name) in &self.routes {
+            let Some(q) = queues.iter().position(|q| &q.name == name) else {
+                return bad(format!(
+                    "a function is routed to queue {name:?}, which the pool does not have"
+                ));
+            };
+            routes.retain(|&(f, _)| f != *func);
+            routes.push((*func, q));
+        }
         Ok(PoolConfig {
-            workers,
-            time_limit: self.time_limit,
-            soft_time_limit: self.soft_time_limit,
-            max_tasks_per_worker: self.max_tasks_per_worker,
+            queues,
+            routes,
             chunk_size: self.chunk_size,
             queue_capacity: self.queue_capacity,
             standby: self.standby,
-            worker: WorkerConfig {
-                initializer: self.initializer,
-                max_message_size: self.max_message_size,
-                max_memory_per_worker: self.max_memory_per_worker,
-                ring_size: shm::DEFAULT_RING,
-            },
+            max_message_size: self.max_message_size,
         })
     }
 }

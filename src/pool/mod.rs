@@ -11,8 +11,10 @@
 //! jobs submitted meanwhile wait for them.
 
 mod builder;
+mod queue;
 
 pub use builder::PoolBuilder;
+pub use queue::{Queue, QueueRef};
 
 use crate::batch::JobId;
 use crate::batch::gate::{Refused, Ticket};
@@ -52,7 +54,7 @@ pub struct Pool {
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
-            .field("workers", &self.shared.config.workers)
+            .field("workers", &self.workers())
             .field("closed", &self.shared.is_closed())
             .finish()
     }
@@ -76,9 +78,30 @@ impl Pool {
         Ok(Pool { shared, layers })
     }
 
-    /// Number of workers the pool keeps running.
+    /// The most workers the pool runs at once, all queues together, as it
+    /// was built ([`Stats::live_workers`] tells how many run now).
     pub fn workers(&self) -> usize {
-        self.shared.config.workers
+        self.shared.config.queues.iter().map(|q| q.max_workers).sum()
+    }
+
+    /// The pool seen through its queue `name`: the same calls, for jobs
+    /// that go to that queue, and [`QueueRef::resize`]. A name the pool
+    /// does not have is [`Error::NoSuchQueue`] — never the default queue.
+    ///
+    /// ```
+    /// use forkpool::{Error, Pool, Queue};
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = Pool::builder().workers(1).queue("reports", Queue::new().workers(1)).build()?;
+    /// let reports = pool.queue("reports")?;
+    /// assert_eq!(reports.apply(|n: u32| n + 1, 41), Ok(42));
+    /// assert!(matches!(pool.queue("report"), Err(Error::NoSuchQueue(name)) if name == "report"));
+    /// # Ok(()) }
+    /// ```
+    pub fn queue(&self, name: &str) -> Result<QueueRef<'_>, Error> {
+        match self.shared.config.queue_index(name) {
+            Some(index) => Ok(QueueRef { pool: self, index }),
+            None => Err(Error::NoSuchQueue(name.to_string())),
+        }
     }
 
     /// Runs `f(arg)` in a worker; returns at once with a handle to the result.
@@ -94,7 +117,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.submit_job(f, arg, false, None)
+        self.submit_job(f, arg, false, None, None)
     }
 
     /// Like [`submit`](Pool::submit), but never blocks: when
@@ -124,6 +147,20 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        self.try_submit_to(f, arg, None)
+    }
+
+    /// `try_submit` to queue `queue` (`None`: the function's route).
+    fn try_submit_to<A, R>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+        queue: Option<usize>,
+    ) -> Result<JobHandle<R>, TrySubmitError<A>>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
         if self.shared.is_closed() {
             return Err(TrySubmitError::Closed(arg));
         }
@@ -132,24 +169,29 @@ impl Pool {
             Err(Refused::Full) => return Err(TrySubmitError::Full(arg)),
             Err(Refused::Closed) => return Err(TrySubmitError::Closed(arg)),
         };
-        Ok(self.submit_job(f, arg, false, ticket))
+        Ok(self.submit_job(f, arg, false, ticket, queue))
     }
 
+    /// One job with the pool's default options, to queue `queue` (`None`:
+    /// the function's route).
     fn submit_job<A, R>(
         &self,
         f: fn(A) -> R,
         arg: A,
         quiet: bool,
         ticket: Option<Ticket>,
+        queue: Option<usize>,
     ) -> JobHandle<R>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        let queue = queue.unwrap_or_else(|| self.shared.config.route(f as usize));
         if self.layers.retry.is_some() {
-            return self.job(f).submit_admitted(arg, ticket, quiet);
+            let job = Job::new(&self.shared, &self.layers, Call::new(f), Call::ignoring(f), false);
+            return job.on_queue(queue).submit_admitted(arg, ticket, quiet);
         }
-        self.shared.submit_call(Call::new(f), &arg, quiet, ticket)
+        self.shared.submit_call(Call::new(f), &arg, quiet, ticket, queue)
     }
 
     /// Runs `f(arg)` in a worker and waits for the result.
@@ -162,7 +204,7 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.submit_job(f, arg, true, None).get()
+        self.submit_job(f, arg, true, None, None).get()
     }
 
     /// Runs `f` on every item, in parallel, and returns the results in
@@ -184,7 +226,8 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        map::map(&self.shared, f, items, self.layers.progress_bar)
+        let queue = self.shared.config.route(f as usize);
+        map::map(&self.shared, f, items, self.layers.progress_bar, queue)
     }
 
     /// Like [`map`](Pool::map), but lazy: an iterator of each item's result,
@@ -197,12 +240,9 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        Imap::new(
-            self.shared.clone(),
-            f,
-            items.into_iter(),
-            self.layers.progress_bar,
-        )
+        let queue = self.shared.config.route(f as usize);
+        let bar = self.layers.progress_bar;
+        Imap::new(self.shared.clone(), f, items.into_iter(), bar, queue)
     }
 
     /// Like [`imap`](Pool::imap), but results come in the order they finish.
@@ -212,12 +252,9 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        ImapUnordered::new(
-            self.shared.clone(),
-            f,
-            items.into_iter(),
-            self.layers.progress_bar,
-        )
+        let queue = self.shared.config.route(f as usize);
+        let bar = self.layers.progress_bar;
+        ImapUnordered::new(self.shared.clone(), f, items.into_iter(), bar, queue)
     }
 
     /// Stops accepting jobs. Jobs already submitted still run; submitting

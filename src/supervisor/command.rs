@@ -32,6 +32,12 @@ pub(crate) enum Command {
     Join,
     /// Kill everything now.
     Terminate,
+    /// Queue `queue` keeps between `min` and `max` workers from now on.
+    Resize {
+        queue: usize,
+        min: usize,
+        max: usize,
+    },
 }
 
 /// Where a single job is, as the supervisor sees it.

@@ -1,17 +1,20 @@
 //! Taking jobs in and handing them to workers.
 //!
 //! A submitted batch waits in the timers if it may not start yet, else in
-//! the dispatch queue (`pending`, oldest first). Dispatch hands the front
-//! batch to the least-loaded worker that may take it, preferring workers
-//! already up; a few batches may queue in a worker's ring when jobs are
+//! its queue's pending work, in rank order (`queues.rs`). Dispatch hands
+//! each queue's next batch to the least-loaded worker of that queue that
+//! may take it, preferring workers already up. A queue that dispatches by
+//! prefetch lets a few batches queue in a busy worker's ring when jobs are
 //! small ([`PREFETCH_BATCHES`], [`PREFETCH_SINGLES`]), so a worker never
-//! waits for the supervisor between jobs. Before a batch goes out, expired
+//! waits for the supervisor between jobs; an exact queue hands work only to
+//! idle workers and recalls work ranked below what waits. Before a batch goes out, expired
 //! jobs are resolved, a function's throttle (its rate limit) is asked —
 //! throttled items go one at a time, only to a worker with nothing queued
 //! — and a worker near its `max_tasks_per_worker` gets only what it may
 //! still run.
 
 use super::Supervisor;
+use super::queues::Rank;
 use crate::batch::Batch;
 use crate::error::JobError;
 use crate::sys::clock;
@@ -23,48 +26,78 @@ const PREFETCH_SINGLES: usize = 32;
 
 impl Supervisor {
     /// Takes in a submitted batch: to the timers if it may not start yet,
-    /// else to the dispatch queue.
+    /// else to its queue.
     pub(super) fn accept(&mut self, mut batch: Batch) {
         batch.throttle = self.throttles.get(batch.call.func);
+        batch.order = self.next_order;
+        batch.since = clock::coarse_ns();
+        self.next_order += 1;
         if let (Some(at), Some(id)) = (batch.opts.expires_at, batch.job) {
             self.timers.watch_expiry(at, id);
         }
         match batch.opts.not_before {
-            Some(at) if at > clock::coarse_ns() => self.timers.schedule(at, batch),
-            _ => self.pending.push_back(batch),
+            Some(at) if at > batch.since => self.timers.schedule(at, batch),
+            _ => self.enqueue(batch),
         }
     }
 
-    /// Moves batches whose start time came to the dispatch queue, and
-    /// expires jobs whose expiry came before they started.
+    /// Puts `batch` in its queue's pending work, in its place. A job of a
+    /// priority other than 0 turns its queue exact for good (see
+    /// `queues.rs`): work already queued in busy workers is recalled, so
+    /// that it cannot run ahead of it.
+    pub(super) fn enqueue(&mut self, batch: Batch) {
+        let q = usize::from(batch.opts.queue).min(self.queues.len() - 1);
+        if batch.opts.priority != 0 && !self.queues[q].exact {
+            self.queues[q].exact = true;
+            for c in self.conns.iter_mut().filter(|c| c.queue == q) {
+                c.recall();
+            }
+        }
+        self.queues[q].pending.push(batch);
+    }
+
+    /// Moves batches whose start time came to their queue, and expires
+    /// jobs whose expiry came before they started.
     pub(super) fn run_timers(&mut self) {
         let now = clock::coarse_ns();
         while let Some(batch) = self.timers.pop_due(now) {
-            self.pending.push_back(batch);
+            self.enqueue(batch);
         }
         while let Some(id) = self.timers.pop_expired(now) {
             self.expire(id);
         }
     }
 
-    /// Hands pending batches to workers.
+    /// Hands pending batches to workers, queue by queue.
     pub(super) fn dispatch(&mut self) {
+        for batch in std::mem::take(&mut self.returned) {
+            self.enqueue(batch);
+        }
+        for q in 0..self.queues.len() {
+            self.dispatch_queue(q);
+            if self.queues[q].exact {
+                self.recall_below(q);
+            }
+        }
+    }
+
+    fn dispatch_queue(&mut self, q: usize) {
         let now = clock::coarse_ns();
-        while let Some(front) = self.pending.front() {
+        while let Some(front) = self.queues[q].pending.front() {
             if !front.sink.claim() {
-                let mut batch = self.pending.pop_front().expect("front exists");
+                let mut batch = self.queues[q].pending.pop().expect("front exists");
                 batch.forget(batch.count());
                 continue;
             }
             if front.opts.expires_at.is_some_and(|at| at <= now) {
-                let mut batch = self.pending.pop_front().expect("front exists");
+                let mut batch = self.queues[q].pending.pop().expect("front exists");
                 let n = batch.count();
                 self.counters.count_error(&JobError::Expired, u64::from(n));
                 batch.fail(n, JobError::Expired);
                 continue;
             }
-            let Some(i) = self.pick(front) else { return };
-            let mut batch = self.pending.pop_front().expect("front exists");
+            let Some(i) = self.pick(q, front) else { return };
+            let mut batch = self.queues[q].pending.pop().expect("front exists");
             if batch.throttle.is_some() {
                 match self.pass_throttle(batch, now) {
                     Some(admitted) => batch = admitted,
@@ -75,7 +108,7 @@ impl Supervisor {
                 && left < u64::from(batch.count())
             {
                 let front_part = batch.split_front(left as u32);
-                self.pending.push_front(batch);
+                self.queues[q].pending.push(batch);
                 batch = front_part;
             }
             let job = batch.job;
@@ -94,21 +127,38 @@ impl Supervisor {
                 }
                 Err(mut batch) => {
                     batch.ticket = ticket;
-                    self.pending.push_front(batch);
+                    self.queues[q].pending.push(batch);
                     return;
                 }
             }
         }
     }
 
+    /// Exact dispatch: when a batch waits that ranks above work a busy
+    /// worker of the queue holds but has not started, recall that work —
+    /// the worker hands it back after the item in progress and takes the
+    /// better batch. So a waiting job waits for at most one job of its
+    /// queue to finish.
+    fn recall_below(&mut self, q: usize) {
+        let Some(best) = self.queues[q].pending.front_rank() else {
+            return;
+        };
+        let aging = self.queues[q].pending.aging();
+        for c in self.conns.iter_mut().filter(|c| c.queue == q) {
+            if c.in_flight().any(|b| Rank::of(b, aging) > best) {
+                c.recall();
+            }
+        }
+    }
+
     /// Asks the batch's throttle whether its first item may start now. Throttled
-    /// items go one at a time: the rest of the batch goes back to the
-    /// queue's front. An item refused waits in the timers until the instant
-    /// the throttle gave, then queues again.
+    /// items go one at a time: the rest of the batch goes back to its
+    /// queue. An item refused waits in the timers until the instant the
+    /// throttle gave, then queues again.
     pub(super) fn pass_throttle(&mut self, mut batch: Batch, now: u64) -> Option<Batch> {
         if batch.count() > 1 {
             let one = batch.split_front(1);
-            self.pending.push_front(batch);
+            self.enqueue(batch);
             batch = one;
         }
         let throttle = batch.throttle.as_ref().expect("throttled batch");
@@ -122,12 +172,15 @@ impl Supervisor {
         }
     }
 
-    /// The worker to send `batch` to: the least loaded that may take it,
-    /// preferring workers that are already up. A gated item goes only to a
-    /// worker with nothing queued, so that it starts when it is sent.
-    pub(super) fn pick(&self, batch: &Batch) -> Option<usize> {
+    /// The worker of queue `q` to send `batch` to: the least loaded that
+    /// may take it, preferring workers that are already up. A gated item,
+    /// or any batch of an exact queue, goes only to a worker with nothing
+    /// queued, so that it starts when it is sent.
+    pub(super) fn pick(&self, q: usize, batch: &Batch) -> Option<usize> {
         let single = batch.count() == 1;
-        let queue_limit = if single {
+        let queue_limit = if self.queues[q].exact || batch.throttle.is_some() {
+            1
+        } else if single {
             PREFETCH_SINGLES
         } else {
             PREFETCH_BATCHES
@@ -135,8 +188,8 @@ impl Supervisor {
         self.conns
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.accepts(batch.job.is_some()) && c.inflight_batches() < queue_limit)
-            .filter(|(_, c)| batch.throttle.is_none() || !c.busy())
+            .filter(|(_, c)| c.queue == q && c.accepts(batch.job.is_some()))
+            .filter(|(_, c)| c.inflight_batches() < queue_limit)
             .min_by_key(|(_, c)| (c.inflight_items(), !c.is_ready()))
             .map(|(i, _)| i)
     }

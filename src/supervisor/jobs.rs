@@ -14,13 +14,16 @@ use crate::error::JobError;
 use std::sync::atomic::Ordering;
 
 impl Supervisor {
-    /// Takes job `id` out of the timers or the queue, if it waits there (not
-    /// yet handed to a worker).
+    /// Takes job `id` out of the timers or its queue, if it waits there (not
+    /// yet handed to a worker, or handed back).
     pub(super) fn take_undispatched(&mut self, id: JobId) -> Option<Batch> {
-        self.timers.take_job(id).or_else(|| {
-            let pos = self.pending.iter().position(|b| b.job == Some(id))?;
-            self.pending.remove(pos)
-        })
+        if let Some(batch) = self.timers.take_job(id) {
+            return Some(batch);
+        }
+        if let Some(at) = self.returned.iter().position(|b| b.job == Some(id)) {
+            return Some(self.returned.swap_remove(at));
+        }
+        self.queues.iter_mut().find_map(|q| q.pending.take_job(id))
     }
 
     /// Resolves job `id` as expired if it has not started; a job already
@@ -42,6 +45,7 @@ impl Supervisor {
                 counters: &self.counters,
                 done_jobs: &mut self.done_jobs,
                 spares: &self.spares,
+                returned: &mut self.returned,
             };
             conn.withdraw(id, JobError::Expired, &mut ctx);
         }
@@ -51,7 +55,8 @@ impl Supervisor {
         if self.timers.contains(id) {
             return Whereabouts::Scheduled;
         }
-        if self.pending.iter().any(|b| b.job == Some(id)) {
+        let handed_back = self.returned.iter().any(|b| b.job == Some(id));
+        if handed_back || self.queues.iter().any(|q| q.pending.has_job(id)) {
             return Whereabouts::Queued;
         }
         self.dispatched_jobs
@@ -79,6 +84,7 @@ impl Supervisor {
             counters: &self.counters,
             done_jobs: &mut self.done_jobs,
             spares: &self.spares,
+            returned: &mut self.returned,
         };
         conn.cancel(id, &mut ctx)
     }

@@ -38,11 +38,13 @@
 //! | `timers.rs` | batches waiting for their start time; expiry times |
 //! | `conn/` | one worker's connection and books |
 
+mod autoscale;
 mod command;
 mod conn;
 mod dispatch;
 mod drive;
 mod jobs;
+mod queues;
 mod restart;
 mod sleep;
 mod spawn;
@@ -55,7 +57,7 @@ pub(crate) use drive::{Driver, Help, Submitter};
 
 use crate::batch::throttle::Throttles;
 use crate::batch::{Batch, JobId};
-use crate::config::PoolConfig;
+use crate::config::{PoolConfig, WorkerConfig};
 use crate::error::Error;
 use crate::metrics::stats::Counters;
 use crate::sys::prefault::Spares;
@@ -65,9 +67,9 @@ use conn::{Conn, Ctx};
 use crossbeam_channel::{Receiver, TryRecvError};
 use drive::Wake;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use queues::QueueState;
 use restart::Restart;
-use standby::Standby;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -80,14 +82,21 @@ pub(crate) fn start(
     throttles: Arc<Throttles>,
     spares: Spares,
 ) -> Result<(Submitter, Driver, JoinHandle<()>), Error> {
-    let zygote = ZygoteLink::start(&config.worker, zygote_capacity(&config))?;
+    let zygote = ZygoteLink::start(&worker_configs(&config), config.fork_server_capacity())?;
     let wake = Arc::new(Wake::new()?);
     let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
     epoll.add(wake.fd(), Token::Wake.event())?;
     epoll.add(zygote.fd(), Token::Zygote.event())?;
     let (tx, rx) = crossbeam_channel::unbounded();
+    let queues = config
+        .queues
+        .iter()
+        .map(|q| QueueState::new(q, config.standby))
+        .collect();
     let sup = Supervisor {
-        standby: Standby::new(config.standby),
+        queues,
+        next_order: 1,
+        returned: Vec::new(),
         config,
         counters,
         spares,
@@ -100,9 +109,6 @@ pub(crate) fn start(
         steps: 0,
         conns: Vec::new(),
         next_key: 1,
-        activated: 0,
-        standby_hold: None,
-        pending: VecDeque::new(),
         timers: Timers::default(),
         throttles,
         dispatched_jobs: HashMap::new(),
@@ -125,10 +131,10 @@ pub(crate) fn start(
     Ok((Submitter::new(tx, wake), driver, handle))
 }
 
-/// Children the fork server must keep track of at once: the workers, a
-/// standby, and replacements forked while dead ones are being reported.
-fn zygote_capacity(config: &PoolConfig) -> usize {
-    2 * config.workers + 8
+/// What each queue's workers see, by queue index: the fork server forks
+/// a worker of queue `q` with the `q`th.
+fn worker_configs(config: &PoolConfig) -> Vec<WorkerConfig> {
+    config.queues.iter().map(|q| q.worker.clone()).collect()
 }
 
 /// What woke the supervisor's poller: the token registered with each
@@ -189,15 +195,13 @@ struct Supervisor {
     steps: u32,
     conns: Vec<Conn>,
     next_key: u64,
-    /// Workers ever put to work (forked as one of the N, or a standby
-    /// promoted); those past the first N are restarts.
-    activated: u64,
-    /// Whether to keep a spare worker forked (`standby.rs`).
-    standby: Standby,
-    /// The next standby is held back until then (coarse ns).
-    standby_hold: Option<u64>,
-    /// Batches waiting for a worker, oldest first.
-    pending: VecDeque<Batch>,
+    /// The named queues, by index (0 is the default queue): what waits in
+    /// each, their bounds, their standby.
+    queues: Vec<QueueState>,
+    /// The next batch's submission number (`Batch::order`).
+    next_order: u64,
+    /// Batches workers handed back unstarted, to queue again.
+    returned: Vec<Batch>,
     /// Batches waiting for their start time, and jobs' expiry times.
     timers: Timers,
     /// Throttles (rate limits) by function.
@@ -255,12 +259,11 @@ impl Supervisor {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        self.maintain();
-        if let Some(t) = self.standby_hold {
+        if let Some(t) = self.maintain() {
             self.next_deadline = Some(self.next_deadline.map_or(t, |d| d.min(t)));
         }
         if self.joining
-            && self.pending.is_empty()
+            && self.nothing_waits()
             && self.timers.is_empty()
             && !self.conns.iter().any(Conn::busy)
         {
@@ -282,7 +285,7 @@ impl Supervisor {
     fn needs_driver(&self) -> bool {
         self.terminate
             || self.joining
-            || !self.pending.is_empty()
+            || !self.nothing_waits()
             || !self.cmds.is_empty()
             || self.conns.iter().any(|c| c.busy() || !c.is_ready())
             || match (self.next_deadline, self.sleep_until) {
@@ -290,6 +293,11 @@ impl Supervisor {
                 (Some(_), None) => true,
                 _ => false,
             }
+    }
+
+    /// Whether no batch waits for a worker in any queue.
+    fn nothing_waits(&self) -> bool {
+        self.queues.iter().all(|q| q.pending.is_empty())
     }
 
     /// Takes every queued command.
@@ -315,6 +323,7 @@ impl Supervisor {
                     self.joining = true;
                 }
                 Ok(Command::Terminate) => self.terminate = true,
+                Ok(Command::Resize { queue, min, max }) => self.resize(queue, min, max),
                 Err(TryRecvError::Empty) => return,
                 // Every caller handle is gone without a word: nothing can
                 // wait on the remaining work.
@@ -333,14 +342,17 @@ impl Supervisor {
             counters: &self.counters,
             done_jobs: &mut self.done_jobs,
             spares: &self.spares,
+            returned: &mut self.returned,
         };
         for c in &mut self.conns {
             c.abandon(&mut ctx);
         }
-        let left: u64 = self.pending.iter().map(|b| u64::from(b.count())).sum();
-        self.counters.cancelled.fetch_add(left, Ordering::Relaxed);
-        self.pending.clear();
-        let waiting: Vec<Batch> = self.timers.drain().collect();
+        // Handed back while the workers were abandoned: never run.
+        let mut waiting: Vec<Batch> = std::mem::take(&mut self.returned);
+        for q in &mut self.queues {
+            waiting.extend(q.pending.drain());
+        }
+        waiting.extend(self.timers.drain());
         let left: u64 = waiting.iter().map(|b| u64::from(b.count())).sum();
         self.counters.cancelled.fetch_add(left, Ordering::Relaxed);
         self.counters.scheduled.store(0, Ordering::Relaxed);

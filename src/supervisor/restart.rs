@@ -44,7 +44,8 @@ impl Restart {
         std::thread::Builder::new()
             .name("forkpool-refork".into())
             .spawn(move || {
-                let link = ZygoteLink::start(&config.worker, super::zygote_capacity(&config));
+                let workers = super::worker_configs(&config);
+                let link = ZygoteLink::start(&workers, config.fork_server_capacity());
                 // If the supervisor is gone, the link comes back and is
                 // dropped here, which stops and reaps the new zygote.
                 let _ = tx.send(link);

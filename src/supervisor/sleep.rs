@@ -23,21 +23,26 @@ impl Supervisor {
     pub(super) fn prepare_sleep(&mut self) -> Result<Option<u64>, ()> {
         self.wake.set_sleeping(true);
         fence(Ordering::SeqCst);
-        let room = self.pending.front().map_or(0, |b| b.items_len() + 64);
+        // Room each queue's next batch needs in a worker's ring.
+        let rooms: Vec<usize> = self
+            .queues
+            .iter()
+            .map(|q| q.pending.front().map_or(0, |b| b.items_len() + 64))
+            .collect();
         let mut idle = self.cmds.is_empty();
         // A new fork server forked (and rung for) just before we set the
         // flag: take it now, its wake-up may have come too early.
         idle &= !self.restart.as_ref().is_some_and(Restart::done);
         for c in &mut self.conns {
-            idle &= c.prepare_sleep(room);
+            idle &= c.prepare_sleep(rooms[c.queue]);
         }
         if !idle {
             self.after_sleep(&[]);
             return Err(());
         }
         let mut until = self.next_deadline;
-        let active = self.conns.iter().filter(|c| !c.standby).count();
-        if self.spawn_after > 0 && active < self.config.workers {
+        let short = self.queues.iter().any(|q| q.strength < q.bounds.min);
+        if self.spawn_after > 0 && short {
             until = Some(until.map_or(self.spawn_after, |t| t.min(self.spawn_after)));
         }
         self.sleep_until = Some(until.unwrap_or(u64::MAX));

@@ -1,14 +1,20 @@
 //! Keeping the pool at strength: forking workers, promoting the standby,
 //! and the supervisor's side of the fork server.
 //!
-//! `maintain` asks the fork server for workers until the pool has as many
-//! as it should (none once it is closing and idle), promoting a standby
-//! first when there is one (`standby.rs` decides when to keep one). Start
+//! `maintain` asks the fork server for workers until each queue has as
+//! many as the autoscaling policy wants (`autoscale.rs`; a fixed-size
+//! queue wants its size; none once the pool is closing and the queue is
+//! idle), promoting the queue's standby first when there is one
+//! (`standby.rs` decides when to keep one), and asks idle workers beyond
+//! what the policy keeps to leave. A worker forked because a worker was
+//! lost (crashed, killed, retired by a task or memory limit) counts as a
+//! restart; one forked for waiting work, beyond the minimum, as growth. Start
 //! failures back off exponentially; after [`START_FAILURES`] in a row with
 //! no worker up, queued jobs fail with `WorkerStart` rather than wait for
 //! ever. When the fork server dies, its workers keep serving as orphans and
 //! a new one is forked from the caller (`restart.rs`), which adopts them.
 
+use super::autoscale::{self, Load};
 use super::conn::Conn;
 use super::restart::Restart;
 use super::{Supervisor, Token, standby};
@@ -21,86 +27,141 @@ use std::sync::atomic::Ordering;
 const START_FAILURES: u32 = 3;
 
 impl Supervisor {
-    /// Starts workers until the pool is at strength.
-    pub(super) fn maintain(&mut self) {
+    /// Keeps every queue at the strength the policy wants; returns when to
+    /// look again for a reason of its own (a keep-alive or a standby's
+    /// hold falling due), if ever.
+    pub(super) fn maintain(&mut self) -> Option<u64> {
         if self.zygote.is_none() {
             // Jobs wait for it; if forking it keeps failing, `start_failed`
             // fails them rather than let them hang.
-            let idle = self.closing && self.pending.is_empty();
+            let idle = self.closing && self.nothing_waits();
             if self.restart.is_none() && !idle && clock::coarse_ns() >= self.spawn_after {
                 match Restart::begin(self.config.clone(), self.wake.clone()) {
                     Ok(r) => self.restart = Some(r),
                     Err(e) => self.start_failed(format!("could not restart the fork server: {e}")),
                 }
             }
-            return;
+            return None;
         }
-        let want = if self.closing && self.pending.is_empty() {
+        let now = clock::coarse_ns();
+        let mut next: Option<u64> = None;
+        for q in 0..self.queues.len() {
+            if let Some(t) = self.maintain_queue(q, now) {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
+        next
+    }
+
+    fn maintain_queue(&mut self, q: usize, now: u64) -> Option<u64> {
+        let mut load = Load {
+            workers: 0,
+            busy: 0,
+            waiting: self.queues[q].pending.items(),
+        };
+        let mut idle = Vec::new();
+        for (i, c) in self.conns.iter().enumerate() {
+            if c.queue != q || c.standby || !c.counts_toward_strength() {
+                continue;
+            }
+            load.workers += 1;
+            if c.busy() {
+                load.busy += 1;
+            } else if let Some(since) = c.idle_since {
+                idle.push((i, since));
+            }
+        }
+        let closing_idle = self.closing && self.queues[q].pending.is_empty();
+        let bounds = self.queues[q].bounds;
+        let want = if closing_idle {
             0
         } else {
-            self.config.workers
+            autoscale::wanted(&bounds, load)
         };
-        let mut have = self
-            .conns
-            .iter()
-            .filter(|c| !c.standby && c.counts_toward_strength())
-            .count();
+        // Workers lost since the last look: their replacements are restarts.
+        let mut lost = self.queues[q].strength.saturating_sub(load.workers);
+        let mut have = load.workers;
         while have < want {
-            if self.activated >= self.config.workers as u64 {
-                self.standby.worker_replaced();
+            if lost > 0 {
+                self.queues[q].standby.worker_replaced();
             }
             if let Some(c) = self
                 .conns
                 .iter_mut()
-                .find(|c| c.standby && c.counts_toward_strength())
+                .find(|c| c.queue == q && c.standby && c.counts_toward_strength())
             {
                 c.standby = false;
-                c.promoted_at = Some(clock::coarse_ns());
-                self.activated();
-            } else if clock::coarse_ns() < self.spawn_after || !self.spawn_one(false) {
-                return;
+                c.promoted_at = Some(now);
+            } else if now < self.spawn_after || !self.spawn_one(q, false) {
+                break;
+            }
+            let stats = &self.counters.queues[q];
+            if lost > 0 {
+                lost -= 1;
+                self.counters
+                    .worker_restarts
+                    .fetch_add(1, Ordering::Relaxed);
+            } else if have >= bounds.min {
+                stats.grown.fetch_add(1, Ordering::Relaxed);
             }
             have += 1;
         }
-        self.standby_hold = None;
-        if want == 0 || !self.standby.wanted() || clock::coarse_ns() < self.spawn_after {
-            return;
+        let mut next = None;
+        if !self.closing {
+            let (leave, due) = autoscale::leaving(&bounds, have, &mut idle, now);
+            for i in leave {
+                let c = &mut self.conns[i];
+                c.shrunk = true;
+                c.request_exit();
+                have -= 1;
+                self.counters.queues[q]
+                    .shrunk
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            next = due;
         }
-        if self
-            .conns
-            .iter()
-            .any(|c| (c.standby && c.counts_toward_strength()) || c.awaiting_exit_status())
-        {
-            return;
+        self.queues[q].strength = have;
+        if let Some(t) = self.standby(q, want, now) {
+            next = Some(next.map_or(t, |n| n.min(t)));
         }
-        match standby::hold(self.conns.iter().map(|c| c.promoted_at), clock::coarse_ns()) {
-            Some(until) => self.standby_hold = Some(until),
+        next
+    }
+
+    /// Keeps queue `q`'s spare worker, if its policy wants one; returns
+    /// until when the next one is held back.
+    fn standby(&mut self, q: usize, want: usize, now: u64) -> Option<u64> {
+        self.queues[q].standby_hold = None;
+        if want == 0 || !self.queues[q].standby.wanted() || now < self.spawn_after {
+            return None;
+        }
+        let mine = || self.conns.iter().filter(move |c| c.queue == q);
+        if mine().any(|c| (c.standby && c.counts_toward_strength()) || c.awaiting_exit_status()) {
+            return None;
+        }
+        match standby::hold(mine().map(|c| c.promoted_at), now) {
+            Some(until) => {
+                self.queues[q].standby_hold = Some(until);
+                Some(until)
+            }
             None => {
-                self.spawn_one(true);
+                self.spawn_one(q, true);
+                None
             }
         }
     }
 
-    /// Counts a worker put to work; past the first N, a restart.
-    pub(super) fn activated(&mut self) {
-        if self.activated >= self.config.workers as u64 {
-            self.counters
-                .worker_restarts
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        self.activated += 1;
-    }
-
-    /// Asks the fork server for a worker: one of the N, or a `standby`.
-    pub(super) fn spawn_one(&mut self, standby: bool) -> bool {
+    /// Asks the fork server for a worker of queue `q`, or a `standby` for
+    /// it.
+    pub(super) fn spawn_one(&mut self, q: usize, standby: bool) -> bool {
         let key = self.next_key;
         self.next_key += 1;
-        let tasks = self.config.max_tasks_per_worker.map(|t| t as u64);
+        let queue = &self.config.queues[q];
         let (mut conn, fds) = match Conn::new(
             key,
-            self.config.worker.ring_size,
-            self.config.worker.max_message_size,
-            tasks,
+            q,
+            queue.worker.ring_size,
+            queue.worker.max_message_size,
+            self.queues[q].tasks_per_worker,
         ) {
             Ok(x) => x,
             Err(e) => {
@@ -109,7 +170,7 @@ impl Supervisor {
             }
         };
         let Some(z) = &self.zygote else { return false };
-        if let Err(e) = z.spawn(key, fds.borrow()) {
+        if let Err(e) = z.spawn(key, q, fds.borrow()) {
             self.start_failed(format!("could not reach the fork server: {e}"));
             return false;
         }
@@ -119,23 +180,42 @@ impl Supervisor {
             .add(conn.bell_fd(), Token::Bell(key).event())
             .is_ok();
         conn.standby = standby;
-        if !standby {
-            self.activated();
-        }
         self.conns.push(conn);
         true
     }
 
+    /// Queue `q` keeps between `min` and `max` workers from now on.
+    pub(super) fn resize(&mut self, q: usize, min: usize, max: usize) {
+        if let Some(queue) = self.queues.get_mut(q) {
+            queue.bounds.min = min;
+            queue.bounds.max = max;
+            if queue.bounds.scales() {
+                queue.exact = true;
+            }
+        }
+    }
+
+    /// Publishes the gauges: workers alive (per queue too), busy, waiting.
     pub(super) fn update_live(&self) {
         let (mut live, mut standby) = (0, 0);
+        let mut per_queue = vec![(0u64, 0u64); self.queues.len()];
         for c in &self.conns {
             if c.pid().is_some() && c.status.is_none() && !c.gone {
                 if c.standby {
                     standby += 1;
                 } else {
                     live += 1;
+                    per_queue[c.queue].0 += 1;
+                    per_queue[c.queue].1 += u64::from(c.busy());
                 }
             }
+        }
+        for ((q, stats), (workers, busy)) in self.queues.iter().zip(&self.counters.queues).zip(per_queue) {
+            stats.workers.store(workers, Ordering::Relaxed);
+            stats.busy.store(busy, Ordering::Relaxed);
+            stats.waiting.store(q.pending.items(), Ordering::Relaxed);
+            stats.min_workers.store(q.bounds.min as u64, Ordering::Relaxed);
+            stats.max_workers.store(q.bounds.max as u64, Ordering::Relaxed);
         }
         self.counters.live_workers.store(live, Ordering::Relaxed);
         self.counters
@@ -155,9 +235,11 @@ impl Supervisor {
             let error = JobError::WorkerStart {
                 message: self.last_start_error.clone(),
             };
-            for mut batch in self.pending.drain(..) {
-                self.counters.count_error(&error, u64::from(batch.count()));
-                batch.fail(batch.count(), error.clone());
+            for q in &mut self.queues {
+                for mut batch in q.pending.drain() {
+                    self.counters.count_error(&error, u64::from(batch.count()));
+                    batch.fail(batch.count(), error.clone());
+                }
             }
         }
     }

@@ -14,18 +14,27 @@ impl Supervisor {
     /// Takes in answers, continues streaming frames, and closes the books
     /// of workers that died.
     pub(super) fn service_workers(&mut self) {
+        let now = clock::coarse_ns();
         let mut i = 0;
         while i < self.conns.len() {
             let mut ctx = Ctx {
                 counters: &self.counters,
                 done_jobs: &mut self.done_jobs,
                 spares: &self.spares,
+                returned: &mut self.returned,
             };
             let c = &mut self.conns[i];
             c.pump_rx(&mut ctx);
             c.pump_tx();
             if c.is_ready() {
                 self.start_failures = 0;
+            }
+            // Idle since when, for the keep-alive (standbys are not idle:
+            // they are spares).
+            if c.busy() || !c.is_ready() || c.standby {
+                c.idle_since = None;
+            } else if c.idle_since.is_none() {
+                c.idle_since = Some(now);
             }
             if !c.finished() {
                 i += 1;
@@ -48,8 +57,8 @@ impl Supervisor {
                     c.pid().unwrap_or(0)
                 );
             }
-            for batch in requeue.into_iter().rev() {
-                self.pending.push_front(batch);
+            for batch in requeue {
+                self.enqueue(batch);
             }
             if c.bell_registered {
                 let _ = self.epoll.delete(c.bell_fd());

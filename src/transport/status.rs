@@ -312,6 +312,41 @@ impl ProgressCell {
     }
 }
 
+/// Work the supervisor takes back from a worker before it starts:
+/// every item numbered below the word (`0`: none).
+///
+/// The supervisor [`recall`](Self::recall)s what it has sent so far when
+/// better work waits (a higher priority) or a queue dispatches exactly; the
+/// worker looks before it starts each item ([`returns`](Self::returns))
+/// and hands back, unstarted, the items below the word — a `Returned`
+/// record — instead of running them. An item the worker started before it
+/// saw the word runs: the recall costs at most the item in progress. The
+/// word only grows, and items sent after a recall are numbered above it,
+/// so they run.
+#[repr(transparent)]
+#[derive(Default)]
+pub(crate) struct Recall(AtomicU64);
+
+impl Recall {
+    /// Supervisor: take back every item numbered below `seq` that has not
+    /// started.
+    pub(crate) fn recall(&self, seq: u64) {
+        self.0.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// Worker: how many of the `left` items from `seq` on must go back (0:
+    /// run item `seq`). One relaxed load, per item.
+    #[inline(always)]
+    pub(crate) fn returns(&self, seq: u64, left: u32) -> u32 {
+        let below = self.0.load(Ordering::Relaxed);
+        if seq < below {
+            (below - seq).min(u64::from(left)) as u32
+        } else {
+            0
+        }
+    }
+}
+
 /// The status page at the start of a worker's shared memory.
 #[repr(C)]
 pub(crate) struct StatusPage {
@@ -330,6 +365,8 @@ pub(crate) struct StatusPage {
     /// Progress reported by the running job (last, so that the offsets
     /// above stay put).
     pub progress: ProgressCell,
+    /// Items the supervisor took back before they started.
+    pub recall: Line<Recall>,
 }
 
 const _: () = assert!(std::mem::size_of::<StatusPage>() <= PAGE);

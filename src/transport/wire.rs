@@ -58,6 +58,10 @@ pub(crate) enum Tag {
     InitFailed = 0x21,
     /// Worker is above its memory limit and exits; body is its RSS as u64.
     Retire = 0x22,
+    /// Worker hands back, unstarted, the next items of its batch, because
+    /// the supervisor recalled them (see `status.rs`, `Recall`); body is
+    /// their number as u32. Not an item record: it answers no item.
+    Returned = 0x23,
 }
 
 impl Tag {
@@ -75,6 +79,7 @@ impl Tag {
             0x20 => Tag::Ready,
             0x21 => Tag::InitFailed,
             0x22 => Tag::Retire,
+            0x23 => Tag::Returned,
             _ => return None,
         })
     }

@@ -15,6 +15,12 @@
 //!
 //! The whole batch runs under one unwind guard; a panicking item is
 //! answered with a `Panic` record and the batch resumes after it.
+//!
+//! Before each item the worker also looks at the status page's recall word
+//! (one relaxed load): items the supervisor took back are handed back
+//! unstarted, in one `Returned` record, instead of run. That is what lets
+//! a higher-priority job wait for at most the item in progress, even
+//! behind a batch of thousands of `map` items.
 
 use super::call::{Call, RawCall};
 use super::current;
@@ -95,6 +101,33 @@ impl Worker {
         batch.frame
     }
 
+    /// Hands the next `n` items of `batch` back unstarted, as the
+    /// supervisor's recall asks: one `Returned` record for all of them,
+    /// committed like an answer, and the input frame released if they were
+    /// the batch's last. Their status word is never set: they did not
+    /// start, so a death from here on requeues them too.
+    #[cold]
+    #[inline(never)]
+    fn hand_back(&mut self, batch: &mut Running<'_>, n: u32) {
+        for _ in 0..n {
+            if batch.items.next().is_none() {
+                exit(EXIT_PROTOCOL);
+            }
+        }
+        self.record(Tag::Returned, &n.to_le_bytes());
+        self.outbox.commit();
+        self.next_seq += u64::from(n);
+        batch.left -= n;
+        if batch.left == 0
+            && let Some(bytes) = batch.frame.take()
+        {
+            self.consume(bytes);
+        }
+        if self.outbox.consumer_asleep() {
+            self.flush();
+        }
+    }
+
     /// Marks item `seq` done: its record is committed first, so a crash
     /// from here on cannot lose it. If the supervisor claimed the item first
     /// (to kill this worker over it), wait for the kill rather than run
@@ -168,6 +201,11 @@ impl BatchRun<'_, '_> {
         let cancellable = h.flags & wire::FLAG_CANCELLABLE != 0;
         let mut scratch = std::mem::take(&mut w.scratch);
         while batch.left > 0 {
+            let back = w.page.recall.0.returns(w.next_seq, batch.left);
+            if back > 0 {
+                w.hand_back(batch, back);
+                continue;
+            }
             let Some(arg) = batch.items.next() else {
                 exit(EXIT_PROTOCOL)
             };

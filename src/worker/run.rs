@@ -124,7 +124,7 @@ impl Worker {
     }
 
     /// Releases `n` inbox bytes, waking the supervisor if it waits for room.
-    fn consume(&mut self, n: usize) {
+    pub(super) fn consume(&mut self, n: usize) {
         if self.inbox.consume(n) {
             bell::ring(WORKER_BELL_OUT);
         }

@@ -39,6 +39,9 @@ pub(super) struct Book {
     pub(super) ready: bool,
     pub(super) init_failed: Option<String>,
     pub(super) retiring: bool,
+    /// Items handed back by the worker (`Returned`) since the conn last
+    /// looked: they count against no task limit.
+    pub(super) handed_back: u64,
 }
 
 impl Book {
@@ -57,6 +60,10 @@ impl Book {
                     self.init_failed = Some(String::from_utf8_lossy(rec.body).into_owned())
                 }
                 Tag::Retire => self.retiring = true,
+                Tag::Returned if rec.body.len() == 4 => {
+                    let n = u32::from_le_bytes(rec.body.try_into().expect("4 bytes"));
+                    self.on_returned(n, ctx)?;
+                }
                 t => return Err(format!("malformed {t:?} record")),
             }
             return Ok(());
@@ -85,6 +92,37 @@ impl Book {
         {
             self.flush_out(ctx);
         }
+        Ok(())
+    }
+
+    /// The worker handed back, unstarted, the next `n` items of the front
+    /// batch (a recall): the answers before them are delivered, and they go
+    /// back to the supervisor to be queued again where they were — unless
+    /// the job was withdrawn meanwhile (cancelled, expired), which settled
+    /// it already.
+    fn on_returned(&mut self, n: u32, ctx: &mut Ctx<'_>) -> Result<(), String> {
+        if self.swallowed {
+            return Err("handed back items past one it was killed over".into());
+        }
+        let first = self.first_undelivered().ok_or("handed back items with nothing in flight")?;
+        if self.kill.as_ref().is_some_and(|k| k.seq == first) {
+            return Err("handed back an item it was killed over".into());
+        }
+        let left = self.inflight.front().map_or(0, |f| f.batch.count()) - self.out_count;
+        if n == 0 || n > left {
+            return Err(format!("handed back {n} items of {left}"));
+        }
+        self.flush_out(ctx);
+        let front = self.inflight.front_mut().expect("items are left");
+        let mut back = front.batch.split_front(n);
+        front.seq0 += u64::from(n);
+        self.handed_back += u64::from(n);
+        if front.settled {
+            back.forget(n);
+        } else {
+            ctx.returned.push(back);
+        }
+        self.pop_finished(ctx);
         Ok(())
     }
 

@@ -31,7 +31,7 @@ mod tx;
 #[cfg(test)]
 mod tests;
 
-use crate::batch::JobId;
+use crate::batch::{Batch, JobId};
 use crate::error::{ExitStatus, JobError};
 use crate::metrics::stats::Counters;
 use crate::sys::prefault::Spares;
@@ -53,6 +53,8 @@ pub(super) struct Ctx<'a> {
     pub done_jobs: &'a mut Vec<JobId>,
     /// Big buffers for answers, from and back to the pool's stocks.
     pub spares: &'a Spares,
+    /// Batches a worker handed back unstarted (a recall), to requeue.
+    pub returned: &'a mut Vec<Batch>,
 }
 
 /// Why the supervisor killed a worker, and over which item.
@@ -89,6 +91,14 @@ enum ExitRequest {
 /// One worker process, from the supervisor's side.
 pub(super) struct Conn {
     pub key: u64,
+    /// The queue whose jobs it runs.
+    pub queue: usize,
+    /// Since when (coarse ns) it has been up and idle, for the keep-alive.
+    pub idle_since: Option<u64>,
+    /// The autoscaler asked it to leave: it owes no replacement.
+    pub shrunk: bool,
+    /// Items numbered below this were recalled (see `Recall`).
+    recalled_below: u64,
     tx: Producer,
     rx: Consumer,
     reader: RecordReader,
@@ -129,6 +139,7 @@ impl Conn {
     /// Creates the shared memory and doorbells for a new worker.
     pub(super) fn new(
         key: u64,
+        queue: usize,
         ring_size: usize,
         cap: u64,
         tasks: Option<u64>,
@@ -151,6 +162,10 @@ impl Conn {
         };
         let conn = Conn {
             key,
+            queue,
+            idle_since: None,
+            shrunk: false,
+            recalled_below: 0,
             tx,
             rx,
             reader: RecordReader::new(cap),
@@ -164,6 +179,7 @@ impl Conn {
                 ready: false,
                 init_failed: None,
                 retiring: false,
+                handed_back: 0,
             },
             bell_to: in_w,
             bell_from: out_r,

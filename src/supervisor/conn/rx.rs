@@ -52,6 +52,11 @@ impl Conn {
         if let Some(why) = broken {
             self.violate(why);
         }
+        // Items handed back were never run: they count against no task limit.
+        let back = std::mem::take(&mut self.book.handed_back);
+        if let Some(t) = &mut self.tasks_left {
+            *t += back;
+        }
     }
 
     /// How much of the `n` available bytes to pull: all of them, unless

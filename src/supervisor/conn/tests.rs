@@ -59,6 +59,7 @@ fn crashed(status: ExitStatus) -> Answer {
 struct Env {
     counters: Counters,
     done_jobs: Vec<JobId>,
+    returned: Vec<Batch>,
     prefault: Prefault,
 }
 
@@ -67,6 +68,7 @@ impl Env {
         Env {
             counters: Counters::default(),
             done_jobs: Vec::new(),
+            returned: Vec::new(),
             prefault: Prefault::new(),
         }
     }
@@ -76,6 +78,7 @@ impl Env {
             counters: &self.counters,
             done_jobs: &mut self.done_jobs,
             spares: self.prefault.spares(),
+            returned: &mut self.returned,
         }
     }
 
@@ -381,7 +384,7 @@ impl TestWorker {
 }
 
 fn setup() -> (Conn, TestWorker) {
-    let (conn, fds) = Conn::new(1, RING, CAP, None).unwrap();
+    let (conn, fds) = Conn::new(1, 0, RING, CAP, None).unwrap();
     (conn, TestWorker::new(fds))
 }
 
@@ -495,7 +498,7 @@ fn a_worker_that_dies_between_items_is_charged_nothing() {
 
     // Died before it started anything: everything goes back.
     {
-        let (mut idle, _fds) = Conn::new(2, RING, CAP, None).unwrap();
+        let (mut idle, _fds) = Conn::new(2, 0, RING, CAP, None).unwrap();
         let c = Recorder::new();
         send(&mut idle, batch(&[b"c0"], 0, &c, JobOpts::default(), None));
         idle.status = Some(EXIT_1);

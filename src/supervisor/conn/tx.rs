@@ -75,6 +75,22 @@ impl Conn {
         Ok(())
     }
 
+    /// Takes back every item sent so far that the worker has not started:
+    /// it hands them back (a `Returned` record) after the item in progress,
+    /// and they come back to the supervisor through `Ctx::returned`. Does
+    /// nothing when no item waits behind the one that may be running.
+    pub(in crate::supervisor) fn recall(&mut self) {
+        if self.next_seq > self.recalled_below && self.inflight_items() > 1 {
+            self.page().recall.0.recall(self.next_seq);
+            self.recalled_below = self.next_seq;
+        }
+    }
+
+    /// The batches in flight, oldest first.
+    pub(in crate::supervisor) fn in_flight(&self) -> impl Iterator<Item = &Batch> {
+        self.book.inflight.iter().map(|f| &f.batch)
+    }
+
     /// Asks the worker to exit once it has answered everything sent so far.
     pub(in crate::supervisor) fn request_exit(&mut self) {
         if self.exit == ExitRequest::None {

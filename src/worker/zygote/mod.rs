@@ -62,8 +62,10 @@ pub(crate) struct ZygoteLink {
 
 impl ZygoteLink {
     /// Forks the zygote from the calling process, with room for `capacity`
-    /// children at once.
-    pub(crate) fn start(config: &WorkerConfig, capacity: usize) -> io::Result<ZygoteLink> {
+    /// children at once. `configs` holds what each queue's workers see, by
+    /// queue index; the child keeps its own copy of the slice (it is
+    /// forked while this frame holds it, and never returns here).
+    pub(crate) fn start(configs: &[WorkerConfig], capacity: usize) -> io::Result<ZygoteLink> {
         let (ours, theirs) = msg::socket_pair()?;
         // SAFETY: socket_pair just returned both descriptors; each is owned once.
         let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(ours), OwnedFd::from_raw_fd(theirs)) };
@@ -82,7 +84,7 @@ impl ZygoteLink {
             // the child this thread is their owner.
             drop(out);
             drop(err);
-            server::serve(theirs.as_raw_fd(), table, config);
+            server::serve(theirs.as_raw_fd(), table, configs);
         }
         drop(out);
         drop(err);
@@ -101,14 +103,15 @@ impl ZygoteLink {
         self.sock.as_ref().expect("zygote link is open").as_fd()
     }
 
-    /// Asks for worker `key` with its three descriptors: bell-in read end,
+    /// Asks for worker `key` of queue `queue` (it gets that queue's
+    /// `WorkerConfig`) with its three descriptors: bell-in read end,
     /// bell-out write end, shared memory.
-    pub(crate) fn spawn(&self, key: u64, fds: [BorrowedFd<'_>; 3]) -> io::Result<()> {
+    pub(crate) fn spawn(&self, key: u64, queue: usize, fds: [BorrowedFd<'_>; 3]) -> io::Result<()> {
         let m = msg::Msg {
             kind: msg::SPAWN,
             pid: 0,
             key,
-            value: 0,
+            value: queue as i64,
         };
         let raw = fds.map(|f| f.as_raw_fd());
         msg::send(self.fd().as_raw_fd(), &m, &raw)

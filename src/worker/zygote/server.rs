@@ -74,7 +74,7 @@ impl Table {
 }
 
 /// Runs the fork server in the freshly forked zygote. Never returns.
-pub(crate) fn serve(sock: RawFd, mut table: Table, config: &WorkerConfig) -> ! {
+pub(crate) fn serve(sock: RawFd, mut table: Table, configs: &[WorkerConfig]) -> ! {
     if !postfork::install_fds(&[sock]) {
         postfork::exit(70);
     }
@@ -113,7 +113,7 @@ pub(crate) fn serve(sock: RawFd, mut table: Table, config: &WorkerConfig) -> ! {
         forget_adopted(&mut table);
         reap(&mut table);
         if table.polls[0].revents != 0 {
-            serve_request(&mut table, config);
+            serve_request(&mut table, configs);
         }
     }
 }
@@ -154,7 +154,7 @@ fn reap(table: &mut Table) {
     }
 }
 
-fn serve_request(table: &mut Table, config: &WorkerConfig) {
+fn serve_request(table: &mut Table, configs: &[WorkerConfig]) {
     let req = match msg::recv(SOCK, true) {
         Ok(Some(req)) => req,
         Ok(None) => shutdown(table),
@@ -192,9 +192,13 @@ fn serve_request(table: &mut Table, config: &WorkerConfig) {
         table.len += 1;
         return;
     }
-    if req.msg.kind != SPAWN || req.nfds != 3 {
+    // The queue whose settings the worker takes.
+    let config = usize::try_from(req.msg.value)
+        .ok()
+        .and_then(|q| configs.get(q));
+    let (Some(config), true) = (config, req.msg.kind == SPAWN && req.nfds == 3) else {
         return fail(table, libc::EINVAL);
-    }
+    };
     if table.len == table.keys.len() {
         return fail(table, libc::EAGAIN);
     }
