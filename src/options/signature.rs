@@ -342,7 +342,12 @@ where
     /// # Ok(()) }
     /// ```
     pub fn queue(mut self, name: &str) -> Self {
-        self.queue = Some(self.shared.config.queue_index(name).ok_or_else(|| name.to_string()));
+        self.queue = Some(
+            self.shared
+                .config
+                .queue_index(name)
+                .ok_or_else(|| name.to_string()),
+        );
         self
     }
 
@@ -473,7 +478,11 @@ where
         let invalid = |message: String| Err(JobError::InvalidOptions { message });
         let queue = match &self.queue {
             Some(Ok(q)) => *q,
-            Some(Err(name)) => return Err(JobError::NoSuchQueue { queue: name.clone() }),
+            Some(Err(name)) => {
+                return Err(JobError::NoSuchQueue {
+                    queue: name.clone(),
+                });
+            }
             None => config.route(self.call.func),
         };
         let defaults = JobOpts::for_queue(config, queue);

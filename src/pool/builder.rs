@@ -322,7 +322,10 @@ impl PoolBuilder {
             ring_size: shm::DEFAULT_RING,
         };
         let cpus = num_cpus::get();
-        let mut queues = vec![self.default.resolve(DEFAULT_QUEUE, &self.default, &worker, cpus)?];
+        let mut queues = vec![
+            self.default
+                .resolve(DEFAULT_QUEUE, &self.default, &worker, cpus)?,
+        ];
         for (name, settings) in &self.queues {
             if name.is_empty() {
                 return bad("a queue needs a name".into());

@@ -81,7 +81,12 @@ impl Pool {
     /// The most workers the pool runs at once, all queues together, as it
     /// was built ([`Stats::live_workers`] tells how many run now).
     pub fn workers(&self) -> usize {
-        self.shared.config.queues.iter().map(|q| q.max_workers).sum()
+        self.shared
+            .config
+            .queues
+            .iter()
+            .map(|q| q.max_workers)
+            .sum()
     }
 
     /// The pool seen through its queue `name`: the same calls, for jobs
@@ -188,10 +193,17 @@ impl Pool {
     {
         let queue = queue.unwrap_or_else(|| self.shared.config.route(f as usize));
         if self.layers.retry.is_some() {
-            let job = Job::new(&self.shared, &self.layers, Call::new(f), Call::ignoring(f), false);
+            let job = Job::new(
+                &self.shared,
+                &self.layers,
+                Call::new(f),
+                Call::ignoring(f),
+                false,
+            );
             return job.on_queue(queue).submit_admitted(arg, ticket, quiet);
         }
-        self.shared.submit_call(Call::new(f), &arg, quiet, ticket, queue)
+        self.shared
+            .submit_call(Call::new(f), &arg, quiet, ticket, queue)
     }
 
     /// Runs `f(arg)` in a worker and waits for the result.

@@ -237,7 +237,9 @@ impl QueueRef<'_> {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.pool.submit_job(f, arg, true, None, Some(self.index)).get()
+        self.pool
+            .submit_job(f, arg, true, None, Some(self.index))
+            .get()
     }
 
     /// Like [`Pool::map`], on this queue.
@@ -282,8 +284,14 @@ impl QueueRef<'_> {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let pool = self.pool;
-        Job::new(&pool.shared, &pool.layers, Call::new(f), Call::ignoring(f), false)
-            .on_queue(self.index)
+        Job::new(
+            &pool.shared,
+            &pool.layers,
+            Call::new(f),
+            Call::ignoring(f),
+            false,
+        )
+        .on_queue(self.index)
     }
 
     /// Sets the queue's worker bounds: `min` kept when idle, `max` at most

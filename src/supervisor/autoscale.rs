@@ -118,10 +118,18 @@ mod tests {
         assert_eq!(wanted(&b, load(4, 1, 3)), 4, "three wait, three free");
         assert_eq!(wanted(&b, load(2, 2, 100)), 8, "capped at max");
         assert_eq!(wanted(&b, load(0, 0, 0)), 1, "never below min");
-        assert_eq!(wanted(&bounds(0, 4), load(0, 0, 0)), 0, "an idle queue costs nothing");
+        assert_eq!(
+            wanted(&bounds(0, 4), load(0, 0, 0)),
+            0,
+            "an idle queue costs nothing"
+        );
         assert_eq!(wanted(&bounds(0, 4), load(0, 0, 1)), 1);
         assert_eq!(wanted(&bounds(3, 3), load(1, 1, 0)), 3, "a fixed size");
-        assert_eq!(wanted(&bounds(1, 2), load(5, 5, 9)), 2, "above max after a resize: no more");
+        assert_eq!(
+            wanted(&bounds(1, 2), load(5, 5, 9)),
+            2,
+            "above max after a resize: no more"
+        );
     }
 
     #[test]

@@ -155,7 +155,10 @@ impl Pending {
 
     /// Whether single job `id` waits here.
     pub(super) fn has_job(&self, id: JobId) -> bool {
-        self.fifo.iter().chain(self.ranked.values()).any(|b| b.job == Some(id))
+        self.fifo
+            .iter()
+            .chain(self.ranked.values())
+            .any(|b| b.job == Some(id))
     }
 
     /// Takes every batch out, in no particular order.
@@ -207,7 +210,9 @@ pub(super) struct QueueState {
 
 impl QueueState {
     pub(super) fn new(config: &QueueConfig, standby: Option<bool>) -> QueueState {
-        let aging = config.aging.map(|d| d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        let aging = config
+            .aging
+            .map(|d| d.as_nanos().min(u128::from(u64::MAX)) as u64);
         let bounds = Bounds::new(config.min_workers, config.max_workers, config.keep_alive);
         QueueState {
             pending: Pending::new(aging),

@@ -210,12 +210,18 @@ impl Supervisor {
                 }
             }
         }
-        for ((q, stats), (workers, busy)) in self.queues.iter().zip(&self.counters.queues).zip(per_queue) {
+        for ((q, stats), (workers, busy)) in
+            self.queues.iter().zip(&self.counters.queues).zip(per_queue)
+        {
             stats.workers.store(workers, Ordering::Relaxed);
             stats.busy.store(busy, Ordering::Relaxed);
             stats.waiting.store(q.pending.items(), Ordering::Relaxed);
-            stats.min_workers.store(q.bounds.min as u64, Ordering::Relaxed);
-            stats.max_workers.store(q.bounds.max as u64, Ordering::Relaxed);
+            stats
+                .min_workers
+                .store(q.bounds.min as u64, Ordering::Relaxed);
+            stats
+                .max_workers
+                .store(q.bounds.max as u64, Ordering::Relaxed);
         }
         self.counters.live_workers.store(live, Ordering::Relaxed);
         self.counters

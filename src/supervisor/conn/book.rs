@@ -104,7 +104,9 @@ impl Book {
         if self.swallowed {
             return Err("handed back items past one it was killed over".into());
         }
-        let first = self.first_undelivered().ok_or("handed back items with nothing in flight")?;
+        let first = self
+            .first_undelivered()
+            .ok_or("handed back items with nothing in flight")?;
         if self.kill.as_ref().is_some_and(|k| k.seq == first) {
             return Err("handed back an item it was killed over".into());
         }
