@@ -145,7 +145,8 @@ pub(crate) struct Batch {
     /// equal priorities run in this order. Kept by every part of the batch
     /// and across requeues, so work handed back returns to its place.
     pub order: u64,
-    /// Coarse-clock instant the supervisor took the batch in (for aging).
+    /// Coarse-clock instant the batch first waited in its queue (0: not
+    /// yet; set only where the queue ages).
     pub since: u64,
 }
 

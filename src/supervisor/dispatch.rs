@@ -30,13 +30,12 @@ impl Supervisor {
     pub(super) fn accept(&mut self, mut batch: Batch) {
         batch.throttle = self.throttles.get(batch.call.func);
         batch.order = self.next_order;
-        batch.since = clock::coarse_ns();
         self.next_order += 1;
         if let (Some(at), Some(id)) = (batch.opts.expires_at, batch.job) {
             self.timers.watch_expiry(at, id);
         }
         match batch.opts.not_before {
-            Some(at) if at > batch.since => self.timers.schedule(at, batch),
+            Some(at) if at > clock::coarse_ns() => self.timers.schedule(at, batch),
             _ => self.enqueue(batch),
         }
     }
@@ -45,8 +44,14 @@ impl Supervisor {
     /// priority other than 0 turns its queue exact for good (see
     /// `queues.rs`): work already queued in busy workers is recalled, so
     /// that it cannot run ahead of it.
-    pub(super) fn enqueue(&mut self, batch: Batch) {
+    pub(super) fn enqueue(&mut self, mut batch: Batch) {
         let q = usize::from(batch.opts.queue).min(self.queues.len() - 1);
+        if batch.since == 0 && self.queues[q].pending.aging().is_some() {
+            // Aging counts the time a job waits for a worker: from its first
+            // arrival here (a countdown's wait is not counted; a batch
+            // handed back keeps its time).
+            batch.since = clock::coarse_ns();
+        }
         if batch.opts.priority != 0 && !self.queues[q].exact {
             self.queues[q].exact = true;
             for c in self.conns.iter_mut().filter(|c| c.queue == q) {

@@ -23,18 +23,14 @@ impl Supervisor {
     pub(super) fn prepare_sleep(&mut self) -> Result<Option<u64>, ()> {
         self.wake.set_sleeping(true);
         fence(Ordering::SeqCst);
-        // Room each queue's next batch needs in a worker's ring.
-        let rooms: Vec<usize> = self
-            .queues
-            .iter()
-            .map(|q| q.pending.front().map_or(0, |b| b.items_len() + 64))
-            .collect();
         let mut idle = self.cmds.is_empty();
         // A new fork server forked (and rung for) just before we set the
         // flag: take it now, its wake-up may have come too early.
         idle &= !self.restart.as_ref().is_some_and(Restart::done);
         for c in &mut self.conns {
-            idle &= c.prepare_sleep(rooms[c.queue]);
+            // Room the next batch of its queue needs in its ring.
+            let next = self.queues[c.queue].pending.front();
+            idle &= c.prepare_sleep(next.map_or(0, |b| b.items_len() + 64));
         }
         if !idle {
             self.after_sleep(&[]);

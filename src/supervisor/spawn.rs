@@ -21,7 +21,7 @@ use super::{Supervisor, Token, standby};
 use crate::error::JobError;
 use crate::sys::clock;
 use crate::worker::zygote::{Event, Polled};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Consecutive failed worker starts after which queued jobs fail.
 const START_FAILURES: u32 = 3;
@@ -59,17 +59,10 @@ impl Supervisor {
             busy: 0,
             waiting: self.queues[q].pending.items(),
         };
-        let mut idle = Vec::new();
-        for (i, c) in self.conns.iter().enumerate() {
-            if c.queue != q || c.standby || !c.counts_toward_strength() {
-                continue;
-            }
+        let takes_work = |c: &Conn| c.queue == q && !c.standby && c.counts_toward_strength();
+        for c in self.conns.iter().filter(|c| takes_work(c)) {
             load.workers += 1;
-            if c.busy() {
-                load.busy += 1;
-            } else if let Some(since) = c.idle_since {
-                idle.push((i, since));
-            }
+            load.busy += usize::from(c.busy());
         }
         let closing_idle = self.closing && self.queues[q].pending.is_empty();
         let bounds = self.queues[q].bounds;
@@ -107,7 +100,13 @@ impl Supervisor {
             have += 1;
         }
         let mut next = None;
-        if !self.closing {
+        // Only a queue above its minimum has workers to let go (and no
+        // allocation happens on the path of a queue at its size).
+        if !self.closing && have > bounds.min {
+            let mut idle: Vec<(usize, u64)> = (self.conns.iter().enumerate())
+                .filter(|(_, c)| takes_work(c) && !c.busy())
+                .filter_map(|(i, c)| Some((i, c.idle_since?)))
+                .collect();
             let (leave, due) = autoscale::leaving(&bounds, have, &mut idle, now);
             for i in leave {
                 let c = &mut self.conns[i];
@@ -197,31 +196,30 @@ impl Supervisor {
 
     /// Publishes the gauges: workers alive (per queue too), busy, waiting.
     pub(super) fn update_live(&self) {
-        let (mut live, mut standby) = (0, 0);
-        let mut per_queue = vec![(0u64, 0u64); self.queues.len()];
-        for c in &self.conns {
-            if c.pid().is_some() && c.status.is_none() && !c.gone {
-                if c.standby {
-                    standby += 1;
-                } else {
-                    live += 1;
-                    per_queue[c.queue].0 += 1;
-                    per_queue[c.queue].1 += u64::from(c.busy());
+        let alive = |c: &&Conn| c.pid().is_some() && c.status.is_none() && !c.gone;
+        let standby = self.conns.iter().filter(alive).filter(|c| c.standby).count() as u64;
+        let mut live = 0;
+        for (q, (queue, stats)) in self.queues.iter().zip(&self.counters.queues).enumerate() {
+            let (mut workers, mut busy) = (0, 0);
+            for c in self.conns.iter().filter(alive) {
+                if c.queue == q && !c.standby {
+                    workers += 1;
+                    busy += u64::from(c.busy());
                 }
             }
-        }
-        for ((q, stats), (workers, busy)) in
-            self.queues.iter().zip(&self.counters.queues).zip(per_queue)
-        {
-            stats.workers.store(workers, Ordering::Relaxed);
-            stats.busy.store(busy, Ordering::Relaxed);
-            stats.waiting.store(q.pending.items(), Ordering::Relaxed);
-            stats
-                .min_workers
-                .store(q.bounds.min as u64, Ordering::Relaxed);
-            stats
-                .max_workers
-                .store(q.bounds.max as u64, Ordering::Relaxed);
+            live += workers;
+            // Written only when they change: every step publishes them, and
+            // a store dirties a line the caller's thread may step with next.
+            let set = |gauge: &AtomicU64, value: u64| {
+                if gauge.load(Ordering::Relaxed) != value {
+                    gauge.store(value, Ordering::Relaxed);
+                }
+            };
+            set(&stats.workers, workers);
+            set(&stats.busy, busy);
+            set(&stats.waiting, queue.pending.items());
+            set(&stats.min_workers, queue.bounds.min as u64);
+            set(&stats.max_workers, queue.bounds.max as u64);
         }
         self.counters.live_workers.store(live, Ordering::Relaxed);
         self.counters
