@@ -44,6 +44,7 @@ impl Supervisor {
     /// priority other than 0 turns its queue exact for good (see
     /// `queues.rs`): work already queued in busy workers is recalled, so
     /// that it cannot run ahead of it.
+    #[inline]
     pub(super) fn enqueue(&mut self, mut batch: Batch) {
         let q = usize::from(batch.opts.queue).min(self.queues.len() - 1);
         if batch.since == 0 && self.queues[q].pending.aging().is_some() {

@@ -90,6 +90,7 @@ impl Pending {
     }
 
     /// Puts `batch` in its place.
+    #[inline]
     pub(super) fn push(&mut self, batch: Batch) {
         self.items += u64::from(batch.count());
         if batch.opts.priority != 0 || self.aging.is_some() {
@@ -108,7 +109,11 @@ impl Pending {
     }
 
     /// Whether the next batch is the ranked map's first (else the FIFO's).
+    #[inline]
     fn ranked_first(&self) -> bool {
+        if self.ranked.is_empty() {
+            return false;
+        }
         match (self.ranked.first_key_value(), self.fifo.front()) {
             (Some((rank, _)), Some(b)) => *rank < Rank::of(b, None),
             (Some(_), None) => true,
@@ -117,6 +122,7 @@ impl Pending {
     }
 
     /// The batch that runs next.
+    #[inline]
     pub(super) fn front(&self) -> Option<&Batch> {
         if self.ranked_first() {
             self.ranked.first_key_value().map(|(_, b)| b)
@@ -131,6 +137,7 @@ impl Pending {
     }
 
     /// Takes the batch that runs next.
+    #[inline]
     pub(super) fn pop(&mut self) -> Option<Batch> {
         let batch = if self.ranked_first() {
             self.ranked.pop_first().map(|(_, b)| b)
@@ -169,11 +176,13 @@ impl Pending {
         all
     }
 
+    #[inline]
     pub(super) fn is_empty(&self) -> bool {
         self.fifo.is_empty() && self.ranked.is_empty()
     }
 
     /// Items waiting.
+    #[inline]
     pub(super) fn items(&self) -> u64 {
         self.items
     }

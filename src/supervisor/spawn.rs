@@ -26,6 +26,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Consecutive failed worker starts after which queued jobs fail.
 const START_FAILURES: u32 = 3;
 
+/// The coarse clock, read once per step and only if needed: a queue at its
+/// size with no standby to keep never needs it.
+struct Now(Option<u64>);
+
+impl Now {
+    fn get(&mut self) -> u64 {
+        *self.0.get_or_insert_with(clock::coarse_ns)
+    }
+}
+
 impl Supervisor {
     /// Keeps every queue at the strength the policy wants; returns when to
     /// look again for a reason of its own (a keep-alive or a standby's
@@ -43,17 +53,17 @@ impl Supervisor {
             }
             return None;
         }
-        let now = clock::coarse_ns();
+        let mut now = Now(None);
         let mut next: Option<u64> = None;
         for q in 0..self.queues.len() {
-            if let Some(t) = self.maintain_queue(q, now) {
+            if let Some(t) = self.maintain_queue(q, &mut now) {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         }
         next
     }
 
-    fn maintain_queue(&mut self, q: usize, now: u64) -> Option<u64> {
+    fn maintain_queue(&mut self, q: usize, now: &mut Now) -> Option<u64> {
         let mut load = Load {
             workers: 0,
             busy: 0,
@@ -84,8 +94,8 @@ impl Supervisor {
                 .find(|c| c.queue == q && c.standby && c.counts_toward_strength())
             {
                 c.standby = false;
-                c.promoted_at = Some(now);
-            } else if now < self.spawn_after || !self.spawn_one(q, false) {
+                c.promoted_at = Some(now.get());
+            } else if now.get() < self.spawn_after || !self.spawn_one(q, false) {
                 break;
             }
             let stats = &self.counters.queues[q];
@@ -103,9 +113,12 @@ impl Supervisor {
         // Only a queue above its minimum has workers to let go (and no
         // allocation happens on the path of a queue at its size).
         if !self.closing && have > bounds.min {
+            let now = now.get();
+            // A ready worker with nothing in flight is idle; one of a
+            // fixed-size queue carries no idle time (see `workers.rs`).
             let mut idle: Vec<(usize, u64)> = (self.conns.iter().enumerate())
-                .filter(|(_, c)| takes_work(c) && !c.busy())
-                .filter_map(|(i, c)| Some((i, c.idle_since?)))
+                .filter(|(_, c)| takes_work(c) && !c.busy() && c.is_ready())
+                .map(|(i, c)| (i, c.idle_since.unwrap_or(now)))
                 .collect();
             let (leave, due) = autoscale::leaving(&bounds, have, &mut idle, now);
             for i in leave {
@@ -128,9 +141,13 @@ impl Supervisor {
 
     /// Keeps queue `q`'s spare worker, if its policy wants one; returns
     /// until when the next one is held back.
-    fn standby(&mut self, q: usize, want: usize, now: u64) -> Option<u64> {
+    fn standby(&mut self, q: usize, want: usize, now: &mut Now) -> Option<u64> {
         self.queues[q].standby_hold = None;
-        if want == 0 || !self.queues[q].standby.wanted() || now < self.spawn_after {
+        if want == 0 || !self.queues[q].standby.wanted() {
+            return None;
+        }
+        let now = now.get();
+        if now < self.spawn_after {
             return None;
         }
         let mine = || self.conns.iter().filter(move |c| c.queue == q);
@@ -196,18 +213,34 @@ impl Supervisor {
 
     /// Publishes the gauges: workers alive (per queue too), busy, waiting.
     pub(super) fn update_live(&self) {
-        let alive = |c: &&Conn| c.pid().is_some() && c.status.is_none() && !c.gone;
-        let standby = self.conns.iter().filter(alive).filter(|c| c.standby).count() as u64;
-        let mut live = 0;
-        for (q, (queue, stats)) in self.queues.iter().zip(&self.counters.queues).enumerate() {
-            let (mut workers, mut busy) = (0, 0);
-            for c in self.conns.iter().filter(alive) {
-                if c.queue == q && !c.standby {
-                    workers += 1;
-                    busy += u64::from(c.busy());
-                }
+        // Per queue, by index: (workers, busy); a pool has few queues.
+        let mut per_queue = [(0u64, 0u64); 8];
+        let (mut live, mut standby) = (0, 0);
+        for c in &self.conns {
+            if c.pid().is_none() || c.status.is_some() || c.gone {
+                continue;
             }
-            live += workers;
+            if c.standby {
+                standby += 1;
+                continue;
+            }
+            live += 1;
+            if let Some(counts) = per_queue.get_mut(c.queue) {
+                counts.0 += 1;
+                counts.1 += u64::from(c.busy());
+            }
+        }
+        for (q, (queue, stats)) in self.queues.iter().zip(&self.counters.queues).enumerate() {
+            let (workers, busy) = match per_queue.get(q) {
+                Some(&counts) => counts,
+                None => self.conns.iter().filter(|c| c.queue == q && !c.standby).fold(
+                    (0, 0),
+                    |(w, b), c| {
+                        let alive = c.pid().is_some() && c.status.is_none() && !c.gone;
+                        (w + u64::from(alive), b + u64::from(alive && c.busy()))
+                    },
+                ),
+            };
             // Written only when they change: every step publishes them, and
             // a store dirties a line the caller's thread may step with next.
             let set = |gauge: &AtomicU64, value: u64| {

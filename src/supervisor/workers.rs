@@ -14,7 +14,7 @@ impl Supervisor {
     /// Takes in answers, continues streaming frames, and closes the books
     /// of workers that died.
     pub(super) fn service_workers(&mut self) {
-        let now = clock::coarse_ns();
+        let mut now = None;
         let mut i = 0;
         while i < self.conns.len() {
             let mut ctx = Ctx {
@@ -29,12 +29,14 @@ impl Supervisor {
             if c.is_ready() {
                 self.start_failures = 0;
             }
-            // Idle since when, for the keep-alive (standbys are not idle:
-            // they are spares).
+            // Idle since when, for the keep-alive of a queue that scales
+            // (standbys are not idle: they are spares). A fixed-size queue
+            // needs no clock here: its workers leave only after a resize
+            // down, and then at once.
             if c.busy() || !c.is_ready() || c.standby {
                 c.idle_since = None;
-            } else if c.idle_since.is_none() {
-                c.idle_since = Some(now);
+            } else if c.idle_since.is_none() && self.queues[c.queue].bounds.scales() {
+                c.idle_since = Some(*now.get_or_insert_with(clock::coarse_ns));
             }
             if !c.finished() {
                 i += 1;
