@@ -54,6 +54,41 @@ fn a_countdown_job_starts_no_sooner_and_waits_outside_the_workers() {
     assert_eq!(pool.stats().scheduled, 0);
 }
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process.
+fn monotonic_ns(_: ()) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn no_countdown_fires_early() {
+    // The supervisor's timers run on the coarse clock, which trails the
+    // real time by up to a tick: every deadline must add it, or a short
+    // countdown can fire a few milliseconds early.
+    let pool = Pool::new(2).unwrap();
+    for round in 0..3 {
+        for ms in [1u64, 2, 3, 5, 7, 11, 13] {
+            let submitted = monotonic_ns(());
+            let h = pool
+                .job(monotonic_ns)
+                .countdown(Duration::from_millis(ms))
+                .submit(());
+            let started = h.get().unwrap();
+            assert!(
+                started - submitted >= ms * 1_000_000,
+                "round {round}: a {ms} ms countdown started after {} us",
+                (started - submitted) / 1000
+            );
+        }
+    }
+    pool.join().unwrap();
+}
+
 #[test]
 fn an_eta_job_starts_at_its_time_and_one_in_the_past_starts_now() {
     let pool = Pool::new(2).unwrap();

@@ -18,7 +18,8 @@ use std::sync::{Arc, RwLock};
 
 /// Decides when items of one function may start.
 pub(crate) trait Throttle: Send + Sync {
-    /// May an item start at `now` (coarse-clock nanoseconds)? `Ok`: it
+    /// May an item start at `now` (precise monotonic nanoseconds, the
+    /// coarse clock's timebase; see `sys/clock.rs`)? `Ok`: it
     /// starts now, and the throttle counts it. `Err(at)`: ask again at `at`.
     /// `waited` is true when the item already waited for an instant this
     /// throttle gave it (so it keeps its place ahead of newcomers).

@@ -504,13 +504,14 @@ where
             Some(Start::Countdown(d)) => d,
             Some(Start::Eta(t)) => from_now(t),
         };
-        let now = clock::coarse_ns();
+        // Deadlines on the coarse clock get a tick added, so that neither
+        // fires before its time (see `sys/clock.rs`).
         let expires_at = self.expires.map(|e| {
             let d = match e {
                 Expiry::After(d) => d,
                 Expiry::At(t) => from_now(t),
             };
-            now.saturating_add(clock::ns(d))
+            clock::coarse_deadline(d)
         });
         Ok(JobOpts {
             time_limit: hard,

@@ -168,7 +168,11 @@ impl Supervisor {
             batch = one;
         }
         let throttle = batch.throttle.as_ref().expect("throttled batch");
-        match throttle.admit(now, batch.throttle_waited) {
+        // Starts are spaced on the precise clock: two coarse readings may
+        // each trail the real time by up to a tick, which would let two
+        // starts come closer than the limit. The instant handed back is
+        // then waited for on the coarse clock, which never passes it early.
+        match throttle.admit(clock::precise_ns(), batch.throttle_waited) {
             Ok(()) => Some(batch),
             Err(at) => {
                 batch.throttle_waited = true;

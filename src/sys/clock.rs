@@ -20,6 +20,21 @@ pub(crate) fn coarse_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Nanoseconds on the precise monotonic clock (`CLOCK_MONOTONIC`): the
+/// same timebase as [`coarse_ns`], which trails it by less than a tick. For
+/// the few readings that must not be a tick off (a rate limiter's spacing);
+/// a deadline read against the coarse clock then fires never early.
+pub(crate) fn precise_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a local timespec; it is
+    // async-signal-safe and cannot fail for this clock id.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// The coarse clock's resolution (one scheduler tick). A start time read
 /// from it can be up to this much earlier than the real start, so a
 /// deadline adds it to fire never before the limit, at most a tick after.
