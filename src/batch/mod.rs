@@ -148,6 +148,9 @@ pub(crate) struct Batch {
     /// Coarse-clock instant the batch first waited in its queue (0: not
     /// yet; set only where the queue ages).
     pub since: u64,
+    /// The job's function, by name (`std::any::type_name`, or the name
+    /// given on the job): what inspection and statistics call it.
+    pub name: &'static str,
 }
 
 impl Batch {
@@ -175,6 +178,7 @@ impl Batch {
             recycle: None,
             order: 0,
             since: 0,
+            name: "",
         }
     }
 
@@ -261,6 +265,7 @@ impl Batch {
             recycle: None,
             order: self.order,
             since: self.since,
+            name: self.name,
         };
         self.items.drain(..off);
         self.count -= n;

@@ -65,6 +65,7 @@ pub(super) fn stream() -> (Arc<StreamSink>, Receiver<(u64, Outcome)>) {
 /// Groups consecutive items into batches.
 pub(super) struct Batcher {
     pub(super) call: Call,
+    pub(super) name: &'static str,
     pub(super) sink: Arc<StreamSink>,
     pub(super) opts: JobOpts,
     pub(super) chunk: u32,
@@ -86,6 +87,7 @@ impl Batcher {
     pub(super) fn new(
         shared: &Shared,
         call: Call,
+        name: &'static str,
         sink: Arc<StreamSink>,
         chunk: usize,
         queue: usize,
@@ -93,6 +95,7 @@ impl Batcher {
         let config = &shared.config;
         Batcher {
             call,
+            name,
             sink,
             opts: JobOpts::for_queue(config, queue),
             chunk: chunk.clamp(1, u32::MAX as usize) as u32,
@@ -173,6 +176,7 @@ impl Batcher {
             self.opts,
             None,
         );
+        batch.name = self.name;
         if big {
             batch.recycle = Some(self.spares.clone());
         }

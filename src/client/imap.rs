@@ -13,7 +13,7 @@ use super::progress_bar::Bar;
 use crate::batch::Outcome;
 use crate::client::shared::Shared;
 use crate::error::JobError;
-use crate::worker::call::Call;
+use crate::worker::call::{Call, Func};
 use crossbeam_channel::Receiver;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -67,7 +67,7 @@ where
 {
     fn new(
         shared: Arc<Shared>,
-        f: fn(I::Item) -> R,
+        f: Func<I::Item, R>,
         input: I,
         ordered: bool,
         progress_bar: bool,
@@ -79,7 +79,7 @@ where
         let window = Self::window_for(workers, chunk);
         let auto_chunk = config.chunk_size.is_none();
         let (sink, rx) = stream();
-        let batcher = Batcher::new(&shared, Call::new(f), sink, chunk, queue);
+        let batcher = Batcher::new(&shared, Call::new(f.ptr), f.name, sink, chunk, queue);
         let closed = shared.is_closed();
         let (lo, hi) = input.size_hint();
         let bar = Bar::new(progress_bar, (hi == Some(lo)).then_some(lo as u64));
@@ -235,7 +235,7 @@ where
 {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        f: fn(I::Item) -> R,
+        f: Func<I::Item, R>,
         input: I,
         progress_bar: bool,
         queue: usize,
@@ -252,7 +252,7 @@ where
 {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        f: fn(I::Item) -> R,
+        f: Func<I::Item, R>,
         input: I,
         progress_bar: bool,
         queue: usize,

@@ -20,7 +20,7 @@ use crate::sys::hugepage;
 use crate::sys::prefault::{self, Spares};
 use crate::transport::codec;
 use crate::transport::wire;
-use crate::worker::call::Call;
+use crate::worker::call::{Call, Func};
 use crossbeam_channel::Receiver;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -46,7 +46,7 @@ fn auto_chunk(items: usize, workers: usize) -> usize {
 /// `progress_bar.rs`).
 pub(crate) fn map<A, R, I>(
     shared: &Shared,
-    f: fn(A) -> R,
+    f: Func<A, R>,
     items: I,
     progress_bar: bool,
     queue: usize,
@@ -70,7 +70,7 @@ where
     // Automatic chunks over an input of known length shrink toward its end.
     let guided = shared.config.chunk_size.is_none() && hi == Some(lo);
     let (sink, rx) = stream();
-    let mut batcher = Batcher::new(shared, Call::new(f), sink, chunk, queue);
+    let mut batcher = Batcher::new(shared, Call::new(f.ptr), f.name, sink, chunk, queue);
     let mut out = Collector::with_capacity(estimate, Some(shared.prefault.spares()));
     let bar = Bar::new(progress_bar, (hi == Some(lo)).then_some(lo as u64));
     let mut total = 0u64;

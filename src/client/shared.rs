@@ -159,6 +159,7 @@ impl Shared {
     pub(crate) fn submit_call<A, R>(
         self: &Arc<Self>,
         call: Call,
+        name: &'static str,
         arg: &A,
         quiet: bool,
         ticket: Option<Ticket>,
@@ -184,6 +185,7 @@ impl Shared {
         };
         let opts = JobOpts::for_queue(&self.config, queue);
         let mut batch = Batch::new(call, items, 1, 0, slot, opts, Some(id));
+        batch.name = name;
         batch.ticket = ticket.map(Box::new);
         self.submit(batch, quiet);
         handle

@@ -7,4 +7,5 @@
 //! numbers add up at any moment. Introspection and Prometheus metrics will
 //! join this folder (see DESIGN.md, "Where the next features go").
 
+pub(crate) mod fate;
 pub(crate) mod stats;

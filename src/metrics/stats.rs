@@ -10,6 +10,7 @@
 //! A retried job counts once per attempt: each attempt that fails is
 //! counted as failed, and each retry as submitted again (and in `retried`).
 
+use super::fate::Fate;
 use crate::error::JobError;
 use crate::transport::wire::{Run, Tag};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -182,55 +183,41 @@ impl Counters {
         }
     }
 
-    /// Counts `n` jobs that resolved with `error`.
-    pub(crate) fn count_error(&self, error: &JobError, n: u64) {
-        let kind = match error {
-            JobError::Cancelled => return add(&self.cancelled, n),
-            JobError::Panicked { .. } => Some(&self.panicked),
-            JobError::Crashed { .. } => Some(&self.crashed),
-            JobError::TimedOut { .. } => Some(&self.timed_out),
-            JobError::Codec(_) | JobError::TooLarge { .. } => Some(&self.codec_errors),
-            JobError::Expired => Some(&self.expired),
-            _ => None,
+    /// Counts `n` jobs that ended with `fate`.
+    pub(crate) fn count(&self, fate: Fate, n: u64) {
+        let kind = match fate {
+            Fate::Completed => return add(&self.completed, n),
+            Fate::Cancelled => return add(&self.cancelled, n),
+            Fate::Panicked => Some(&self.panicked),
+            Fate::Crashed => Some(&self.crashed),
+            Fate::TimedOut => Some(&self.timed_out),
+            Fate::Codec => Some(&self.codec_errors),
+            Fate::Errored => Some(&self.errored),
+            Fate::Expired => Some(&self.expired),
+            Fate::Failed => None,
         };
         if let Some(c) = kind {
             add(c, n);
         }
         add(&self.failed, n);
     }
-}
 
-impl Counters {
+    /// Counts `n` jobs that resolved with `error`.
+    pub(crate) fn count_error(&self, error: &JobError, n: u64) {
+        self.count(Fate::of_error(error), n);
+    }
+
     /// Counts a run of jobs answered by their worker.
     pub(crate) fn count_run(&self, run: &Run) {
-        add(&self.completed, run.ok.into());
-        add(&self.panicked, run.panicked.into());
-        add(&self.codec_errors, run.codec.into());
-        add(&self.errored, run.errored.into());
-        add(
-            &self.failed,
-            u64::from(run.panicked + run.codec + run.errored),
-        );
+        for (fate, n) in Fate::of_run(run) {
+            self.count(fate, n);
+        }
     }
 
     /// Counts a job answered by its worker with a record of `tag`.
     pub(crate) fn count_record(&self, tag: Tag) {
-        match tag {
-            Tag::Ok => add(&self.completed, 1),
-            Tag::Panic => {
-                add(&self.panicked, 1);
-                add(&self.failed, 1);
-            }
-            Tag::Codec | Tag::TooLarge => {
-                add(&self.codec_errors, 1);
-                add(&self.failed, 1);
-            }
-            Tag::Err => {
-                add(&self.errored, 1);
-                add(&self.failed, 1);
-            }
-            // A skipped job was counted when it was cancelled.
-            _ => {}
+        if let Some(fate) = Fate::of_tag(tag) {
+            self.count(fate, 1);
         }
     }
 }

@@ -117,6 +117,8 @@ struct Success {
 pub struct Job<A, R, E = NoError> {
     shared: Arc<Shared>,
     layers: Arc<Layers>,
+    /// The function's name (see [`name`](Job::name)).
+    name: &'static str,
     /// Sends the result back.
     call: Call,
     /// Drops the result in the worker.
@@ -144,6 +146,7 @@ impl<A, R, E> Clone for Job<A, R, E> {
         Job {
             shared: self.shared.clone(),
             layers: self.layers.clone(),
+            name: self.name,
             call: self.call,
             call_ignoring: self.call_ignoring,
             fallible: self.fallible,
@@ -166,7 +169,7 @@ impl<A, R, E> Clone for Job<A, R, E> {
 impl<A, R, E> fmt::Debug for Job<A, R, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Job")
-            .field("function", &std::any::type_name::<fn(A) -> R>())
+            .field("function", &self.name)
             .field("fallible", &self.fallible)
             .field("ignore_result", &self.ignore)
             .field("start", &self.start)
@@ -188,11 +191,12 @@ where
     R: DeserializeOwned + Send + 'static,
     E: Send + 'static,
 {
-    /// A job of the function `call` runs; `call_ignoring` is the same
-    /// function with its value dropped in the worker.
+    /// A job of the function `call` runs, called `name`; `call_ignoring`
+    /// is the same function with its value dropped in the worker.
     pub(crate) fn new(
         shared: &Arc<Shared>,
         layers: &Arc<Layers>,
+        name: &'static str,
         call: Call,
         call_ignoring: Call,
         fallible: bool,
@@ -200,6 +204,7 @@ where
         Job {
             shared: shared.clone(),
             layers: layers.clone(),
+            name,
             call,
             call_ignoring,
             fallible,
@@ -324,6 +329,29 @@ where
         self
     }
 
+    /// Calls the job's function `name` in the pool's inspection and
+    /// statistics, instead of its name from the type system
+    /// (`my_crate::resize`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// fn resize(px: u32) -> u32 { px / 2 }
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let job = pool.job(resize);
+    /// assert!(job.function().ends_with("resize"));
+    /// assert_eq!(job.name("thumbnail").function(), "thumbnail");
+    /// # Ok(()) }
+    /// ```
+    pub fn name(mut self, name: &'static str) -> Self {
+        self.name = name;
+        self
+    }
+
+    /// The name of the job's function, as inspection and statistics show it.
+    pub fn function(&self) -> &'static str {
+        self.name
+    }
+
     /// Sends the job to queue `name` instead of its function's route (or
     /// the default queue). A name the pool does not have fails the job
     /// with [`JobError::NoSuchQueue`] when it is submitted — it never falls
@@ -395,6 +423,7 @@ where
         Job {
             shared: self.shared,
             layers: self.layers,
+            name: self.name,
             call: self.call,
             call_ignoring: self.call_ignoring,
             fallible: self.fallible,
@@ -617,6 +646,7 @@ where
             _ => slot.clone(),
         };
         let mut batch = Batch::new(call, items, 1, 0, sink, opts, Some(id));
+        batch.name = self.name;
         batch.ticket = ticket.map(Box::new);
         shared.submit(batch, quiet);
         slot

@@ -15,6 +15,7 @@ use crate::options::rate::RateLimit;
 use crate::options::retry::RetryPolicy;
 use crate::transport::shm;
 use crate::transport::wire;
+use crate::worker::call::Func;
 use std::fmt;
 use std::time::Duration;
 
@@ -141,8 +142,13 @@ impl PoolBuilder {
     /// Sends every job of function `f` that names no queue to queue
     /// `queue` (Celery's `task_routes`). A route to a queue the pool does
     /// not have makes [`build`](Self::build) fail.
-    pub fn route<A, R>(mut self, f: fn(A) -> R, queue: impl Into<String>) -> Self {
-        self.routes.push((f as usize, queue.into()));
+    pub fn route<F, A, R>(mut self, f: F, queue: impl Into<String>) -> Self
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: 'static,
+        R: 'static,
+    {
+        self.routes.push((Func::of(f).ptr as usize, queue.into()));
         self
     }
 
@@ -279,8 +285,13 @@ impl PoolBuilder {
     ///     .build()?;
     /// # Ok(()) }
     /// ```
-    pub fn rate_limit<A, R>(mut self, f: fn(A) -> R, limit: RateLimit) -> Self {
-        self.layers.rate_limits.push((f as usize, limit));
+    pub fn rate_limit<F, A, R>(mut self, f: F, limit: RateLimit) -> Self
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: 'static,
+        R: 'static,
+    {
+        self.layers.rate_limits.push((Func::of(f).ptr as usize, limit));
         self
     }
 

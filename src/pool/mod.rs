@@ -31,7 +31,7 @@ use crate::options::results::JobStatus;
 use crate::options::signature::Job;
 use crate::options::{LayerSettings, Layers};
 use crate::supervisor::Command;
-use crate::worker::call::Call;
+use crate::worker::call::{Call, Func};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -117,12 +117,13 @@ impl Pool {
     /// the queue is full.
     /// The pool's default retry policy ([`PoolBuilder::retry`]) applies; for
     /// other options, build the job with [`Pool::job`].
-    pub fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> JobHandle<R>
+    pub fn submit<F, A, R>(&self, f: F, arg: A) -> JobHandle<R>
     where
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.submit_job(f, arg, false, None, None)
+        self.submit_job(Func::of(f), arg, false, None, None)
     }
 
     /// Like [`submit`](Pool::submit), but never blocks: when
@@ -147,18 +148,19 @@ impl Pool {
     /// for h in handles { assert_eq!(h.get(), Ok(50)); }
     /// # Ok(()) }
     /// ```
-    pub fn try_submit<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<JobHandle<R>, TrySubmitError<A>>
+    pub fn try_submit<F, A, R>(&self, f: F, arg: A) -> Result<JobHandle<R>, TrySubmitError<A>>
     where
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.try_submit_to(f, arg, None)
+        self.try_submit_to(Func::of(f), arg, None)
     }
 
     /// `try_submit` to queue `queue` (`None`: the function's route).
     fn try_submit_to<A, R>(
         &self,
-        f: fn(A) -> R,
+        f: Func<A, R>,
         arg: A,
         queue: Option<usize>,
     ) -> Result<JobHandle<R>, TrySubmitError<A>>
@@ -181,7 +183,7 @@ impl Pool {
     /// the function's route).
     fn submit_job<A, R>(
         &self,
-        f: fn(A) -> R,
+        f: Func<A, R>,
         arg: A,
         quiet: bool,
         ticket: Option<Ticket>,
@@ -191,19 +193,14 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let queue = queue.unwrap_or_else(|| self.shared.config.route(f as usize));
+        let queue = queue.unwrap_or_else(|| self.shared.config.route(f.ptr as usize));
         if self.layers.retry.is_some() {
-            let job = Job::new(
-                &self.shared,
-                &self.layers,
-                Call::new(f),
-                Call::ignoring(f),
-                false,
-            );
+            let (call, ignoring) = (Call::new(f.ptr), Call::ignoring(f.ptr));
+            let job = Job::new(&self.shared, &self.layers, f.name, call, ignoring, false);
             return job.on_queue(queue).submit_admitted(arg, ticket, quiet);
         }
-        self.shared
-            .submit_call(Call::new(f), &arg, quiet, ticket, queue)
+        let call = Call::new(f.ptr);
+        self.shared.submit_call(call, f.name, &arg, quiet, ticket, queue)
     }
 
     /// Runs `f(arg)` in a worker and waits for the result.
@@ -211,12 +208,13 @@ impl Pool {
     /// The calling thread hands the job to a worker and collects the answer
     /// itself while it waits (for a short, adaptive while), so a quick job
     /// costs no thread wake-up.
-    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, JobError>
+    pub fn apply<F, A, R>(&self, f: F, arg: A) -> Result<R, JobError>
     where
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.submit_job(f, arg, true, None, None).get()
+        self.submit_job(Func::of(f), arg, true, None, None).get()
     }
 
     /// Runs `f` on every item, in parallel, and returns the results in
@@ -232,13 +230,15 @@ impl Pool {
     /// The input is read only as fast as workers take it: at most a few
     /// MiB of encoded arguments per worker are out at once, so an input of
     /// any length costs memory for its results only.
-    pub fn map<A, R, I>(&self, f: fn(A) -> R, items: I) -> Result<Vec<R>, Error>
+    pub fn map<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, Error>
     where
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let queue = self.shared.config.route(f as usize);
+        let f = Func::of(f);
+        let queue = self.shared.config.route(f.ptr as usize);
         map::map(&self.shared, f, items, self.layers.progress_bar, queue)
     }
 
@@ -246,25 +246,29 @@ impl Pool {
     /// in input order. It pulls input only as results are consumed, with a
     /// bounded number of items in flight, so an endless input runs in flat
     /// memory. Dropping the iterator cancels the items not yet started.
-    pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<I::IntoIter, R>
+    pub fn imap<F, A, R, I>(&self, f: F, items: I) -> Imap<I::IntoIter, R>
     where
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let queue = self.shared.config.route(f as usize);
+        let f = Func::of(f);
+        let queue = self.shared.config.route(f.ptr as usize);
         let bar = self.layers.progress_bar;
         Imap::new(self.shared.clone(), f, items.into_iter(), bar, queue)
     }
 
     /// Like [`imap`](Pool::imap), but results come in the order they finish.
-    pub fn imap_unordered<A, R, I>(&self, f: fn(A) -> R, items: I) -> ImapUnordered<I::IntoIter, R>
+    pub fn imap_unordered<F, A, R, I>(&self, f: F, items: I) -> ImapUnordered<I::IntoIter, R>
     where
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let queue = self.shared.config.route(f as usize);
+        let f = Func::of(f);
+        let queue = self.shared.config.route(f.ptr as usize);
         let bar = self.layers.progress_bar;
         ImapUnordered::new(self.shared.clone(), f, items.into_iter(), bar, queue)
     }
@@ -321,18 +325,15 @@ impl Pool {
     /// assert_eq!(handle.get(), Ok(42));
     /// # Ok(()) }
     /// ```
-    pub fn job<A, R>(&self, f: fn(A) -> R) -> Job<A, R>
+    pub fn job<F, A, R>(&self, f: F) -> Job<A, R>
     where
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        Job::new(
-            &self.shared,
-            &self.layers,
-            Call::new(f),
-            Call::ignoring(f),
-            false,
-        )
+        let f = Func::of(f);
+        let (call, ignoring) = (Call::new(f.ptr), Call::ignoring(f.ptr));
+        Job::new(&self.shared, &self.layers, f.name, call, ignoring, false)
     }
 
     /// A job of a fallible function `f`. Its `Err` is a failure: retried
@@ -354,19 +355,16 @@ impl Pool {
     /// assert_eq!(pool.stats().errored, 1);
     /// # Ok(()) }
     /// ```
-    pub fn try_job<A, T, E>(&self, f: fn(A) -> Result<T, E>) -> Job<A, T, E>
+    pub fn try_job<F, A, T, E>(&self, f: F) -> Job<A, T, E>
     where
+        F: Fn(A) -> Result<T, E> + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Serialize + DeserializeOwned + Send + 'static,
     {
-        Job::new(
-            &self.shared,
-            &self.layers,
-            Call::fallible(f),
-            Call::fallible_ignoring(f),
-            true,
-        )
+        let f = Func::of(f);
+        let (call, ignoring) = (Call::fallible(f.ptr), Call::fallible_ignoring(f.ptr));
+        Job::new(&self.shared, &self.layers, f.name, call, ignoring, true)
     }
 
     /// Where detached job `id` is now.
@@ -416,7 +414,12 @@ impl Pool {
     /// pool.set_rate_limit(call_api, None);
     /// # Ok(()) }
     /// ```
-    pub fn set_rate_limit<A, R>(&self, f: fn(A) -> R, limit: Option<RateLimit>) {
-        self.layers.rates.set(f as usize, limit);
+    pub fn set_rate_limit<F, A, R>(&self, f: F, limit: Option<RateLimit>)
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+        A: 'static,
+        R: 'static,
+    {
+        self.layers.rates.set(Func::of(f).ptr as usize, limit);
     }
 }

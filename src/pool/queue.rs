@@ -14,7 +14,7 @@ use crate::client::map;
 use crate::config::{QueueConfig, WorkerConfig};
 use crate::error::{Error, JobError, TrySubmitError};
 use crate::options::signature::Job;
-use crate::worker::call::Call;
+use crate::worker::call::Func;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -210,88 +210,87 @@ impl QueueRef<'_> {
     }
 
     /// Like [`Pool::submit`], on this queue.
-    pub fn submit<A, R>(&self, f: fn(A) -> R, arg: A) -> crate::JobHandle<R>
+    pub fn submit<F, A, R>(&self, f: F, arg: A) -> crate::JobHandle<R>
     where
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        let f = Func::of(f);
         self.pool.submit_job(f, arg, false, None, Some(self.index))
     }
 
     /// Like [`Pool::try_submit`], on this queue.
-    pub fn try_submit<A, R>(
+    pub fn try_submit<F, A, R>(
         &self,
-        f: fn(A) -> R,
+        f: F,
         arg: A,
     ) -> Result<crate::JobHandle<R>, TrySubmitError<A>>
     where
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.pool.try_submit_to(f, arg, Some(self.index))
+        self.pool.try_submit_to(Func::of(f), arg, Some(self.index))
     }
 
     /// Like [`Pool::apply`], on this queue.
-    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Result<R, JobError>
+    pub fn apply<F, A, R>(&self, f: F, arg: A) -> Result<R, JobError>
     where
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        self.pool
-            .submit_job(f, arg, true, None, Some(self.index))
-            .get()
+        let f = Func::of(f);
+        self.pool.submit_job(f, arg, true, None, Some(self.index)).get()
     }
 
     /// Like [`Pool::map`], on this queue.
-    pub fn map<A, R, I>(&self, f: fn(A) -> R, items: I) -> Result<Vec<R>, Error>
+    pub fn map<F, A, R, I>(&self, f: F, items: I) -> Result<Vec<R>, Error>
     where
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let pool = self.pool;
+        let (pool, f) = (self.pool, Func::of(f));
         map::map(&pool.shared, f, items, pool.layers.progress_bar, self.index)
     }
 
     /// Like [`Pool::imap`], on this queue.
-    pub fn imap<A, R, I>(&self, f: fn(A) -> R, items: I) -> Imap<I::IntoIter, R>
+    pub fn imap<F, A, R, I>(&self, f: F, items: I) -> Imap<I::IntoIter, R>
     where
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let pool = self.pool;
+        let (pool, f) = (self.pool, Func::of(f));
         let bar = pool.layers.progress_bar;
         Imap::new(pool.shared.clone(), f, items.into_iter(), bar, self.index)
     }
 
     /// Like [`Pool::imap_unordered`], on this queue.
-    pub fn imap_unordered<A, R, I>(&self, f: fn(A) -> R, items: I) -> ImapUnordered<I::IntoIter, R>
+    pub fn imap_unordered<F, A, R, I>(&self, f: F, items: I) -> ImapUnordered<I::IntoIter, R>
     where
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
         I: IntoIterator<Item = A>,
     {
-        let pool = self.pool;
+        let (pool, f) = (self.pool, Func::of(f));
         let bar = pool.layers.progress_bar;
         ImapUnordered::new(pool.shared.clone(), f, items.into_iter(), bar, self.index)
     }
 
     /// Like [`Pool::job`], with its jobs going to this queue.
-    pub fn job<A, R>(&self, f: fn(A) -> R) -> Job<A, R>
+    pub fn job<F, A, R>(&self, f: F) -> Job<A, R>
     where
+        F: Fn(A) -> R + Copy + Send + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let pool = self.pool;
-        Job::new(
-            &pool.shared,
-            &pool.layers,
-            Call::new(f),
-            Call::ignoring(f),
-            false,
-        )
-        .on_queue(self.index)
+        self.pool.job(f).on_queue(self.index)
     }
 
     /// Sets the queue's worker bounds: `min` kept when idle, `max` at most

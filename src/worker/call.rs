@@ -32,6 +32,72 @@ use serde::de::DeserializeOwned;
 /// batch after the item that panicked.
 pub(crate) type RawCall = unsafe fn(func: usize, run: &mut BatchRun<'_, '_>);
 
+/// A job's function as the pool takes it from the user — a fn item or a
+/// closure that captures nothing (zero-sized), or a fn pointer — as a plain
+/// fn pointer, with its name from the type system (`std::any::type_name`:
+/// `my_crate::resize` for a fn item; only the signature for a fn pointer,
+/// which names no function).
+///
+/// A closure that captures a value cannot cross into a worker (the value
+/// would have to be there too): it is refused at compile time, or — if it
+/// is exactly as big as a fn pointer — when it is submitted.
+#[derive(Debug)]
+pub(crate) struct Func<A, R> {
+    /// Calls the function; its address is the function's identity in the
+    /// pool (rate limits and routes are keyed by it).
+    pub ptr: fn(A) -> R,
+    /// The function's name.
+    pub name: &'static str,
+}
+
+/// Why a function was refused.
+const NOT_A_JOB: &str = "forkpool runs fn items, fn pointers and closures that capture \
+                         nothing: a worker is a fork, and a captured value would have to be \
+                         there too";
+
+impl<A: 'static, R: 'static> Func<A, R> {
+    /// The function `f`.
+    pub(crate) fn of<F>(f: F) -> Func<A, R>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+    {
+        const {
+            let size = std::mem::size_of::<F>();
+            assert!(size == 0 || size == std::mem::size_of::<fn(A) -> R>(), "{}", NOT_A_JOB);
+        };
+        let name = std::any::type_name::<F>();
+        if std::mem::size_of::<F>() == 0 {
+            return Func {
+                ptr: call_zero_sized::<F, A, R>,
+                name,
+            };
+        }
+        assert!(
+            std::any::TypeId::of::<F>() == std::any::TypeId::of::<fn(A) -> R>(),
+            "{NOT_A_JOB} ({name})"
+        );
+        // SAFETY: `F` is `fn(A) -> R` itself (the same `TypeId`).
+        let ptr = unsafe { std::mem::transmute_copy::<F, fn(A) -> R>(&f) };
+        Func { ptr, name }
+    }
+}
+
+/// Calls the zero-sized function `F` — in a worker, where no value of it
+/// was ever sent: one is made out of nothing.
+fn call_zero_sized<F, A, R>(arg: A) -> R
+where
+    F: Fn(A) -> R + Copy + Send + 'static,
+{
+    // SAFETY: `Func::of` only takes this address for a zero-sized `F` (a
+    // compile-time check). On stable Rust only fn items and closures
+    // implement `Fn`, and a zero-sized closure captures only zero-sized
+    // values: such a type has exactly one value and no invariant, so
+    // reading it from a dangling, aligned pointer (a read of zero bytes)
+    // produces that value.
+    let f: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
+    f(arg)
+}
+
 /// A job's function as two addresses valid in every worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Call {
