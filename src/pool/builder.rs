@@ -291,7 +291,9 @@ impl PoolBuilder {
         A: 'static,
         R: 'static,
     {
-        self.layers.rate_limits.push((Func::of(f).ptr as usize, limit));
+        self.layers
+            .rate_limits
+            .push((Func::of(f).ptr as usize, limit));
         self
     }
 
