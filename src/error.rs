@@ -42,6 +42,10 @@ pub enum JobError {
     /// or because the pool was terminated) before it produced a result.
     #[error("job was cancelled")]
     Cancelled,
+    /// The job was revoked ([`Pool::revoke`](crate::Pool::revoke)) before
+    /// it produced a result: it never ran, or its worker was terminated.
+    #[error("job was revoked")]
+    Revoked,
     /// The argument or the result could not be (de)serialized.
     #[error("could not encode or decode the job's data: {0}")]
     Codec(String),

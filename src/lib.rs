@@ -121,6 +121,7 @@
 mod batch;
 mod client;
 mod config;
+mod control;
 mod error;
 mod metrics;
 mod options;
@@ -134,8 +135,15 @@ pub use batch::JobId;
 pub use batch::progress::Progress;
 pub use client::handle::JobHandle;
 pub use client::imap::{Imap, ImapUnordered};
+pub use control::inspection::{
+    ActiveJob, FunctionStats, Inspection, QueueView, ScheduledJob, Totals, WaitingJob, WorkerState,
+    WorkerView,
+};
+pub use control::revoke::{Revoked, Stage};
 pub use error::{Error, JobError, TrySubmitError};
+pub use metrics::durations::DurationSummary;
 pub use metrics::stats::{QueueStats, Stats};
+pub use metrics::tally::{JobStats, Outcomes};
 pub use options::callbacks::Failure;
 pub use options::rate::{RateLimit, RateLimitError};
 pub use options::results::JobStatus;

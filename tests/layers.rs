@@ -17,10 +17,11 @@ use std::path::{Path, PathBuf};
 
 /// Top to bottom. Equal ranks may not import each other either.
 const LAYERS: &[(&str, u32)] = &[
-    ("pool", 9),       // the public facade: Pool, PoolBuilder
-    ("options", 8),    // job options: Job, retries, callbacks, results, rate limits
-    ("client", 7),     // the caller's side: Shared, JobHandle, map/imap
-    ("supervisor", 6), // the supervisor thread and its worker connections
+    ("pool", 10),      // the public facade: Pool, PoolBuilder
+    ("options", 9),    // job options: Job, retries, callbacks, results, rate limits
+    ("client", 8),     // the caller's side: Shared, JobHandle, map/imap
+    ("supervisor", 7), // the supervisor thread and its worker connections
+    ("control", 6),    // what inspection and revoke answer: snapshots, events
     ("batch", 5),      // the submission model: Batch, Sink, Slot, JobId, gate, throttles
     ("metrics", 4),    // counters and Stats
     ("worker", 3),     // what runs in a forked child: worker loop, calling convention, fork server

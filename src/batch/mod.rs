@@ -22,6 +22,7 @@ use crate::batch::gate::Ticket;
 use crate::batch::throttle::Throttle;
 use crate::config::PoolConfig;
 use crate::error::JobError;
+use crate::metrics::tally::TallyKey;
 use crate::sys::prefault::Spares;
 use crate::transport::wire;
 use crate::worker::call::Call;
@@ -68,16 +69,25 @@ pub(crate) trait Sink: Send + Sync {
         true
     }
 
-    /// Resolves the (single) job as cancelled right away, ahead of the
-    /// worker's own answer. Returns false if it was already resolved.
-    fn cancel_now(&self) -> bool {
-        self.fail_now(JobError::Cancelled)
-    }
-
     /// Resolves the (single) job with `error` right away, ahead of the
     /// worker's own answer (which will be a skip). Returns false if it was
     /// already resolved, or if this sink cannot be resolved early.
     fn fail_now(&self, _error: JobError) -> bool {
+        false
+    }
+
+    /// Which attempt of the (single) job this is: 1, plus one per retry.
+    fn attempt(&self) -> u32 {
+        1
+    }
+
+    /// Marks the (single) job revoked on its record, for as long as the
+    /// record lives: it is never retried, and an attempt still on its way
+    /// to the supervisor is dropped when it arrives.
+    fn revoke(&self) {}
+
+    /// Whether the job was revoked.
+    fn is_revoked(&self) -> bool {
         false
     }
 }
@@ -145,12 +155,15 @@ pub(crate) struct Batch {
     /// equal priorities run in this order. Kept by every part of the batch
     /// and across requeues, so work handed back returns to its place.
     pub order: u64,
-    /// Coarse-clock instant the batch first waited in its queue (0: not
-    /// yet; set only where the queue ages).
+    /// Precise-clock instant the batch first waited in its queue (0: not
+    /// yet): what aging and the statistics of waits count from.
     pub since: u64,
     /// The job's function, by name (`std::any::type_name`, or the name
     /// given on the job): what inspection and statistics call it.
     pub name: &'static str,
+    /// The tallies its jobs count in (its function's and its queue's),
+    /// given by the supervisor when it takes the batch in.
+    pub tally: TallyKey,
 }
 
 impl Batch {
@@ -179,6 +192,7 @@ impl Batch {
             order: 0,
             since: 0,
             name: "",
+            tally: TallyKey::NONE,
         }
     }
 
@@ -266,6 +280,7 @@ impl Batch {
             order: self.order,
             since: self.since,
             name: self.name,
+            tally: self.tally,
         };
         self.items.drain(..off);
         self.count -= n;

@@ -11,7 +11,7 @@
 use crate::batch::JobId;
 use crate::batch::{Outcome, Sink};
 use crate::error::JobError;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Instant;
@@ -34,6 +34,8 @@ pub(crate) struct Slot {
     state: AtomicU8,
     /// Attempts made so far: 1, plus one per retry.
     attempts: AtomicU32,
+    /// Revoked: no attempt of it may start or be retried any more.
+    revoked: AtomicBool,
     inner: Mutex<SlotInner>,
     ready: Condvar,
 }
@@ -52,6 +54,7 @@ impl Slot {
             id,
             state: AtomicU8::new(PENDING),
             attempts: AtomicU32::new(1),
+            revoked: AtomicBool::new(false),
             inner: Mutex::new(SlotInner::default()),
             ready: Condvar::new(),
         }
@@ -189,5 +192,17 @@ impl Sink for Slot {
 
     fn fail_now(&self, error: JobError) -> bool {
         self.resolve(Err(error))
+    }
+
+    fn attempt(&self) -> u32 {
+        self.attempts()
+    }
+
+    fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+    }
+
+    fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
     }
 }

@@ -23,10 +23,13 @@ use crate::batch::throttle::Throttles;
 use crate::batch::{Batch, JobId, JobOpts};
 use crate::client::handle::JobHandle;
 use crate::config::PoolConfig;
+use crate::control::inspection::Inspection;
+use crate::control::revoke::Revoked;
 use crate::error::{Error, JobError};
 use crate::metrics::stats::{Counters, QueueCounters};
 use crate::supervisor::{self, Command, Driver, Submitter, Whereabouts};
 use crate::sys::prefault::Prefault;
+use crate::sys::proc;
 use crate::transport::codec;
 use crate::transport::wire;
 use crate::worker::call::Call;
@@ -258,6 +261,39 @@ impl Shared {
             return Whereabouts::Elsewhere;
         }
         rx.recv().unwrap_or(Whereabouts::Elsewhere)
+    }
+
+    /// A snapshot of the pool, with each worker's resident memory read
+    /// here (not on the supervisor's thread). An empty one if the
+    /// supervisor is gone.
+    pub(crate) fn snapshot(&self) -> Inspection {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if self
+            .submitter
+            .send(Command::Snapshot { reply: tx })
+            .is_err()
+        {
+            return Inspection::default();
+        }
+        let mut snap = rx.recv().unwrap_or_default();
+        for w in snap.workers.iter_mut().filter(|w| w.pid != 0) {
+            w.rss_bytes = proc::rss_bytes(w.pid);
+        }
+        snap
+    }
+
+    /// Revokes job `id` (see `supervisor/revoke.rs`).
+    pub(crate) fn revoke(&self, id: JobId, terminate: bool) -> Revoked {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let cmd = Command::Revoke {
+            id,
+            terminate,
+            reply: tx,
+        };
+        if self.submitter.send(cmd).is_err() {
+            return Revoked::NotFound;
+        }
+        rx.recv().unwrap_or(Revoked::NotFound)
     }
 
     /// Tells the supervisor that job `id`, cancelled before dispatch, can

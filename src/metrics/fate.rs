@@ -48,7 +48,7 @@ impl Fate {
     /// The fate of a job that resolved with `error`.
     pub(crate) fn of_error(error: &JobError) -> Fate {
         match error {
-            JobError::Cancelled => Fate::Cancelled,
+            JobError::Cancelled | JobError::Revoked => Fate::Cancelled,
             JobError::Panicked { .. } => Fate::Panicked,
             JobError::Crashed { .. } => Fate::Crashed,
             JobError::TimedOut { .. } => Fate::TimedOut,

@@ -7,5 +7,7 @@
 //! numbers add up at any moment. Introspection and Prometheus metrics will
 //! join this folder (see DESIGN.md, "Where the next features go").
 
+pub(crate) mod durations;
 pub(crate) mod fate;
 pub(crate) mod stats;
+pub(crate) mod tally;

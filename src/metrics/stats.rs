@@ -12,7 +12,6 @@
 
 use super::fate::Fate;
 use crate::error::JobError;
-use crate::transport::wire::{Run, Tag};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A snapshot of a pool's counters, from [`Pool::stats`](crate::Pool::stats).
@@ -205,20 +204,6 @@ impl Counters {
     /// Counts `n` jobs that resolved with `error`.
     pub(crate) fn count_error(&self, error: &JobError, n: u64) {
         self.count(Fate::of_error(error), n);
-    }
-
-    /// Counts a run of jobs answered by their worker.
-    pub(crate) fn count_run(&self, run: &Run) {
-        for (fate, n) in Fate::of_run(run) {
-            self.count(fate, n);
-        }
-    }
-
-    /// Counts a job answered by its worker with a record of `tag`.
-    pub(crate) fn count_record(&self, tag: Tag) {
-        if let Some(fate) = Fate::of_tag(tag) {
-            self.count(fate, 1);
-        }
     }
 }
 

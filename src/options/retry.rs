@@ -223,6 +223,8 @@ pub(crate) struct RetrySink {
     slot: Arc<Slot>,
     policy: RetryPolicy,
     call: Call,
+    /// The function's name, which every attempt carries.
+    name: &'static str,
     /// The encoded argument, as one `[len][bytes]` item.
     item: Vec<u8>,
     opts: JobOpts,
@@ -235,7 +237,7 @@ impl RetrySink {
         shared: &Shared,
         slot: Arc<Slot>,
         policy: RetryPolicy,
-        call: Call,
+        (call, name): (Call, &'static str),
         item: Vec<u8>,
         opts: JobOpts,
     ) -> Arc<RetrySink> {
@@ -244,6 +246,7 @@ impl RetrySink {
             slot,
             policy,
             call,
+            name,
             item,
             opts,
             submitter: shared.submitter.clone(),
@@ -254,7 +257,10 @@ impl RetrySink {
     /// Submits the next attempt if the policy allows one. True if it did.
     fn try_again(&self, failure: RetryOn) -> bool {
         let retry = self.slot.attempts();
-        if retry > self.policy.max_retries || !self.policy.retries(failure) || self.slot.is_ready()
+        if retry > self.policy.max_retries
+            || !self.policy.retries(failure)
+            || self.slot.is_ready()
+            || self.slot.is_revoked()
         {
             return false;
         }
@@ -270,7 +276,7 @@ impl RetrySink {
             not_before: (!delay.is_zero()).then_some(at),
             ..self.opts
         };
-        let batch = Batch::new(
+        let mut batch = Batch::new(
             self.call,
             self.item.clone(),
             1,
@@ -279,6 +285,7 @@ impl RetrySink {
             opts,
             Some(self.slot.id),
         );
+        batch.name = self.name;
         match self.submitter.send(Command::Submit(batch)) {
             Ok(()) => {
                 self.slot.add_attempt();
@@ -313,6 +320,18 @@ impl Sink for RetrySink {
 
     fn fail_now(&self, error: JobError) -> bool {
         self.slot.fail_now(error)
+    }
+
+    fn attempt(&self) -> u32 {
+        self.slot.attempts()
+    }
+
+    fn revoke(&self) {
+        self.slot.revoke();
+    }
+
+    fn is_revoked(&self) -> bool {
+        self.slot.is_revoked()
     }
 }
 

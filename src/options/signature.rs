@@ -639,7 +639,7 @@ where
                 shared,
                 slot.clone(),
                 policy.clone(),
-                call,
+                (call, self.name),
                 items.clone(),
                 opts,
             ),

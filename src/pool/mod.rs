@@ -24,6 +24,8 @@ use crate::client::imap::{Imap, ImapUnordered};
 use crate::client::map;
 use crate::client::shared::Shared;
 use crate::config::PoolConfig;
+use crate::control::inspection::Inspection;
+use crate::control::revoke::Revoked;
 use crate::error::{Error, JobError, TrySubmitError};
 use crate::metrics::stats::Stats;
 use crate::options::rate::RateLimit;
@@ -200,7 +202,8 @@ impl Pool {
             return job.on_queue(queue).submit_admitted(arg, ticket, quiet);
         }
         let call = Call::new(f.ptr);
-        self.shared.submit_call(call, f.name, &arg, quiet, ticket, queue)
+        self.shared
+            .submit_call(call, f.name, &arg, quiet, ticket, queue)
     }
 
     /// Runs `f(arg)` in a worker and waits for the result.
@@ -310,6 +313,65 @@ impl Pool {
     /// A snapshot of the pool's counters.
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()
+    }
+
+    // Seeing and steering (`control/`).
+
+    /// A consistent snapshot of the pool, taken by the supervisor between
+    /// two of its steps (Celery's `inspect`): the jobs running (with their
+    /// worker, progress and attempt), waiting, reserved and scheduled in
+    /// each queue, every worker (pid, state, jobs done, memory, uptime),
+    /// per-function and per-queue statistics, and [`Totals`](crate::Totals)
+    /// that add up. Every job this thread submitted before the call is in
+    /// it. It never waits on a worker; with 10,000 jobs waiting it takes
+    /// well under a millisecond.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let running = pool.submit(nap, 300);
+    /// let waiting = pool.submit(nap, 1);
+    /// # while pool.inspect().active.is_empty() { std::thread::sleep(Duration::from_millis(5)); }
+    /// let snap = pool.inspect();
+    /// assert!(snap.totals.add_up());
+    /// assert_eq!(snap.active[0].id, Some(running.id()));
+    /// assert!(snap.active[0].function.ends_with("nap"));
+    /// assert_eq!(snap.totals.running + snap.totals.waiting + snap.totals.reserved, 2);
+    /// # let _ = (running.get(), waiting.get());
+    /// let nap_stats = pool.inspect().function(std::any::type_name_of_val(&nap)).cloned().unwrap();
+    /// assert_eq!(nap_stats.outcomes.completed, 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn inspect(&self) -> Inspection {
+        self.shared.snapshot()
+    }
+
+    /// Revokes job `id` wherever it is (Celery's `revoke`): a job that has
+    /// not started — scheduled, waiting in its queue, or reserved by a
+    /// busy worker — never runs, and its handle gives
+    /// [`JobError::Revoked`]. A running job is left to finish, unless
+    /// `terminate`: then its worker is killed if it is still on that job,
+    /// and replaced. Either way the job is never retried. Revoking an id
+    /// that is over or unknown changes nothing and says
+    /// [`Revoked::NotFound`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// use forkpool::{JobError, Revoked, Stage};
+    /// use std::time::Duration;
+    /// fn report(n: u32) -> u32 { n }
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let later = pool.job(report).countdown(Duration::from_secs(60)).submit(7);
+    /// let id = later.id();
+    /// assert_eq!(pool.revoke(id, false), Revoked::BeforeStart(Stage::Scheduled));
+    /// assert_eq!(later.get(), Err(JobError::Revoked));
+    /// assert_eq!(pool.revoke(id, false), Revoked::NotFound);
+    /// # Ok(()) }
+    /// ```
+    pub fn revoke(&self, id: JobId, terminate: bool) -> Revoked {
+        self.shared.revoke(id, terminate)
     }
 
     // Job options (`options/`).

@@ -9,6 +9,8 @@
 
 use crate::batch::progress::Progress;
 use crate::batch::{Batch, JobId};
+use crate::control::inspection::Inspection;
+use crate::control::revoke::Revoked;
 use crossbeam_channel::Sender;
 
 /// What the pool's callers ask of the supervisor.
@@ -36,6 +38,17 @@ pub(crate) enum Command {
     Join,
     /// Kill everything now.
     Terminate,
+    /// A snapshot of everything the supervisor holds.
+    Snapshot {
+        reply: Sender<Inspection>,
+    },
+    /// Revoke job `id` wherever it is; kill its worker if it runs and
+    /// `terminate`.
+    Revoke {
+        id: JobId,
+        terminate: bool,
+        reply: Sender<Revoked>,
+    },
     /// Queue `queue` keeps between `min` and `max` workers from now on.
     Resize {
         queue: usize,

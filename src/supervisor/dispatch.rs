@@ -17,6 +17,7 @@ use super::Supervisor;
 use super::queues::Rank;
 use crate::batch::Batch;
 use crate::error::JobError;
+use crate::metrics::fate::Fate;
 use crate::sys::clock;
 
 /// Most batches of several items queued at one worker.
@@ -27,15 +28,21 @@ const PREFETCH_SINGLES: usize = 32;
 impl Supervisor {
     /// Takes in a submitted batch: to the timers if it may not start yet,
     /// else to its queue.
-    pub(super) fn accept(&mut self, mut batch: Batch) {
+    pub(super) fn accept(&mut self, batch: Batch) {
+        let Some(mut batch) = self.drop_revoked(batch) else {
+            return;
+        };
         batch.throttle = self.throttles.get(batch.call.func);
+        let queue = (self.queues.len() - 1).min(usize::from(batch.opts.queue)) as u16;
+        batch.tally = self.tallies.key(batch.call.func, batch.name, queue);
+        self.taken_in += u64::from(batch.count());
         batch.order = self.next_order;
         self.next_order += 1;
         if let (Some(at), Some(id)) = (batch.opts.expires_at, batch.job) {
             self.timers.watch_expiry(at, id);
         }
         match batch.opts.not_before {
-            Some(at) if at > clock::coarse_ns() => self.timers.schedule(at, batch),
+            Some(at) if at > self.clock.coarse() => self.timers.schedule(at, batch),
             _ => self.enqueue(batch),
         }
     }
@@ -47,11 +54,11 @@ impl Supervisor {
     #[inline]
     pub(super) fn enqueue(&mut self, mut batch: Batch) {
         let q = usize::from(batch.opts.queue).min(self.queues.len() - 1);
-        if batch.since == 0 && self.queues[q].pending.aging().is_some() {
-            // Aging counts the time a job waits for a worker: from its first
-            // arrival here (a countdown's wait is not counted; a batch
-            // handed back keeps its time).
-            batch.since = clock::coarse_ns();
+        if batch.since == 0 {
+            // The wait for a worker counts from a job's first arrival here,
+            // for aging and for statistics (a countdown's wait is not
+            // counted; a batch handed back keeps its time).
+            batch.since = self.clock.precise();
         }
         if batch.opts.priority != 0 && !self.queues[q].exact {
             self.queues[q].exact = true;
@@ -65,7 +72,7 @@ impl Supervisor {
     /// Moves batches whose start time came to their queue, and expires
     /// jobs whose expiry came before they started.
     pub(super) fn run_timers(&mut self) {
-        let now = clock::coarse_ns();
+        let now = self.clock.coarse();
         while let Some(batch) = self.timers.pop_due(now) {
             self.enqueue(batch);
         }
@@ -88,17 +95,22 @@ impl Supervisor {
     }
 
     fn dispatch_queue(&mut self, q: usize) {
-        let now = clock::coarse_ns();
+        let now = self.clock.coarse();
         while let Some(front) = self.queues[q].pending.front() {
             if !front.sink.claim() {
+                // Cancelled by its caller (counted there), or its iterator
+                // was dropped: it ends here, unrun.
                 let mut batch = self.queues[q].pending.pop().expect("front exists");
-                batch.forget(batch.count());
+                let n = batch.count();
+                self.tallies
+                    .count(batch.tally, Fate::Cancelled, u64::from(n));
+                batch.forget(n);
                 continue;
             }
             if front.opts.expires_at.is_some_and(|at| at <= now) {
                 let mut batch = self.queues[q].pending.pop().expect("front exists");
                 let n = batch.count();
-                self.counters.count_error(&JobError::Expired, u64::from(n));
+                self.count(batch.tally, Fate::Expired, u64::from(n));
                 batch.fail(n, JobError::Expired);
                 continue;
             }
@@ -119,9 +131,10 @@ impl Supervisor {
             }
             let job = batch.job;
             let key = self.conns[i].key;
+            let sent = self.clock.precise();
             // Handed to a worker, the items leave the bounded queue.
             let ticket = batch.ticket.take();
-            match self.conns[i].try_send(batch) {
+            match self.conns[i].try_send(batch, sent) {
                 Ok(()) => {
                     drop(ticket);
                     if let Some(id) = job {

@@ -11,7 +11,7 @@ use super::command::Whereabouts;
 use super::conn::Ctx;
 use crate::batch::{Batch, JobId};
 use crate::error::JobError;
-use std::sync::atomic::Ordering;
+use crate::metrics::fate::Fate;
 
 impl Supervisor {
     /// Takes job `id` out of the timers or its queue, if it waits there (not
@@ -29,12 +29,8 @@ impl Supervisor {
     /// Resolves job `id` as expired if it has not started; a job already
     /// running (or finished) is left alone.
     pub(super) fn expire(&mut self, id: JobId) {
-        if let Some(mut batch) = self.take_undispatched(id) {
-            // Single jobs only: resolved here unless cancelled meanwhile.
-            if batch.sink.fail_now(JobError::Expired) {
-                self.counters.count_error(&JobError::Expired, 1);
-            }
-            batch.forget(batch.count());
+        if let Some(batch) = self.take_undispatched(id) {
+            self.end_unstarted(batch, JobError::Expired);
             return;
         }
         let Some(&key) = self.dispatched_jobs.get(&id) else {
@@ -46,9 +42,23 @@ impl Supervisor {
                 done_jobs: &mut self.done_jobs,
                 spares: &self.spares,
                 returned: &mut self.returned,
+                tallies: &mut self.tallies,
+                clock: &mut self.clock,
             };
-            conn.withdraw(id, JobError::Expired, &mut ctx);
+            conn.withdraw(id, JobError::Expired, false, &mut ctx);
         }
+    }
+
+    /// Resolves a single job taken out before it started with `error`,
+    /// and counts it — as cancelled in the tallies only if its caller
+    /// resolved (and counted) it first.
+    pub(super) fn end_unstarted(&mut self, mut batch: Batch, error: JobError) {
+        if batch.sink.fail_now(error.clone()) {
+            self.count(batch.tally, Fate::of_error(&error), 1);
+        } else {
+            self.tallies.count(batch.tally, Fate::Cancelled, 1);
+        }
+        batch.forget(batch.count());
     }
 
     pub(super) fn whereabouts(&self, id: JobId) -> Whereabouts {
@@ -67,11 +77,8 @@ impl Supervisor {
     }
 
     pub(super) fn cancel(&mut self, id: JobId) -> bool {
-        if let Some(mut batch) = self.take_undispatched(id) {
-            if batch.sink.cancel_now() {
-                self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-            }
-            batch.forget(batch.count());
+        if let Some(batch) = self.take_undispatched(id) {
+            self.end_unstarted(batch, JobError::Cancelled);
             return true;
         }
         let Some(&key) = self.dispatched_jobs.get(&id) else {
@@ -85,6 +92,8 @@ impl Supervisor {
             done_jobs: &mut self.done_jobs,
             spares: &self.spares,
             returned: &mut self.returned,
+            tallies: &mut self.tallies,
+            clock: &mut self.clock,
         };
         conn.cancel(id, &mut ctx)
     }

@@ -43,9 +43,11 @@ mod command;
 mod conn;
 mod dispatch;
 mod drive;
+mod inspect;
 mod jobs;
 mod queues;
 mod restart;
+mod revoke;
 mod sleep;
 mod spawn;
 mod standby;
@@ -58,13 +60,18 @@ pub(crate) use drive::{Driver, Help, Submitter};
 use crate::batch::throttle::Throttles;
 use crate::batch::{Batch, JobId};
 use crate::config::{PoolConfig, WorkerConfig};
+use crate::control::inspection::Inspection;
+use crate::control::revoke::Revoked;
 use crate::error::Error;
+use crate::metrics::fate::Fate;
 use crate::metrics::stats::Counters;
+use crate::metrics::tally::{Tallies, TallyKey};
+use crate::sys::clock::StepClock;
 use crate::sys::prefault::Spares;
 use crate::sys::spin;
 use crate::worker::zygote::ZygoteLink;
 use conn::{Conn, Ctx};
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use drive::Wake;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use queues::QueueState;
@@ -96,6 +103,9 @@ pub(crate) fn start(
     let sup = Supervisor {
         queues,
         next_order: 1,
+        clock: StepClock::default(),
+        tallies: Tallies::new(config.queues.len()),
+        taken_in: 0,
         returned: Vec::new(),
         config,
         counters,
@@ -200,6 +210,14 @@ struct Supervisor {
     queues: Vec<QueueState>,
     /// The next batch's submission number (`Batch::order`).
     next_order: u64,
+    /// The clocks, read at most once each per step.
+    clock: StepClock,
+    /// What each function and queue did: outcomes, waits, run times.
+    tallies: Tallies,
+    /// Items taken in (`accept`) since the pool started: every one is
+    /// then in the timers, a queue, a worker's books, or counted as ended
+    /// in `tallies` (see `inspect.rs`).
+    taken_in: u64,
     /// Batches workers handed back unstarted, to queue again.
     returned: Vec<Batch>,
     /// Batches waiting for their start time, and jobs' expiry times.
@@ -228,6 +246,7 @@ impl Supervisor {
     /// the lock. False once the supervisor's work is over (terminate, or a
     /// join that completed).
     fn step(&mut self) -> bool {
+        self.clock.reset();
         self.commands();
         if self.terminate {
             return false;
@@ -295,13 +314,37 @@ impl Supervisor {
             }
     }
 
+    /// Counts `n` jobs of a batch counted under `key` that ended with
+    /// `fate`: in the pool's counters and in the tallies.
+    fn count(&mut self, key: TallyKey, fate: Fate, n: u64) {
+        self.counters.count(fate, n);
+        self.tallies.count(key, fate, n);
+    }
+
     /// Whether no batch waits for a worker in any queue.
     fn nothing_waits(&self) -> bool {
         self.queues.iter().all(|q| q.pending.is_empty())
     }
 
-    /// Takes every queued command.
+    /// Takes every queued command. Revokes are applied after every
+    /// submission of the drain, and snapshots taken last (see `revoke.rs`).
     fn commands(&mut self) {
+        let mut revokes = Vec::new();
+        let mut snapshots = Vec::new();
+        self.drain_commands(&mut revokes, &mut snapshots);
+        for (id, terminate, reply) in revokes {
+            let _ = reply.send(self.revoke(id, terminate));
+        }
+        for reply in snapshots {
+            let _ = reply.send(self.snapshot());
+        }
+    }
+
+    fn drain_commands(
+        &mut self,
+        revokes: &mut Vec<(JobId, bool, Sender<Revoked>)>,
+        snapshots: &mut Vec<Sender<Inspection>>,
+    ) {
         loop {
             match self.cmds.try_recv() {
                 Ok(Command::Submit(batch)) => self.accept(batch),
@@ -314,9 +357,19 @@ impl Supervisor {
                 }
                 Ok(Command::Discard(id)) => {
                     if let Some(mut batch) = self.timers.take_job(id) {
-                        batch.forget(batch.count());
+                        // Cancelled by its caller, who counted it.
+                        let n = batch.count();
+                        self.tallies
+                            .count(batch.tally, Fate::Cancelled, u64::from(n));
+                        batch.forget(n);
                     }
                 }
+                Ok(Command::Snapshot { reply }) => snapshots.push(reply),
+                Ok(Command::Revoke {
+                    id,
+                    terminate,
+                    reply,
+                }) => revokes.push((id, terminate, reply)),
                 Ok(Command::Close) => self.closing = true,
                 Ok(Command::Join) => {
                     self.closing = true;
@@ -343,6 +396,8 @@ impl Supervisor {
             done_jobs: &mut self.done_jobs,
             spares: &self.spares,
             returned: &mut self.returned,
+            tallies: &mut self.tallies,
+            clock: &mut self.clock,
         };
         for c in &mut self.conns {
             c.abandon(&mut ctx);
@@ -353,8 +408,9 @@ impl Supervisor {
             waiting.extend(q.pending.drain());
         }
         waiting.extend(self.timers.drain());
-        let left: u64 = waiting.iter().map(|b| u64::from(b.count())).sum();
-        self.counters.cancelled.fetch_add(left, Ordering::Relaxed);
+        for b in &waiting {
+            self.count(b.tally, Fate::Cancelled, u64::from(b.count()));
+        }
         self.counters.scheduled.store(0, Ordering::Relaxed);
         drop(waiting);
         self.conns.clear();
@@ -377,6 +433,9 @@ impl Supervisor {
                 }
                 Command::Inspect { reply, .. } => {
                     let _ = reply.send(Whereabouts::Elsewhere);
+                }
+                Command::Revoke { reply, .. } => {
+                    let _ = reply.send(Revoked::NotFound);
                 }
                 _ => {}
             }

@@ -160,6 +160,20 @@ impl Pending {
         Some(batch)
     }
 
+    /// Every batch, in the order they will run.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Batch> {
+        let mut fifo = self.fifo.iter().peekable();
+        let mut ranked = self.ranked.iter().peekable();
+        std::iter::from_fn(move || match (ranked.peek(), fifo.peek()) {
+            (Some((rank, _)), Some(b)) if **rank < Rank::of(b, None) => {
+                ranked.next().map(|(_, b)| b)
+            }
+            (_, Some(_)) => fifo.next(),
+            (Some(_), None) => ranked.next().map(|(_, b)| b),
+            (None, None) => None,
+        })
+    }
+
     /// Whether single job `id` waits here.
     pub(super) fn has_job(&self, id: JobId) -> bool {
         self.fifo

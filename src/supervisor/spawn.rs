@@ -18,7 +18,9 @@ use super::autoscale::{self, Load};
 use super::conn::Conn;
 use super::restart::Restart;
 use super::{Supervisor, Token, standby};
+use crate::batch::Batch;
 use crate::error::JobError;
+use crate::metrics::fate::Fate;
 use crate::sys::clock;
 use crate::worker::zygote::{Event, Polled};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -233,13 +235,14 @@ impl Supervisor {
         for (q, (queue, stats)) in self.queues.iter().zip(&self.counters.queues).enumerate() {
             let (workers, busy) = match per_queue.get(q) {
                 Some(&counts) => counts,
-                None => self.conns.iter().filter(|c| c.queue == q && !c.standby).fold(
-                    (0, 0),
-                    |(w, b), c| {
+                None => self
+                    .conns
+                    .iter()
+                    .filter(|c| c.queue == q && !c.standby)
+                    .fold((0, 0), |(w, b), c| {
                         let alive = c.pid().is_some() && c.status.is_none() && !c.gone;
                         (w + u64::from(alive), b + u64::from(alive && c.busy()))
-                    },
-                ),
+                    }),
             };
             // Written only when they change: every step publishes them, and
             // a store dirties a line the caller's thread may step with next.
@@ -272,11 +275,15 @@ impl Supervisor {
             let error = JobError::WorkerStart {
                 message: self.last_start_error.clone(),
             };
-            for q in &mut self.queues {
-                for mut batch in q.pending.drain() {
-                    self.counters.count_error(&error, u64::from(batch.count()));
-                    batch.fail(batch.count(), error.clone());
-                }
+            let waiting: Vec<Batch> = self
+                .queues
+                .iter_mut()
+                .flat_map(|q| q.pending.drain())
+                .collect();
+            for mut batch in waiting {
+                let n = batch.count();
+                self.count(batch.tally, Fate::of_error(&error), u64::from(n));
+                batch.fail(n, error.clone());
             }
         }
     }

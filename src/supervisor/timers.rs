@@ -125,6 +125,13 @@ impl Timers {
         found
     }
 
+    /// Every waiting batch with its start time (coarse ns), soonest first.
+    pub(super) fn scheduled(&self) -> Vec<(u64, &Batch)> {
+        let mut all: Vec<&Delayed> = self.delayed.iter().collect();
+        all.sort_by_key(|d| (d.at, d.seq));
+        all.into_iter().map(|d| (d.at, &d.batch)).collect()
+    }
+
     /// Whether job `id` waits here.
     pub(super) fn contains(&self, id: JobId) -> bool {
         self.delayed.iter().any(|d| d.batch.job == Some(id))

@@ -8,13 +8,11 @@
 
 use super::Supervisor;
 use super::conn::Ctx;
-use crate::sys::clock;
 
 impl Supervisor {
     /// Takes in answers, continues streaming frames, and closes the books
     /// of workers that died.
     pub(super) fn service_workers(&mut self) {
-        let mut now = None;
         let mut i = 0;
         while i < self.conns.len() {
             let mut ctx = Ctx {
@@ -22,6 +20,8 @@ impl Supervisor {
                 done_jobs: &mut self.done_jobs,
                 spares: &self.spares,
                 returned: &mut self.returned,
+                tallies: &mut self.tallies,
+                clock: &mut self.clock,
             };
             let c = &mut self.conns[i];
             c.pump_rx(&mut ctx);
@@ -36,7 +36,7 @@ impl Supervisor {
             if c.busy() || !c.is_ready() || c.standby {
                 c.idle_since = None;
             } else if c.idle_since.is_none() && self.queues[c.queue].bounds.scales() {
-                c.idle_since = Some(*now.get_or_insert_with(clock::coarse_ns));
+                c.idle_since = Some(ctx.clock.coarse());
             }
             if !c.finished() {
                 i += 1;
@@ -89,7 +89,7 @@ impl Supervisor {
 
     /// Enforces time limits; returns the nearest deadline.
     pub(super) fn deadlines(&mut self) -> Option<u64> {
-        let now = clock::coarse_ns();
+        let now = self.clock.coarse();
         self.conns
             .iter_mut()
             .filter_map(|c| c.check_deadlines(now))

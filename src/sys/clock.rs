@@ -67,3 +67,34 @@ pub(crate) fn coarse_deadline(after: Duration) -> u64 {
         .saturating_add(ns(after))
         .saturating_add(coarse_tick_ns())
 }
+
+/// The clocks as one supervisor step sees them: each read at most once per
+/// step, and only if something needs it (a step that finds nothing to do
+/// reads no clock). A step lasts microseconds, so every reading in it is
+/// that much late at most.
+#[derive(Debug, Default)]
+pub(crate) struct StepClock {
+    coarse: Option<u64>,
+    precise: Option<u64>,
+}
+
+impl StepClock {
+    /// A new step: forget the readings of the last.
+    #[inline]
+    pub(crate) fn reset(&mut self) {
+        *self = StepClock::default();
+    }
+
+    /// The coarse clock ([`coarse_ns`]) for this step.
+    #[inline]
+    pub(crate) fn coarse(&mut self) -> u64 {
+        *self.coarse.get_or_insert_with(coarse_ns)
+    }
+
+    /// The precise clock ([`precise_ns`]) for this step: what statistics
+    /// of waits and run times are measured on.
+    #[inline]
+    pub(crate) fn precise(&mut self) -> u64 {
+        *self.precise.get_or_insert_with(precise_ns)
+    }
+}

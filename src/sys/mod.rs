@@ -9,12 +9,14 @@
 //!
 //! | file | owns |
 //! | --- | --- |
-//! | `clock.rs` | `CLOCK_MONOTONIC_COARSE`, its tick, deadlines |
+//! | `clock.rs` | the monotonic clocks (coarse and precise), a step's readings, deadlines |
 //! | `spin.rs` | adaptive spin budgets, which CPU a peer last ran on |
 //! | `hugepage.rs` | `madvise(MADV_HUGEPAGE)` on big buffers |
 //! | `prefault.rs` | faulted-in buffers by size class, and the thread that fills them |
+//! | `proc.rs` | what `/proc` says about a process (resident memory) |
 
 pub(crate) mod clock;
 pub(crate) mod hugepage;
 pub(crate) mod prefault;
+pub(crate) mod proc;
 pub(crate) mod spin;

@@ -63,7 +63,11 @@ impl<A: 'static, R: 'static> Func<A, R> {
     {
         const {
             let size = std::mem::size_of::<F>();
-            assert!(size == 0 || size == std::mem::size_of::<fn(A) -> R>(), "{}", NOT_A_JOB);
+            assert!(
+                size == 0 || size == std::mem::size_of::<fn(A) -> R>(),
+                "{}",
+                NOT_A_JOB
+            );
         };
         let name = std::any::type_name::<F>();
         if std::mem::size_of::<F>() == 0 {

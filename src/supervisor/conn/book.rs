@@ -9,6 +9,7 @@
 
 use super::{Ctx, Kill};
 use crate::batch::Batch;
+use crate::metrics::fate::Fate;
 use crate::transport::wire::{self, BATCH_HEADER, HEADER, Record, Tag};
 use std::collections::VecDeque;
 
@@ -24,6 +25,9 @@ pub(super) struct InFlight {
     /// expiry — so its outcome was delivered and counted: whatever becomes
     /// of the worker, it must not be charged, counted or requeued again.
     pub(super) settled: bool,
+    /// Precise-clock instant it was sent: the worker starts it then, or
+    /// when it answers the batch before it, whichever is later.
+    pub(super) sent_at: u64,
 }
 
 /// The accounting side of a conn: batches in flight and answers received.
@@ -42,6 +46,11 @@ pub(super) struct Book {
     /// Items handed back by the worker (`Returned`) since the conn last
     /// looked: they count against no task limit.
     pub(super) handed_back: u64,
+    /// Precise-clock instant of the last answer received: the earliest
+    /// the worker can have started the next item.
+    pub(super) answered_at: u64,
+    /// Items answered, in all.
+    pub(super) answered: u64,
 }
 
 impl Book {
@@ -84,7 +93,10 @@ impl Book {
             .extend_from_slice(&wire::header(rec.tag, rec.body.len() as u32));
         self.out.extend_from_slice(rec.body);
         self.out_count += 1;
-        ctx.counters.count_record(rec.tag);
+        if let (Some(fate), Some(front)) = (Fate::of_tag(rec.tag), self.inflight.front()) {
+            ctx.count(front.batch.tally, fate, 1);
+            self.ran(1, ctx);
+        }
         if self
             .inflight
             .front()
@@ -93,6 +105,26 @@ impl Book {
             self.flush_out(ctx);
         }
         Ok(())
+    }
+
+    /// `n` answers of the front batch came: records how long they waited
+    /// and ran. The worker runs one item at a time, so they started when
+    /// the batch was sent or the worker last answered, whichever is later
+    /// (for the first of them: the rest waited behind it), and ran until
+    /// now — shared evenly among them.
+    pub(super) fn ran(&mut self, n: u64, ctx: &mut Ctx<'_>) {
+        let Some(front) = self.inflight.front() else {
+            return;
+        };
+        let now = ctx.clock.precise();
+        let started = front.sent_at.max(self.answered_at);
+        let each = now.saturating_sub(started) / n.max(1);
+        let key = front.batch.tally;
+        ctx.tallies
+            .waited(key, started.saturating_sub(front.batch.since), n);
+        ctx.tallies.ran(key, each, n);
+        self.answered_at = now;
+        self.answered += n;
     }
 
     /// The worker handed back, unstarted, the next `n` items of the front

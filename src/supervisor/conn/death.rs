@@ -39,7 +39,7 @@
 use super::{Conn, Ctx};
 use crate::batch::Batch;
 use crate::error::ExitStatus;
-use std::sync::atomic::Ordering;
+use crate::metrics::fate::Fate;
 
 impl Conn {
     /// Whether the worker is seen leaving (its pipe closed or its pidfd
@@ -91,7 +91,7 @@ impl Conn {
             if front.settled {
                 front.batch.forget(1); // resolved and counted when withdrawn
             } else {
-                ctx.counters.count_error(&error, 1);
+                ctx.count_error(front.batch.tally, &error, 1);
                 front.batch.fail(1, error);
             }
             front.seq0 += 1;
@@ -134,14 +134,9 @@ impl Conn {
         if !self.book.inflight.is_empty() {
             self.book.flush_out(ctx);
         }
-        let left: u64 = self
-            .book
-            .inflight
-            .iter()
-            .filter(|f| !f.settled)
-            .map(|f| u64::from(f.batch.count()))
-            .sum();
-        ctx.counters.cancelled.fetch_add(left, Ordering::Relaxed);
+        for f in self.book.inflight.iter().filter(|f| !f.settled) {
+            ctx.count(f.batch.tally, Fate::Cancelled, u64::from(f.batch.count()));
+        }
         self.signal(libc::SIGKILL);
     }
 }

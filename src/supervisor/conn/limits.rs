@@ -14,6 +14,7 @@ use super::{Conn, Ctx};
 use crate::batch::JobId;
 use crate::batch::progress::Progress;
 use crate::error::JobError;
+use crate::metrics::fate::Fate;
 use crate::supervisor::Whereabouts;
 use crate::sys::clock;
 use crate::transport::status::ItemState;
@@ -105,7 +106,10 @@ impl Conn {
 
     /// Cancels dispatched job `id`. True if it will not produce a result.
     pub(in crate::supervisor) fn cancel(&mut self, id: JobId, ctx: &mut Ctx<'_>) -> bool {
-        self.withdraw(id, JobError::Cancelled, ctx)
+        matches!(
+            self.withdraw(id, JobError::Cancelled, true, ctx),
+            Withdrawal::Skipped | Withdrawal::Killed
+        )
     }
 
     /// Where dispatched job `id` is: running (with its latest progress
@@ -133,45 +137,60 @@ impl Conn {
     }
 
     /// Takes dispatched job `id` back with `why`: a job still queued in the
-    /// worker's inbox is skipped; a running one is killed only for a
-    /// cancellation (an expiry spares a job that has started). True if it
-    /// will not produce a result.
+    /// worker's inbox is skipped; a running one is killed only if `kill`
+    /// (a cancellation or a terminating revoke; an expiry spares a job that
+    /// has started), and only while the worker is still on it.
     pub(in crate::supervisor) fn withdraw(
         &mut self,
         id: JobId,
         why: JobError,
+        kill: bool,
         ctx: &mut Ctx<'_>,
-    ) -> bool {
-        let may_kill = why == JobError::Cancelled;
+    ) -> Withdrawal {
         let Some(entry) = self
             .book
             .inflight
             .iter_mut()
-            .find(|f| f.batch.job == Some(id))
+            .find(|f| f.batch.job == Some(id) && !f.settled)
         else {
-            return false;
+            return Withdrawal::NotHere;
         };
         let (Some(slot), true) = (entry.slot, entry.batch.count() > 0) else {
-            return false;
+            return Withdrawal::NotHere;
         };
         let seq = entry.seq0;
         let page = self.region.page();
-        let cancelled = page.cancel[slot as usize].cancel(id.0);
-        let killed = !cancelled && may_kill && page.worker.current.claim_kill(seq);
-        if !cancelled && !killed {
-            return false;
+        let skipped = page.cancel[slot as usize].cancel(id.0);
+        let killed = !skipped && kill && page.worker.current.claim_kill(seq);
+        if !skipped && !killed {
+            return Withdrawal::Running;
         }
         entry.settled = true;
         if entry.batch.sink.fail_now(why.clone()) {
-            if why == JobError::Cancelled {
-                ctx.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-            } else {
-                ctx.counters.count_error(&why, 1);
-            }
+            ctx.count_error(entry.batch.tally, &why, 1);
+        } else {
+            // Resolved already by its caller, who counted it.
+            ctx.tallies.count(entry.batch.tally, Fate::Cancelled, 1);
         }
         if killed {
-            self.kill(seq, JobError::Cancelled);
+            self.kill(seq, why);
+            Withdrawal::Killed
+        } else {
+            Withdrawal::Skipped
         }
-        true
     }
+}
+
+/// What became of a job taken back from a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::supervisor) enum Withdrawal {
+    /// It had not started: the worker skips it.
+    Skipped,
+    /// It was running: the worker was killed over it, and is replaced.
+    Killed,
+    /// It has started and runs on (or has just answered): its own outcome
+    /// stands.
+    Running,
+    /// The worker does not hold it (unsettled).
+    NotHere,
 }

@@ -27,13 +27,19 @@ mod death;
 mod limits;
 mod rx;
 mod tx;
+mod view;
 
 #[cfg(test)]
 mod tests;
 
+pub(super) use limits::Withdrawal;
+
 use crate::batch::{Batch, JobId};
 use crate::error::{ExitStatus, JobError};
+use crate::metrics::fate::Fate;
 use crate::metrics::stats::Counters;
+use crate::metrics::tally::{Tallies, TallyKey};
+use crate::sys::clock::{self, StepClock};
 use crate::sys::prefault::Spares;
 use crate::transport::bell::{self, Drained};
 use crate::transport::ring::{Consumer, Producer};
@@ -55,6 +61,24 @@ pub(super) struct Ctx<'a> {
     pub spares: &'a Spares,
     /// Batches a worker handed back unstarted (a recall), to requeue.
     pub returned: &'a mut Vec<Batch>,
+    /// Each function's and queue's outcomes and durations.
+    pub tallies: &'a mut Tallies,
+    /// The clocks of this step.
+    pub clock: &'a mut StepClock,
+}
+
+impl Ctx<'_> {
+    /// Counts `n` jobs of a batch counted under `key` that ended with
+    /// `fate`: in the pool's counters and in the tallies.
+    pub(super) fn count(&mut self, key: TallyKey, fate: Fate, n: u64) {
+        self.counters.count(fate, n);
+        self.tallies.count(key, fate, n);
+    }
+
+    /// Counts `n` jobs that resolved with `error`.
+    pub(super) fn count_error(&mut self, key: TallyKey, error: &JobError, n: u64) {
+        self.count(key, Fate::of_error(error), n);
+    }
 }
 
 /// Why the supervisor killed a worker, and over which item.
@@ -133,6 +157,8 @@ pub(super) struct Conn {
     /// Items it may still be given (`max_tasks_per_worker`).
     tasks_left: Option<u64>,
     region: Region,
+    /// Coarse-clock instant the conn was made, for the worker's uptime.
+    born: u64,
 }
 
 impl Conn {
@@ -180,6 +206,8 @@ impl Conn {
                 init_failed: None,
                 retiring: false,
                 handed_back: 0,
+                answered_at: 0,
+                answered: 0,
             },
             bell_to: in_w,
             bell_from: out_r,
@@ -201,6 +229,7 @@ impl Conn {
             promoted_at: None,
             tasks_left: tasks,
             region,
+            born: clock::coarse_ns(),
         };
         Ok((
             conn,
@@ -252,7 +281,7 @@ impl Conn {
             && self.tasks_left != Some(0)
     }
 
-    fn dying(&self) -> bool {
+    pub(super) fn dying(&self) -> bool {
         self.status.is_some()
             || self.gone
             || self.hup

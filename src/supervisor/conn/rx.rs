@@ -8,6 +8,7 @@
 //! bytes, so one busy worker cannot hold the supervisor.
 
 use super::{Conn, Ctx};
+use crate::metrics::fate::Fate;
 use crate::sys::prefault::{self, Spares};
 use crate::transport::bell;
 use crate::transport::wire::HEADER;
@@ -112,7 +113,11 @@ impl Conn {
                 let want = front.batch.count() - self.book.out_count;
                 let run = self.reader.scan_items(want).map_err(|e| e.to_string())?;
                 if run.count > 0 {
-                    ctx.counters.count_run(&run);
+                    let key = front.batch.tally;
+                    for (fate, n) in Fate::of_run(&run) {
+                        ctx.count(key, fate, n);
+                    }
+                    self.book.ran(u64::from(run.count), ctx);
                     let whole = (self.book.out_count == 0 && run.count == want)
                         .then(|| self.reader.take_whole(run.bytes))
                         .flatten();

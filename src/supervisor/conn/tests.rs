@@ -23,7 +23,8 @@ use crate::batch::slot::Slot;
 use crate::batch::{Batch, JobId, JobOpts, Outcome, Sink};
 use crate::error::{ExitStatus, JobError};
 use crate::metrics::stats::{Counters, Stats};
-use crate::sys::clock;
+use crate::metrics::tally::Tallies;
+use crate::sys::clock::{self, StepClock};
 use crate::sys::prefault::Prefault;
 use crate::transport::ring::{Consumer, Producer};
 use crate::transport::shm::Region;
@@ -61,6 +62,8 @@ struct Env {
     done_jobs: Vec<JobId>,
     returned: Vec<Batch>,
     prefault: Prefault,
+    tallies: Tallies,
+    clock: StepClock,
 }
 
 impl Env {
@@ -70,6 +73,8 @@ impl Env {
             done_jobs: Vec::new(),
             returned: Vec::new(),
             prefault: Prefault::new(),
+            tallies: Tallies::new(1),
+            clock: StepClock::default(),
         }
     }
 
@@ -79,6 +84,8 @@ impl Env {
             done_jobs: &mut self.done_jobs,
             spares: self.prefault.spares(),
             returned: &mut self.returned,
+            tallies: &mut self.tallies,
+            clock: &mut self.clock,
         }
     }
 
@@ -244,7 +251,10 @@ fn timed(limit: Duration) -> JobOpts {
 
 /// Sends a batch that must fit, and publishes it.
 fn send(conn: &mut Conn, batch: Batch) {
-    assert!(conn.try_send(batch).is_ok(), "the batch fits");
+    assert!(
+        conn.try_send(batch, clock::precise_ns()).is_ok(),
+        "the batch fits"
+    );
     conn.publish(0);
 }
 
@@ -863,7 +873,7 @@ fn a_batch_without_room_is_handed_back_whole() {
     let id = JobId(3);
     let job = Recorder::job(id);
     let j = vec![2u8; 30_000];
-    let Err(mut back) = conn.try_send(batch(&[&j[..]], 5, &job, opts, Some(id))) else {
+    let Err(mut back) = conn.try_send(batch(&[&j[..]], 5, &job, opts, Some(id)), 0) else {
         panic!("sent without room");
     };
     assert_eq!(back.count(), 1);
@@ -884,7 +894,7 @@ fn a_batch_without_room_is_handed_back_whole() {
     let fill = vec![3u8; RING - (HEADER + BATCH_HEADER + 4) - 20];
     send(&mut conn, batch(&[&fill[..]], 0, &b, opts, None));
     let huge = vec![4u8; 2 * RING];
-    let Err(mut back) = conn.try_send(batch(&[&huge[..]], 0, &b, opts, None)) else {
+    let Err(mut back) = conn.try_send(batch(&[&huge[..]], 0, &b, opts, None), 0) else {
         panic!("sent without room for its head");
     };
     assert_eq!(back.items(), encode(&[&huge[..]]));

@@ -16,8 +16,13 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 
 impl Conn {
-    /// Sends `batch`, or gives it back when the ring has no room for it.
-    pub(in crate::supervisor) fn try_send(&mut self, mut batch: Batch) -> Result<(), Batch> {
+    /// Sends `batch` at `now` (precise clock), or gives it back when the
+    /// ring has no room for it.
+    pub(in crate::supervisor) fn try_send(
+        &mut self,
+        mut batch: Batch,
+        now: u64,
+    ) -> Result<(), Batch> {
         let items_len = batch.items().len();
         let frame = HEADER + BATCH_HEADER + items_len;
         let Ok(free) = self.tx.free() else {
@@ -65,6 +70,7 @@ impl Conn {
             head,
             slot,
             settled: false,
+            sent_at: now,
         });
         self.next_seq += u64::from(count);
         if let Some(t) = &mut self.tasks_left {
