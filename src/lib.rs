@@ -135,6 +135,7 @@ pub use batch::JobId;
 pub use batch::progress::Progress;
 pub use client::handle::JobHandle;
 pub use client::imap::{Imap, ImapUnordered};
+pub use control::events::{Event, EventKind, Events};
 pub use control::inspection::{
     ActiveJob, FunctionStats, Inspection, QueueView, ScheduledJob, Totals, WaitingJob, WorkerState,
     WorkerView,

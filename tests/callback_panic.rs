@@ -1,8 +1,11 @@
-//! A callback that panics is contained. Alone in its file: the panic runs
-//! the process-wide panic hook in the caller, which must not coincide with
-//! another test forking a pool (see the crate docs on locks held at build).
+//! A callback that panics is contained, and reported through the `log`
+//! facade (never printed to stderr by the library). Alone in its file: the
+//! panic runs the process-wide panic hook in the caller, which must not
+//! coincide with another test forking a pool (see the crate docs on locks
+//! held at build), and the logger is process-wide too.
 
 use forkpool::Pool;
+use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -14,8 +17,41 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
+fn abort(_: ()) -> u64 {
+    std::process::abort()
+}
+
+/// Keeps every record logged.
+struct Keep(Mutex<Vec<(log::Level, String)>>);
+
+impl log::Log for Keep {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if record.target().starts_with("forkpool") {
+            let line = (record.level(), record.args().to_string());
+            self.0.lock().unwrap().push(line);
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: Keep = Keep(Mutex::new(Vec::new()));
+
+fn logged(level: log::Level, text: &str) -> bool {
+    LOGGER
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(l, s)| *l == level && s.contains(text))
+}
+
 #[test]
-fn a_panicking_callback_is_contained() {
+fn a_panicking_callback_is_contained_and_logged() {
+    log::set_logger(&LOGGER).unwrap();
+    log::set_max_level(log::LevelFilter::Trace);
     let pool = Pool::new(1).unwrap();
     let (tx, rx) = mpsc::channel();
     pool.job(boom)
@@ -25,5 +61,18 @@ fn a_panicking_callback_is_contained() {
         .on_success(move |v| tx.send(*v).unwrap())
         .spawn(4);
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 16);
+    // A worker lost under a job is logged as a warning.
+    assert!(pool.apply(abort, ()).is_err());
+    assert_eq!(pool.apply(square, 3), Ok(9));
     pool.join().unwrap();
+    assert!(
+        logged(log::Level::Error, "a job callback panicked: callback bug"),
+        "{:?}",
+        LOGGER.0.lock().unwrap()
+    );
+    assert!(
+        logged(log::Level::Warn, "died"),
+        "{:?}",
+        LOGGER.0.lock().unwrap()
+    );
 }

@@ -23,6 +23,7 @@ use crate::batch::throttle::Throttles;
 use crate::batch::{Batch, JobId, JobOpts};
 use crate::client::handle::JobHandle;
 use crate::config::PoolConfig;
+use crate::control::events::Bus;
 use crate::control::inspection::Inspection;
 use crate::control::revoke::Revoked;
 use crate::error::{Error, JobError};
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     /// Each queue's most workers as last resized, to keep resizes within
     /// the fork server's table.
     maxes: Mutex<Vec<usize>>,
+    /// Where the pool's events go (`control/events.rs`).
+    pub(crate) events: Arc<Bus>,
 }
 
 impl Shared {
@@ -77,11 +80,13 @@ impl Shared {
             ..Counters::default()
         });
         let prefault = Prefault::new();
+        let events = Arc::new(Bus::default());
         let (submitter, driver, thread) = supervisor::start(
             config.clone(),
             counters.clone(),
             throttles,
             prefault.spares().clone(),
+            events.clone(),
         )?;
         let gate = config.queue_capacity.map(Gate::new);
         let maxes = config.queues.iter().map(|q| q.max_workers).collect();
@@ -96,6 +101,7 @@ impl Shared {
             thread: Mutex::new(Some(thread)),
             prefault,
             maxes: Mutex::new(maxes),
+            events,
         }))
     }
 
@@ -174,6 +180,13 @@ impl Shared {
     {
         let id = self.next_job_id();
         let slot = Arc::new(Slot::new(id));
+        if self.events.watching() {
+            let events = self.events.clone();
+            slot.set_finisher(Box::new(move |outcome| {
+                events.ended(id, name, &outcome);
+                outcome
+            }));
+        }
         let handle = JobHandle::new(slot.clone(), Arc::downgrade(self));
         if self.is_closed() {
             slot.resolve(Err(JobError::PoolClosed));

@@ -8,5 +8,6 @@
 //! submission model (it names job ids and progress) and below the
 //! supervisor.
 
+pub(crate) mod events;
 pub(crate) mod inspection;
 pub(crate) mod revoke;

@@ -122,6 +122,9 @@ pub(crate) struct Tallies {
     functions: Vec<(&'static str, Tally)>,
     /// (function identity, name address, name length) → index.
     index: HashMap<(usize, usize, usize), u32>,
+    /// The last lookup: jobs come in runs of one function, so this spares
+    /// the hash of almost every one.
+    last: Option<((usize, usize, usize), u32)>,
     queues: Vec<Tally>,
 }
 
@@ -137,11 +140,17 @@ impl Tallies {
     /// The key of a batch of function `func` called `name`, in `queue`.
     pub(crate) fn key(&mut self, func: usize, name: &'static str, queue: u16) -> TallyKey {
         let id = (func, name.as_ptr() as usize, name.len());
+        if let Some((last, function)) = self.last
+            && last == id
+        {
+            return TallyKey { function, queue };
+        }
         let functions = &mut self.functions;
         let function = *self.index.entry(id).or_insert_with(|| {
             functions.push((name, Tally::default()));
             (functions.len() - 1) as u32
         });
+        self.last = Some((id, function));
         TallyKey { function, queue }
     }
 

@@ -133,7 +133,7 @@ fn run(task: Task) {
             .map(|s| s.to_string())
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "non-string payload".into());
-        eprintln!("forkpool: a job callback panicked: {msg}");
+        log::error!("a job callback panicked: {msg}");
     }
 }
 

@@ -16,9 +16,11 @@
 //! that ("full jitter"), so that many jobs failing together do not retry
 //! together.
 
+use crate::batch::outcome;
 use crate::batch::slot::Slot;
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
 use crate::client::shared::Shared;
+use crate::control::events::{Bus, EventKind};
 use crate::error::JobError;
 use crate::metrics::stats::Counters;
 use crate::supervisor::{Command, Submitter};
@@ -211,6 +213,17 @@ fn classify(outcome: &Outcome) -> Option<RetryOn> {
     }
 }
 
+/// The error an attempt failed with; `None` for a fallible job's own `Err`.
+fn error_of(outcome: &Outcome) -> Option<JobError> {
+    match outcome {
+        Outcome::Records { buf, .. } => wire::records(buf).next().and_then(|r| match r.tag {
+            Tag::Err => None,
+            _ => outcome::outcome(r).err(),
+        }),
+        Outcome::Failed { error, .. } => Some(error.clone()),
+    }
+}
+
 /// The sink of a single job with a retry policy: resubmits it after a
 /// failure the policy retries, and passes its final outcome to its slot.
 ///
@@ -230,6 +243,7 @@ pub(crate) struct RetrySink {
     opts: JobOpts,
     submitter: Submitter,
     counters: Arc<Counters>,
+    events: Arc<Bus>,
 }
 
 impl RetrySink {
@@ -251,6 +265,7 @@ impl RetrySink {
             opts,
             submitter: shared.submitter.clone(),
             counters: shared.counters.clone(),
+            events: shared.events.clone(),
         })
     }
 
@@ -309,6 +324,13 @@ impl Sink for RetrySink {
         if let Some(failure) = classify(&outcome)
             && self.try_again(failure)
         {
+            if self.events.watching() {
+                self.events.publish(EventKind::Retried {
+                    id: self.slot.id,
+                    next_attempt: self.slot.attempts(),
+                    error: error_of(&outcome),
+                });
+            }
             return;
         }
         self.slot.deliver(base, outcome);

@@ -18,6 +18,7 @@ use crate::batch::slot::{Finisher, Slot};
 use crate::batch::{Batch, JobId, JobOpts, Sink};
 use crate::client::handle::JobHandle;
 use crate::client::shared::Shared;
+use crate::control::events::Bus;
 use crate::error::JobError;
 use crate::options::Layers;
 use crate::options::callbacks::{self, Failure, JobCallbacks, OnError, OnSuccess, RawFailure};
@@ -581,6 +582,8 @@ where
             layers.callbacks.sender()
         };
         let unit = strip.then(|| self.unit_record());
+        let events = shared_events(&self.shared);
+        let name = self.name;
         let keep: Finisher = match target {
             Target::Handle => Box::new(|outcome| outcome),
             Target::Store => Box::new(Store::finisher(&layers.store, id)),
@@ -588,6 +591,9 @@ where
             Target::Nowhere => Box::new(|_| Err(JobError::Cancelled)),
         };
         callbacks::finisher(cbs, runner, move |outcome| {
+            if let Some(events) = &events {
+                events.ended(id, name, &outcome);
+            }
             let outcome = match (outcome, unit) {
                 (Ok(buf), Some(unit))
                     if wire::records(&buf).next().is_some_and(|r| r.tag == Tag::Ok) =>
@@ -651,6 +657,11 @@ where
         shared.submit(batch, quiet);
         slot
     }
+}
+
+/// The pool's event bus, if anyone listens now.
+fn shared_events(shared: &Shared) -> Option<Arc<Bus>> {
+    shared.events.watching().then(|| shared.events.clone())
 }
 
 /// Callbacks and handles of jobs built with [`Pool::job`](crate::Pool::job).

@@ -24,6 +24,7 @@ use crate::client::imap::{Imap, ImapUnordered};
 use crate::client::map;
 use crate::client::shared::Shared;
 use crate::config::PoolConfig;
+use crate::control::events::Events;
 use crate::control::inspection::Inspection;
 use crate::control::revoke::Revoked;
 use crate::error::{Error, JobError, TrySubmitError};
@@ -372,6 +373,37 @@ impl Pool {
     /// ```
     pub fn revoke(&self, id: JobId, terminate: bool) -> Revoked {
         self.shared.revoke(id, terminate)
+    }
+
+    /// Subscribes to the pool's events (Celery's event stream): jobs
+    /// submitted, started (with the worker's pid), their progress,
+    /// retried, and how each ended; workers forked and exited. A
+    /// subscription holds at most `capacity` unread events: a slow reader
+    /// never slows the pool — what does not fit is dropped, counted
+    /// ([`Events::lost`](crate::Events::lost)) and announced by an
+    /// [`EventKind::Lost`](crate::EventKind::Lost). Job events are told
+    /// for jobs submitted while someone listens; see `control/events.rs`
+    /// for what else is promised.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// use forkpool::EventKind;
+    /// fn double(x: u32) -> u32 { 2 * x }
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let events = pool.events(1024);
+    /// let id = pool.submit(double, 21).id();
+    /// pool.join()?;
+    /// let mine: Vec<EventKind> = events
+    ///     .map(|e| e.kind)
+    ///     .filter(|k| !matches!(k, EventKind::WorkerForked { .. } | EventKind::WorkerExited { .. }))
+    ///     .collect();
+    /// assert!(matches!(mine[0], EventKind::Submitted { id: i, .. } if i == id));
+    /// assert!(matches!(mine[1], EventKind::Started { attempt: 1, .. }));
+    /// assert!(matches!(mine[2], EventKind::Succeeded { .. }));
+    /// # Ok(()) }
+    /// ```
+    pub fn events(&self, capacity: usize) -> Events {
+        self.shared.events.subscribe(capacity)
     }
 
     // Job options (`options/`).

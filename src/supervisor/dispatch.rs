@@ -28,14 +28,15 @@ const PREFETCH_SINGLES: usize = 32;
 impl Supervisor {
     /// Takes in a submitted batch: to the timers if it may not start yet,
     /// else to its queue.
-    pub(super) fn accept(&mut self, batch: Batch) {
+    pub(super) fn accept(&mut self, mut batch: Batch) {
+        let queue = (self.queues.len() - 1).min(usize::from(batch.opts.queue)) as u16;
+        batch.tally = self.tallies.key(batch.call.func, batch.name, queue);
+        self.taken_in += u64::from(batch.count());
+        self.tell_submitted(&batch);
         let Some(mut batch) = self.drop_revoked(batch) else {
             return;
         };
         batch.throttle = self.throttles.get(batch.call.func);
-        let queue = (self.queues.len() - 1).min(usize::from(batch.opts.queue)) as u16;
-        batch.tally = self.tallies.key(batch.call.func, batch.name, queue);
-        self.taken_in += u64::from(batch.count());
         batch.order = self.next_order;
         self.next_order += 1;
         if let (Some(at), Some(id)) = (batch.opts.expires_at, batch.job) {

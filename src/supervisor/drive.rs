@@ -272,7 +272,7 @@ impl Driver {
 pub(super) fn run(core: Arc<Mutex<Supervisor>>, epoll: Arc<Epoll>) {
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| main_loop(&core, &epoll)));
     if outcome.is_err() {
-        eprintln!("forkpool: the supervisor thread panicked; the pool is terminated");
+        log::error!("the supervisor thread panicked; the pool is terminated");
     }
     lock(&core).shutdown();
 }

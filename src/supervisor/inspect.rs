@@ -112,7 +112,7 @@ impl Supervisor {
     }
 
     /// The queue a batch waits in (its index, bounded as `enqueue` bounds it).
-    fn queue_of(&self, b: &Batch) -> usize {
+    pub(super) fn queue_of(&self, b: &Batch) -> usize {
         usize::from(b.opts.queue).min(self.queues.len() - 1)
     }
 }

@@ -44,6 +44,7 @@ impl Supervisor {
                 returned: &mut self.returned,
                 tallies: &mut self.tallies,
                 clock: &mut self.clock,
+                events: &self.events,
             };
             conn.withdraw(id, JobError::Expired, false, &mut ctx);
         }
@@ -94,6 +95,7 @@ impl Supervisor {
             returned: &mut self.returned,
             tallies: &mut self.tallies,
             clock: &mut self.clock,
+            events: &self.events,
         };
         conn.cancel(id, &mut ctx)
     }

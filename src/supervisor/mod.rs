@@ -52,6 +52,7 @@ mod sleep;
 mod spawn;
 mod standby;
 mod timers;
+mod watch;
 mod workers;
 
 pub(crate) use command::{Command, Whereabouts};
@@ -60,6 +61,7 @@ pub(crate) use drive::{Driver, Help, Submitter};
 use crate::batch::throttle::Throttles;
 use crate::batch::{Batch, JobId};
 use crate::config::{PoolConfig, WorkerConfig};
+use crate::control::events::Bus;
 use crate::control::inspection::Inspection;
 use crate::control::revoke::Revoked;
 use crate::error::Error;
@@ -88,6 +90,7 @@ pub(crate) fn start(
     counters: Arc<Counters>,
     throttles: Arc<Throttles>,
     spares: Spares,
+    events: Arc<Bus>,
 ) -> Result<(Submitter, Driver, JoinHandle<()>), Error> {
     let zygote = ZygoteLink::start(&worker_configs(&config), config.fork_server_capacity())?;
     let wake = Arc::new(Wake::new()?);
@@ -106,6 +109,12 @@ pub(crate) fn start(
         clock: StepClock::default(),
         tallies: Tallies::new(config.queues.len()),
         taken_in: 0,
+        queue_names: config
+            .queues
+            .iter()
+            .map(|q| Arc::from(q.name.as_str()))
+            .collect(),
+        events,
         returned: Vec::new(),
         config,
         counters,
@@ -218,6 +227,10 @@ struct Supervisor {
     /// then in the timers, a queue, a worker's books, or counted as ended
     /// in `tallies` (see `inspect.rs`).
     taken_in: u64,
+    /// Each queue's name, as events carry it.
+    queue_names: Vec<Arc<str>>,
+    /// Where events go (`watch.rs`).
+    events: Arc<Bus>,
     /// Batches workers handed back unstarted, to queue again.
     returned: Vec<Batch>,
     /// Batches waiting for their start time, and jobs' expiry times.
@@ -274,10 +287,10 @@ impl Supervisor {
             }
         }
         self.dispatch();
-        self.next_deadline = match (self.deadlines(), self.timers.next_wake()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        self.next_deadline = [self.deadlines(), self.timers.next_wake(), self.watch()]
+            .into_iter()
+            .flatten()
+            .min();
         if let Some(t) = self.maintain() {
             self.next_deadline = Some(self.next_deadline.map_or(t, |d| d.min(t)));
         }
@@ -398,6 +411,7 @@ impl Supervisor {
             returned: &mut self.returned,
             tallies: &mut self.tallies,
             clock: &mut self.clock,
+            events: &self.events,
         };
         for c in &mut self.conns {
             c.abandon(&mut ctx);

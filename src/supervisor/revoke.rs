@@ -50,6 +50,7 @@ impl Supervisor {
             returned: &mut self.returned,
             tallies: &mut self.tallies,
             clock: &mut self.clock,
+            events: &self.events,
         };
         match conn.withdraw(id, JobError::Revoked, terminate, &mut ctx) {
             Withdrawal::Skipped => Revoked::BeforeStart(Stage::Reserved),

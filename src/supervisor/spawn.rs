@@ -99,6 +99,8 @@ impl Supervisor {
                 c.promoted_at = Some(now.get());
             } else if now.get() < self.spawn_after || !self.spawn_one(q, false) {
                 break;
+            } else if lost > 0 {
+                self.conns.last_mut().expect("just spawned").replacing = true;
             }
             let stats = &self.counters.queues[q];
             if lost > 0 {
@@ -295,12 +297,14 @@ impl Supervisor {
                 Polled::Empty => return,
                 Polled::Closed => return self.zygote_lost(),
                 Polled::Event(Event::Spawned { key, pid, pidfd }) => {
-                    if let Some(c) = self.conns.iter_mut().find(|c| c.key == key) {
+                    if let Some(i) = self.conns.iter().position(|c| c.key == key) {
+                        let c = &mut self.conns[i];
                         c.spawned(pid, pidfd);
                         if let Some(fd) = c.pidfd() {
                             c.pidfd_registered =
                                 self.epoll.add(fd, Token::Pidfd(key).event()).is_ok();
                         }
+                        self.tell_forked(&self.conns[i]);
                     }
                 }
                 Polled::Event(Event::SpawnFailed { key, error }) => {

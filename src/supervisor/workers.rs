@@ -22,6 +22,7 @@ impl Supervisor {
                 returned: &mut self.returned,
                 tallies: &mut self.tallies,
                 clock: &mut self.clock,
+                events: &self.events,
             };
             let c = &mut self.conns[i];
             c.pump_rx(&mut ctx);
@@ -44,21 +45,27 @@ impl Supervisor {
             }
             let mut c = self.conns.swap_remove(i);
             let requeue = c.finalize(&mut ctx);
+            let pid = c.pid().unwrap_or(0);
             if let Some(code @ 70..=72) = c.status.and_then(|s| s.code()) {
                 // The worker left on its own over a broken frame or ring: a
                 // forkpool bug, worth saying out loud (its jobs ran elsewhere).
-                eprintln!(
-                    "forkpool: worker {} exited with code {code}, forkpool's code for a broken \
-                     frame or ring (unless a job called exit({code})): please report this",
-                    c.pid().unwrap_or(0)
+                log::error!(
+                    "worker {pid} exited with code {code}, forkpool's code for a broken frame \
+                     or ring (unless a job called exit({code})): please report this"
                 );
             }
             if let Some(why) = c.violation() {
-                eprintln!(
-                    "forkpool: worker {} broke the protocol ({why}); treated as crashed",
-                    c.pid().unwrap_or(0)
+                log::error!("worker {pid} broke the protocol ({why}); treated as crashed");
+            } else if let Some(status) = c.status
+                && !c.ended_on_purpose()
+                && !c.shrunk
+            {
+                log::warn!(
+                    "worker {pid} of queue {:?} died ({status:?}); it will be replaced",
+                    self.queue_names[c.queue]
                 );
             }
+            self.tell_exited(&c);
             for batch in requeue {
                 self.enqueue(batch);
             }

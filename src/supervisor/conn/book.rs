@@ -9,6 +9,8 @@
 
 use super::{Ctx, Kill};
 use crate::batch::Batch;
+use crate::batch::progress::Progress;
+use crate::control::events::EventKind;
 use crate::metrics::fate::Fate;
 use crate::transport::wire::{self, BATCH_HEADER, HEADER, Record, Tag};
 use std::collections::VecDeque;
@@ -28,6 +30,10 @@ pub(super) struct InFlight {
     /// Precise-clock instant it was sent: the worker starts it then, or
     /// when it answers the batch before it, whichever is later.
     pub(super) sent_at: u64,
+    /// Its start was told to event subscribers (single jobs only).
+    pub(super) told_started: bool,
+    /// The progress last told.
+    pub(super) progress: Option<Progress>,
 }
 
 /// The accounting side of a conn: batches in flight and answers received.
@@ -51,6 +57,8 @@ pub(super) struct Book {
     pub(super) answered_at: u64,
     /// Items answered, in all.
     pub(super) answered: u64,
+    /// The worker's pid (0 until the fork server reports it).
+    pub(super) pid: u32,
 }
 
 impl Book {
@@ -123,6 +131,24 @@ impl Book {
         ctx.tallies
             .waited(key, started.saturating_sub(front.batch.since), n);
         ctx.tallies.ran(key, each, n);
+        if let Some(id) = front.batch.job
+            && !front.told_started
+            && ctx.events.watching()
+        {
+            // Started and answered between two looks: told now, stamped
+            // with when it started.
+            let ago = std::time::Duration::from_nanos(now.saturating_sub(started));
+            let wall = std::time::SystemTime::now();
+            ctx.events.publish_at(
+                wall.checked_sub(ago).unwrap_or(wall),
+                EventKind::Started {
+                    id,
+                    function: front.batch.name,
+                    worker_pid: self.pid,
+                    attempt: front.batch.sink.attempt(),
+                },
+            );
+        }
         self.answered_at = now;
         self.answered += n;
     }

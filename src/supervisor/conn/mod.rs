@@ -35,6 +35,7 @@ mod tests;
 pub(super) use limits::Withdrawal;
 
 use crate::batch::{Batch, JobId};
+use crate::control::events::Bus;
 use crate::error::{ExitStatus, JobError};
 use crate::metrics::fate::Fate;
 use crate::metrics::stats::Counters;
@@ -65,6 +66,8 @@ pub(super) struct Ctx<'a> {
     pub tallies: &'a mut Tallies,
     /// The clocks of this step.
     pub clock: &'a mut StepClock,
+    /// Where events go.
+    pub events: &'a Bus,
 }
 
 impl Ctx<'_> {
@@ -121,6 +124,8 @@ pub(super) struct Conn {
     pub idle_since: Option<u64>,
     /// The autoscaler asked it to leave: it owes no replacement.
     pub shrunk: bool,
+    /// It was forked to replace a worker that was lost.
+    pub replacing: bool,
     /// Items numbered below this were recalled (see `Recall`).
     recalled_below: u64,
     tx: Producer,
@@ -191,6 +196,7 @@ impl Conn {
             queue,
             idle_since: None,
             shrunk: false,
+            replacing: false,
             recalled_below: 0,
             tx,
             rx,
@@ -208,6 +214,7 @@ impl Conn {
                 handed_back: 0,
                 answered_at: 0,
                 answered: 0,
+                pid: 0,
             },
             bell_to: in_w,
             bell_from: out_r,
@@ -322,6 +329,7 @@ impl Conn {
     /// The zygote forked this worker.
     pub(super) fn spawned(&mut self, pid: i32, pidfd: Option<OwnedFd>) {
         self.pid = Some(pid);
+        self.book.pid = pid as u32;
         self.pidfd = pidfd;
         if self.kill_pending {
             self.signal(libc::SIGKILL);

@@ -21,6 +21,7 @@
 use super::{Conn, Ctx, ExitRequest, WorkerFds};
 use crate::batch::slot::Slot;
 use crate::batch::{Batch, JobId, JobOpts, Outcome, Sink};
+use crate::control::events::Bus;
 use crate::error::{ExitStatus, JobError};
 use crate::metrics::stats::{Counters, Stats};
 use crate::metrics::tally::Tallies;
@@ -64,6 +65,7 @@ struct Env {
     prefault: Prefault,
     tallies: Tallies,
     clock: StepClock,
+    events: Bus,
 }
 
 impl Env {
@@ -75,6 +77,7 @@ impl Env {
             prefault: Prefault::new(),
             tallies: Tallies::new(1),
             clock: StepClock::default(),
+            events: Bus::default(),
         }
     }
 
@@ -86,6 +89,7 @@ impl Env {
             returned: &mut self.returned,
             tallies: &mut self.tallies,
             clock: &mut self.clock,
+            events: &self.events,
         }
     }
 

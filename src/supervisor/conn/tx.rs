@@ -71,6 +71,8 @@ impl Conn {
             slot,
             settled: false,
             sent_at: now,
+            told_started: false,
+            progress: None,
         });
         self.next_seq += u64::from(count);
         if let Some(t) = &mut self.tasks_left {

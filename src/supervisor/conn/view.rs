@@ -10,6 +10,7 @@
 use super::{Conn, ExitRequest};
 use crate::batch::Batch;
 use crate::batch::progress::Progress;
+use crate::control::events::{Bus, EventKind};
 use crate::control::inspection::WorkerState;
 
 /// A worker's jobs, from its books.
@@ -66,6 +67,44 @@ impl Conn {
             }
         }
         held
+    }
+
+    /// Tells `bus` of the job it runs, if that is news: started, or new
+    /// progress.
+    pub(in crate::supervisor) fn watch(&mut self, bus: &Bus) {
+        let page = self.region.page();
+        let Some(seq) = page.worker.current.load().running() else {
+            return;
+        };
+        let pid = self.book.pid;
+        let Some(f) = self
+            .book
+            .inflight
+            .iter_mut()
+            .find(|f| (f.seq0..f.seq0 + u64::from(f.batch.count())).contains(&seq))
+        else {
+            return;
+        };
+        let Some(id) = f.batch.job else { return };
+        if !f.told_started {
+            f.told_started = true;
+            bus.publish(EventKind::Started {
+                id,
+                function: f.batch.name,
+                worker_pid: pid,
+                attempt: f.batch.sink.attempt(),
+            });
+        }
+        let progress = page
+            .progress
+            .read(seq + 1)
+            .map(|(done, total)| Progress { done, total });
+        if let Some(p) = progress
+            && f.progress != progress
+        {
+            f.progress = progress;
+            bus.publish(EventKind::Progress { id, progress: p });
+        }
     }
 
     /// What the worker is doing.
