@@ -165,26 +165,21 @@ impl Tallies {
     }
 
     /// `n` jobs ended with `fate`.
+    #[inline]
     pub(crate) fn count(&mut self, key: TallyKey, fate: Fate, n: u64) {
-        for t in self.both(key) {
-            t.outcomes.count(fate, n);
-        }
-    }
-
-    /// `n` jobs waited `ns` each for a worker.
-    pub(crate) fn waited(&mut self, key: TallyKey, ns: u64, n: u64) {
         if n > 0 {
             for t in self.both(key) {
-                t.waited.record(ns, n);
+                t.outcomes.count(fate, n);
             }
         }
     }
 
-    /// `n` jobs ran `ns` each.
-    pub(crate) fn ran(&mut self, key: TallyKey, ns: u64, n: u64) {
+    /// `n` jobs waited `waited` ns each to start, then ran `ran` ns each.
+    pub(crate) fn timed(&mut self, key: TallyKey, waited: u64, ran: u64, n: u64) {
         if n > 0 {
             for t in self.both(key) {
-                t.ran.record(ns, n);
+                t.waited.record(waited, n);
+                t.ran.record(ran, n);
             }
         }
     }
@@ -225,8 +220,8 @@ mod tests {
         t.count(a, Fate::Completed, 3);
         t.count(b, Fate::Crashed, 1);
         t.count(b, Fate::Cancelled, 2);
-        t.waited(a, 5_000_000, 3);
-        t.ran(b, 1_000_000, 1);
+        t.timed(a, 5_000_000, 0, 3);
+        t.timed(b, 0, 1_000_000, 1);
         let f = t.by_function();
         assert_eq!(f.len(), 2);
         assert_eq!(f[0].0, "a");
@@ -244,6 +239,13 @@ mod tests {
         assert_eq!(t.of_queue(0).outcomes.completed, 3);
         assert_eq!(t.of_queue(1).outcomes.failed, 1);
         assert_eq!(t.of_queue(1).ran.count, 1);
+        let max = t.of_queue(1).ran.max;
+        assert!(
+            max.abs_diff(std::time::Duration::from_millis(1))
+                .as_micros()
+                <= 10,
+            "{max:?}"
+        );
         assert_eq!(t.of_queue(7), JobStats::default());
     }
 }

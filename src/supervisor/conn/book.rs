@@ -128,9 +128,8 @@ impl Book {
         let started = front.sent_at.max(self.answered_at);
         let each = now.saturating_sub(started) / n.max(1);
         let key = front.batch.tally;
-        ctx.tallies
-            .waited(key, started.saturating_sub(front.batch.since), n);
-        ctx.tallies.ran(key, each, n);
+        let waited = started.saturating_sub(front.batch.since);
+        ctx.tallies.timed(key, waited, each, n);
         if let Some(id) = front.batch.job
             && !front.told_started
             && ctx.events.watching()
