@@ -131,8 +131,8 @@ mod sys;
 mod transport;
 mod worker;
 
-pub use batch::JobId;
 pub use batch::progress::Progress;
+pub use batch::{JobId, ParseJobIdError};
 pub use client::handle::JobHandle;
 pub use client::imap::{Imap, ImapUnordered};
 pub use control::events::{Event, EventKind, Events};

@@ -14,6 +14,7 @@
 //! sample within 1% of a bound may land on either side of it.
 
 use hdrhistogram::Histogram;
+use serde::Serialize;
 use std::time::Duration;
 
 /// The longest duration a histogram tells apart: an hour, in µs.
@@ -108,22 +109,31 @@ impl Durations {
 /// how many were at most each of a fixed set of bounds
 /// ([`buckets`](DurationSummary::buckets), what a Prometheus histogram
 /// exports).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// Serialized, each duration is a number of seconds (the buckets are
+/// left out: they are for Prometheus).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct DurationSummary {
     /// Samples recorded.
     pub count: u64,
     /// All samples added up (exact).
+    #[serde(serialize_with = "super::json::secs")]
     pub total: Duration,
     /// Half the samples were at most this.
+    #[serde(serialize_with = "super::json::secs")]
     pub p50: Duration,
     /// 90% of the samples were at most this.
+    #[serde(serialize_with = "super::json::secs")]
     pub p90: Duration,
     /// 99% of the samples were at most this.
+    #[serde(serialize_with = "super::json::secs")]
     pub p99: Duration,
     /// The largest sample.
+    #[serde(serialize_with = "super::json::secs")]
     pub max: Duration,
     /// Samples at most each of the bounds, cumulative.
+    #[serde(skip)]
     buckets: [u64; BUCKETS],
 }
 
