@@ -1,5 +1,9 @@
 //! A web service offloads slow work: `cargo run --release --example web_offload`
 //!
+//! This one plays the service and its clients in one process, printing
+//! what each request would get; `examples/web_service` is the same idea
+//! as a real HTTP service (axum) to try with `curl`.
+//!
 //! A request handler must answer in milliseconds, but building a report
 //! takes seconds. So `POST /reports` detaches a job and answers with its id
 //! at once; `GET /reports/{id}` answers with the job's status — with its

@@ -131,15 +131,19 @@ mod sys;
 mod transport;
 mod worker;
 
-pub use batch::JobId;
 pub use batch::progress::Progress;
+pub use batch::{JobId, ParseJobIdError};
 pub use client::handle::JobHandle;
 pub use client::imap::{Imap, ImapUnordered};
 pub use control::events::{Event, EventKind, Events};
+#[cfg(feature = "prometheus")]
+pub use control::http::MetricsServer;
 pub use control::inspection::{
     ActiveJob, FunctionStats, Inspection, QueueView, ScheduledJob, Totals, WaitingJob, WorkerState,
     WorkerView,
 };
+#[cfg(feature = "prometheus")]
+pub use control::prometheus::{MetricsCollector, MetricsFormat};
 pub use control::revoke::{Revoked, Stage};
 pub use error::{Error, JobError, TrySubmitError};
 pub use metrics::durations::DurationSummary;

@@ -47,6 +47,64 @@ impl fmt::Display for JobId {
     }
 }
 
+/// Reads an id back from the text a web client sends: `"job-17"` (as
+/// [`Display`](fmt::Display) writes it) or `"17"` (its number). An id
+/// read this way names a job only in the pool that gave it out; asking
+/// another pool, or about an id never given out, is harmless
+/// ([`JobStatus::Unknown`](crate::JobStatus::Unknown),
+/// [`Revoked::NotFound`](crate::Revoked::NotFound)).
+///
+/// ```
+/// use forkpool::JobId;
+/// # fn main() -> Result<(), forkpool::Error> {
+/// let pool = forkpool::Pool::new(1)?;
+/// let id = pool.submit(|x: u32| x, 1).id();
+/// assert_eq!(id.to_string().parse::<JobId>(), Ok(id));
+/// assert_eq!(id.as_u64().to_string().parse::<JobId>(), Ok(id));
+/// assert!("job-x".parse::<JobId>().is_err());
+/// for bad in ["", "job-", "-1", "+1", "job-1 ", "99999999999999999999"] {
+///     assert!(bad.parse::<JobId>().is_err(), "{bad:?}");
+/// }
+/// # Ok(()) }
+/// ```
+impl std::str::FromStr for JobId {
+    type Err = ParseJobIdError;
+
+    fn from_str(s: &str) -> Result<JobId, ParseJobIdError> {
+        let digits = s.strip_prefix("job-").unwrap_or(s);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseJobIdError::new(s));
+        }
+        digits
+            .parse()
+            .map(JobId)
+            .map_err(|_| ParseJobIdError::new(s))
+    }
+}
+
+/// A job id serializes as its number.
+impl serde::Serialize for JobId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+/// A text that is not a [`JobId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a job id: {input:?} (expected \"job-17\" or \"17\")")]
+pub struct ParseJobIdError {
+    /// The text (its first 64 characters).
+    input: String,
+}
+
+impl ParseJobIdError {
+    fn new(input: &str) -> ParseJobIdError {
+        ParseJobIdError {
+            input: input.chars().take(64).collect(),
+        }
+    }
+}
+
 /// How items of a batch resolved, as delivered to its [`Sink`].
 #[derive(Debug)]
 pub(crate) enum Outcome {

@@ -12,17 +12,36 @@
 //!
 //! Jobs are counted per attempt, as in [`Stats`](crate::Stats): a retry
 //! is submitted again. A `map` batch is one entry with its item count.
+//!
+//! Every type here is `Serialize` (for a web page or a log line): a
+//! duration is a number of seconds, a time a number of seconds since the
+//! Unix epoch (see `metrics/json.rs`), a job id its number, a worker's
+//! state a lowercase word.
 
 use crate::batch::JobId;
 use crate::batch::progress::Progress;
 use crate::metrics::tally::JobStats;
+use serde::Serialize;
 use std::time::{Duration, SystemTime};
 
 /// A snapshot of a pool: its jobs, workers, queues and statistics.
-#[derive(Debug, Clone, Default)]
+///
+/// ```
+/// # fn main() -> Result<(), forkpool::Error> {
+/// let pool = forkpool::Pool::new(1)?;
+/// assert_eq!(pool.apply(|x: u32| x + 1, 1), Ok(2));
+/// let json = serde_json::to_value(pool.inspect()).unwrap();
+/// assert_eq!(json["totals"]["finished"], 1);
+/// assert_eq!(json["workers"][0]["state"], "idle");
+/// assert_eq!(json["workers"][0]["jobs_done"], 1);
+/// assert!(json["taken_at"].as_f64().unwrap() > 1.6e9); // seconds since 1970
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default, Serialize)]
 #[non_exhaustive]
 pub struct Inspection {
     /// When the supervisor took it.
+    #[serde(serialize_with = "crate::metrics::json::opt_epoch_secs")]
     pub taken_at: Option<SystemTime>,
     /// Jobs by where they are, adding up.
     pub totals: Totals,
@@ -56,7 +75,7 @@ impl Inspection {
 /// Jobs (items: a `map` batch counts each item) by where they are. They
 /// add up: `submitted == scheduled + waiting + reserved + running +
 /// finished`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Totals {
     /// Taken in by the supervisor since the pool started (a retry counts
@@ -85,7 +104,7 @@ impl Totals {
 }
 
 /// A job a worker is running.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ActiveJob {
     /// The job's id; `None` for an item of a `map`.
@@ -97,8 +116,10 @@ pub struct ActiveJob {
     /// The process running it.
     pub worker_pid: u32,
     /// How long it has run (from when its worker was free to start it).
+    #[serde(serialize_with = "crate::metrics::json::secs")]
     pub running_for: Duration,
     /// When it started, on the wall clock.
+    #[serde(serialize_with = "crate::metrics::json::epoch_secs")]
     pub started_at: SystemTime,
     /// The latest progress it reported.
     pub progress: Option<Progress>,
@@ -110,7 +131,7 @@ pub struct ActiveJob {
 }
 
 /// One queue, as inspection sees it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct QueueView {
     /// Its name.
@@ -127,7 +148,7 @@ pub struct QueueView {
 }
 
 /// A job that waits for a worker.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct WaitingJob {
     /// The job's id; `None` for items of a `map`.
@@ -139,11 +160,12 @@ pub struct WaitingJob {
     /// Items (1 for a single job).
     pub items: u32,
     /// How long it has waited for a worker.
+    #[serde(serialize_with = "crate::metrics::json::secs")]
     pub waited: Duration,
 }
 
 /// A job that waits for its start time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ScheduledJob {
     /// The job's id; `None` for items of a `map`.
@@ -156,11 +178,13 @@ pub struct ScheduledJob {
     pub items: u32,
     /// How long until it may start (zero if due: it joins its queue on
     /// the supervisor's next step).
+    #[serde(serialize_with = "crate::metrics::json::secs")]
     pub due_in: Duration,
 }
 
 /// What a worker is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum WorkerState {
     /// Forked, not yet ready for work.
@@ -179,7 +203,7 @@ pub enum WorkerState {
 }
 
 /// One worker process.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct WorkerView {
     /// Its process id (0 until the fork server reports it).
@@ -194,11 +218,12 @@ pub struct WorkerView {
     /// read: the process just left).
     pub rss_bytes: Option<u64>,
     /// How long since it was forked.
+    #[serde(serialize_with = "crate::metrics::json::secs")]
     pub uptime: Duration,
 }
 
 /// One function's statistics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct FunctionStats {
     /// Its name: [`std::any::type_name`] of the function, or the name

@@ -1,6 +1,8 @@
 //! Seeing and steering a running pool, as Celery's `inspect` and
 //! `control` do: a consistent snapshot of its jobs and workers
-//! ([`inspection`]), revoking a job by id ([`revoke`]).
+//! ([`inspection`]), revoking a job by id ([`revoke`]), events, and
+//! (feature `prometheus`) the snapshot as Prometheus metrics
+//! (`prometheus.rs`) with a tiny HTTP endpoint for them (`http.rs`).
 //!
 //! This layer holds what a user reads and what the supervisor answers
 //! with; the supervisor builds the answers (`supervisor/inspect.rs`,
@@ -9,5 +11,9 @@
 //! supervisor.
 
 pub(crate) mod events;
+#[cfg(feature = "prometheus")]
+pub(crate) mod http;
 pub(crate) mod inspection;
+#[cfg(feature = "prometheus")]
+pub(crate) mod prometheus;
 pub(crate) mod revoke;

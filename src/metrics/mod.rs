@@ -9,5 +9,6 @@
 
 pub(crate) mod durations;
 pub(crate) mod fate;
+pub(crate) mod json;
 pub(crate) mod stats;
 pub(crate) mod tally;

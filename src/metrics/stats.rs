@@ -12,10 +12,11 @@
 
 use super::fate::Fate;
 use crate::error::JobError;
+use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A snapshot of a pool's counters, from [`Pool::stats`](crate::Pool::stats).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Stats {
     /// Worker processes alive now (started and not known to have died).
@@ -77,7 +78,7 @@ impl Stats {
 }
 
 /// One queue's workers and load, in [`Stats::queues`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct QueueStats {
     /// The queue's name.

@@ -14,10 +14,11 @@
 
 use super::durations::{DurationSummary, Durations};
 use super::fate::Fate;
+use serde::Serialize;
 use std::collections::HashMap;
 
 /// How many jobs ended each way.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct Outcomes {
     /// Returned a result.
@@ -67,7 +68,7 @@ impl Outcomes {
 
 /// The statistics of one function or one queue: outcomes, and the
 /// distributions of the time jobs waited for a worker and ran.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct JobStats {
     /// How many jobs ended each way.

@@ -11,6 +11,8 @@
 //! jobs submitted meanwhile wait for them.
 
 mod builder;
+#[cfg(feature = "prometheus")]
+mod metrics;
 mod queue;
 
 pub use builder::PoolBuilder;
