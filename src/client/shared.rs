@@ -16,6 +16,11 @@
 //!   told, and joined unless the drop happens on the supervisor's own
 //!   thread (a job's callback that held the last handle), where joining
 //!   would deadlock.
+//!
+//! Code that submits from the supervisor's thread (a retry, a workflow's
+//! next step) must not hold the pool there, so it holds a [`Feed`]: the
+//! command queue, the counters, the settings and the id source, and
+//! nothing that keeps the pool alive or ends it when dropped.
 
 use crate::batch::gate::{Gate, Refused, Ticket};
 use crate::batch::slot::Slot;
@@ -48,7 +53,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// The bounded queue, with `queue_capacity`.
     gate: Option<Arc<Gate>>,
-    next_id: AtomicU64,
+    /// The next job id; shared with every [`Feed`].
+    next_id: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Faulted-in buffers for the big byte strings of results (`prefault.rs`).
     pub(crate) prefault: Prefault,
@@ -79,7 +85,7 @@ impl Shared {
             config,
             closed: AtomicBool::new(false),
             gate,
-            next_id: AtomicU64::new(1),
+            next_id: Arc::new(AtomicU64::new(1)),
             thread: Mutex::new(Some(thread)),
             prefault,
         }))
@@ -92,6 +98,23 @@ impl Shared {
             None => Ok(None),
             Some(gate) => gate.try_acquire(1).map(Some),
         }
+    }
+
+    /// Places for `n` jobs in the bounded queue, waiting for room: `Ok(None)`
+    /// when the queue is unbounded, `Err` once the pool is closed.
+    pub(crate) fn admit(&self, n: u64) -> Result<Option<Ticket>, Refused> {
+        let Some(gate) = &self.gate else {
+            return Ok(None);
+        };
+        // Before blocking on a full queue, make sure the supervisor is
+        // awake to drain it: a quiet submitter may be the only one who
+        // would otherwise have stepped it.
+        gate.try_acquire(n)
+            .or_else(|_| {
+                self.submitter.nudge();
+                gate.acquire(n)
+            })
+            .map(Some)
     }
 
     /// Encodes one job's argument as a one-item batch body, or says why it
@@ -175,19 +198,9 @@ impl Shared {
     /// thread asleep, for a caller that helps right away. If the pool
     /// closes while it waits, its items fail with `PoolClosed`.
     pub(crate) fn submit(&self, mut batch: Batch, quiet: bool) {
-        if let Some(gate) = &self.gate
-            && batch.ticket.is_none()
-        {
-            let n = u64::from(batch.count());
-            // Before blocking on a full queue, make sure the supervisor is
-            // awake to drain it: a quiet submitter may be the only one who
-            // would otherwise have stepped it.
-            let admitted = gate.try_acquire(n).or_else(|_| {
-                self.submitter.nudge();
-                gate.acquire(n)
-            });
-            match admitted {
-                Ok(t) => batch.ticket = Some(Box::new(t)),
+        if self.gate.is_some() && batch.ticket.is_none() {
+            match self.admit(u64::from(batch.count())) {
+                Ok(t) => batch.ticket = t.map(Box::new),
                 Err(_) => return batch.fail(batch.count(), JobError::PoolClosed),
             }
         }
@@ -207,6 +220,16 @@ impl Shared {
     /// A fresh job id.
     pub(crate) fn next_job_id(&self) -> JobId {
         JobId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A way to submit that does not hold the pool (see [`Feed`]).
+    pub(crate) fn feed(&self) -> Feed {
+        Feed {
+            submitter: self.submitter.clone(),
+            counters: self.counters.clone(),
+            config: self.config.clone(),
+            next_id: self.next_id.clone(),
+        }
     }
 
     /// Asks the supervisor where single job `id` is now.
@@ -253,6 +276,50 @@ impl Shared {
             return true;
         }
         handle.join().is_ok()
+    }
+}
+
+/// What a submission needs, without the pool: the command queue, the
+/// counters, the settings and the id source.
+///
+/// It is what code running on the supervisor's thread holds — a retry's
+/// sink, a workflow's coordinator — since holding the pool there would keep
+/// it alive, and dropping the last handle there would end it from the
+/// thread it must join. A `Feed` never blocks: it does not wait for room in
+/// a bounded queue (its jobs were admitted once, or belong to a workflow
+/// that was), and after the supervisor is gone its batches come back to
+/// the caller, counted as cancelled.
+#[derive(Clone)]
+pub(crate) struct Feed {
+    pub(crate) submitter: Submitter,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) config: Arc<PoolConfig>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Feed {
+    /// A fresh job id, from the pool's sequence.
+    pub(crate) fn next_job_id(&self) -> JobId {
+        JobId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Queues a batch, counted as submitted. If the supervisor is gone the
+    /// batch comes back, its items counted as cancelled: dropping it
+    /// resolves them (the caller chooses where: a drop runs the items'
+    /// finishers, which must not run under the caller's locks).
+    pub(crate) fn send(&self, batch: Batch) -> Result<(), Batch> {
+        let n = u64::from(batch.count());
+        self.counters.submitted.fetch_add(n, Ordering::Relaxed);
+        match self.submitter.send(Command::Submit(batch)) {
+            Ok(()) => Ok(()),
+            Err(cmd) => {
+                self.counters.cancelled.fetch_add(n, Ordering::Relaxed);
+                match cmd {
+                    Command::Submit(batch) => Err(batch),
+                    _ => unreachable!("the command sent was a Submit"),
+                }
+            }
+        }
     }
 }
 

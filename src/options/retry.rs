@@ -18,7 +18,7 @@
 
 use crate::batch::slot::Slot;
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
-use crate::client::shared::Shared;
+use crate::client::shared::Feed;
 use crate::error::JobError;
 use crate::metrics::stats::Counters;
 use crate::supervisor::{Command, Submitter};
@@ -177,7 +177,8 @@ impl RetryPolicy {
         Duration::from_nanos(random() % ns.saturating_add(1))
     }
 
-    fn retries(&self, failure: RetryOn) -> bool {
+    /// Whether the policy retries `failure` (retries left or not).
+    pub(crate) fn retries(&self, failure: RetryOn) -> bool {
         self.on.contains(failure)
     }
 }
@@ -196,18 +197,28 @@ fn random() -> u64 {
 }
 
 /// What kind of failure an outcome of one job is, as far as retries go.
-fn classify(outcome: &Outcome) -> Option<RetryOn> {
+pub(crate) fn classify(outcome: &Outcome) -> Option<RetryOn> {
     match outcome {
-        Outcome::Records { buf, .. } => match wire::records(buf).next()?.tag {
-            Tag::Panic => Some(RetryOn::PANICKED),
-            Tag::Err => Some(RetryOn::ERROR),
-            _ => None,
-        },
-        Outcome::Failed { error, .. } => match error {
-            JobError::Crashed { .. } => Some(RetryOn::CRASHED),
-            JobError::TimedOut { .. } => Some(RetryOn::TIMED_OUT),
-            _ => None,
-        },
+        Outcome::Records { buf, .. } => classify_tag(wire::records(buf).next()?.tag),
+        Outcome::Failed { error, .. } => classify_error(error),
+    }
+}
+
+/// What kind of failure a worker's record of one job is.
+pub(crate) fn classify_tag(tag: Tag) -> Option<RetryOn> {
+    match tag {
+        Tag::Panic => Some(RetryOn::PANICKED),
+        Tag::Err => Some(RetryOn::ERROR),
+        _ => None,
+    }
+}
+
+/// What kind of failure a job's error is.
+pub(crate) fn classify_error(error: &JobError) -> Option<RetryOn> {
+    match error {
+        JobError::Crashed { .. } => Some(RetryOn::CRASHED),
+        JobError::TimedOut { .. } => Some(RetryOn::TIMED_OUT),
+        _ => None,
     }
 }
 
@@ -232,7 +243,7 @@ pub(crate) struct RetrySink {
 
 impl RetrySink {
     pub(crate) fn new(
-        shared: &Shared,
+        feed: &Feed,
         slot: Arc<Slot>,
         policy: RetryPolicy,
         call: Call,
@@ -246,13 +257,15 @@ impl RetrySink {
             call,
             item,
             opts,
-            submitter: shared.submitter.clone(),
-            counters: shared.counters.clone(),
+            submitter: feed.submitter.clone(),
+            counters: feed.counters.clone(),
         })
     }
 
     /// Submits the next attempt if the policy allows one. True if it did.
-    fn try_again(&self, failure: RetryOn) -> bool {
+    /// (A workflow calls it for a job whose first attempt ran in a batch
+    /// of many, with a fresh slot: see `canvas/segment.rs`.)
+    pub(crate) fn try_again(&self, failure: RetryOn) -> bool {
         let retry = self.slot.attempts();
         if retry > self.policy.max_retries || !self.policy.retries(failure) || self.slot.is_ready()
         {
