@@ -119,6 +119,7 @@
 #![allow(clippy::result_large_err)]
 
 mod batch;
+mod canvas;
 mod client;
 mod config;
 mod error;
@@ -132,9 +133,12 @@ mod worker;
 
 pub use batch::JobId;
 pub use batch::progress::Progress;
+pub use canvas::{
+    CollectAll, FailFast, Group, IntoWorkflow, Members, Policy, Signature, Step, Workflow,
+};
 pub use client::handle::JobHandle;
 pub use client::imap::{Imap, ImapUnordered};
-pub use error::{Error, JobError, TrySubmitError};
+pub use error::{Error, GroupFailure, JobError, TrySubmitError};
 pub use metrics::stats::Stats;
 pub use options::callbacks::Failure;
 pub use options::rate::{RateLimit, RateLimitError};

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 /// Top to bottom. Equal ranks may not import each other either.
 const LAYERS: &[(&str, u32)] = &[
-    ("pool", 9),       // the public facade: Pool, PoolBuilder
+    ("pool", 10),      // the public facade: Pool, PoolBuilder
+    ("canvas", 9),     // workflows: signatures, chains, groups, chords, their coordinator
     ("options", 8),    // job options: Job, retries, callbacks, results, rate limits
     ("client", 7),     // the caller's side: Shared, JobHandle, map/imap
     ("supervisor", 6), // the supervisor thread and its worker connections

@@ -1,0 +1,443 @@
+//! A group's result, assembled from its members' encoded results as they
+//! come back — never decoded, never re-encoded.
+//!
+//! Members finish in any order; their results are appended to one buffer
+//! in member order, as soon as every member before them is in (results
+//! that come early are parked, whole deliveries at a time). So by the time
+//! the last member answers, only its own bytes are left to copy, and the
+//! buffer is already the next step's argument: one `[len][bytes]` item
+//! holding the encoding of a `Vec<R>` (a length, then the elements), of a
+//! `Vec<Result<R, JobError>>` for a collect-all group, or of a tuple. The
+//! layout of those encodings is the codec's (`transport/codec.rs`).
+//!
+//! Invariant: members `0..next` are in `out` (fail-fast: or in `failed`),
+//! in order; every other member that has resolved is parked under the
+//! index of its first member, and a member being retried is listed as
+//! `later` where its delivery is parked, so that it is taken from its own
+//! result and never from the failure that started its retry.
+
+use crate::batch::outcome;
+use crate::canvas::node::{Policy, Shape};
+use crate::error::{GroupFailure, JobError};
+use crate::transport::codec;
+use crate::transport::wire;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Bytes of an item's length prefix.
+const LEN: usize = 4;
+
+/// Results that came before their turn.
+enum Parked {
+    /// One member's result: an item, or why it failed.
+    One(Result<Vec<u8>, JobError>),
+    /// Worker records for `count` members from the key on, starting at
+    /// `buf[at..]`; members in `later` (sorted) are being retried and come
+    /// on their own. `unit`: what a success stands for when the job's
+    /// result only travelled for its success callback.
+    Records {
+        buf: Vec<u8>,
+        at: usize,
+        count: u32,
+        later: Vec<u32>,
+        unit: Option<Arc<[u8]>>,
+    },
+    /// `count` members from the key on that failed with `error`, but for
+    /// those in `later`.
+    Failed {
+        count: u32,
+        error: JobError,
+        later: Vec<u32>,
+    },
+}
+
+/// A group's result in the making.
+pub(crate) struct Assembly {
+    shape: Shape,
+    policy: Policy,
+    members: u32,
+    /// The result so far, as an item whose length is written at the end.
+    out: Vec<u8>,
+    /// Members before this one are in.
+    next: u32,
+    /// Fail-fast: where each member's result ends in `out` (a failed
+    /// member's where the one before it ends), to hand the successes back
+    /// if the group fails.
+    ends: Vec<usize>,
+    failed: Vec<(usize, JobError)>,
+    parked: BTreeMap<u32, Parked>,
+}
+
+impl Assembly {
+    pub(crate) fn new(shape: Shape, policy: Policy, members: u32) -> Assembly {
+        let mut out = vec![0; LEN];
+        if shape == Shape::Vec {
+            out.extend_from_slice(&codec::seq_len(u64::from(members)));
+        }
+        Assembly {
+            shape,
+            policy,
+            members,
+            out,
+            next: 0,
+            ends: Vec::new(),
+            failed: Vec::new(),
+            parked: BTreeMap::new(),
+        }
+    }
+
+    /// Whether every member is in.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.next == self.members
+    }
+
+    /// Member `index` resolved: its result as an item, or its failure.
+    pub(crate) fn accept(&mut self, index: u32, result: Result<Vec<u8>, JobError>) {
+        if index == self.next {
+            match &result {
+                Ok(item) => self.push(Ok(item.get(LEN..).unwrap_or_default())),
+                Err(e) => self.push(Err(e.clone())),
+            }
+            self.drain();
+        } else {
+            self.park(index, Parked::One(result));
+        }
+    }
+
+    /// Members from `base` on resolved with the `count` worker records in
+    /// `buf`, but for those in `later`, which come on their own.
+    pub(crate) fn accept_records(
+        &mut self,
+        base: u32,
+        buf: Vec<u8>,
+        count: u32,
+        later: Vec<u32>,
+        unit: Option<Arc<[u8]>>,
+    ) {
+        let parked = Parked::Records {
+            buf,
+            at: 0,
+            count,
+            later,
+            unit,
+        };
+        self.park(base, parked);
+    }
+
+    /// `count` members from `base` on failed with `error`, but for those in
+    /// `later`.
+    pub(crate) fn accept_failed(
+        &mut self,
+        base: u32,
+        count: u32,
+        error: JobError,
+        later: Vec<u32>,
+    ) {
+        self.park(
+            base,
+            Parked::Failed {
+                count,
+                error,
+                later,
+            },
+        );
+    }
+
+    fn park(&mut self, index: u32, parked: Parked) {
+        debug_assert!(index >= self.next, "member {index} resolved twice");
+        self.parked.insert(index, parked);
+        self.drain();
+    }
+
+    /// Appends the next member's result.
+    fn push(&mut self, result: Result<&[u8], JobError>) {
+        match (self.policy, result) {
+            (Policy::FailFast, Ok(body)) => self.out.extend_from_slice(body),
+            (Policy::FailFast, Err(e)) => self.failed.push((self.next as usize, e)),
+            (Policy::CollectAll, Ok(body)) => {
+                self.out.extend_from_slice(&codec::RESULT_OK);
+                self.out.extend_from_slice(body);
+            }
+            (Policy::CollectAll, Err(e)) => {
+                self.out.extend_from_slice(&codec::RESULT_ERR);
+                if let Err(why) = codec::encode_into(&mut self.out, &e) {
+                    // Cannot happen (a JobError always encodes); keep the
+                    // layout whole with an error that does.
+                    let e = JobError::Codec(why);
+                    codec::encode_into(&mut self.out, &e).expect("a codec error encodes");
+                }
+            }
+        }
+        if self.policy == Policy::FailFast {
+            self.ends.push(self.out.len());
+        }
+        self.next += 1;
+    }
+
+    /// Appends every parked result whose turn has come.
+    fn drain(&mut self) {
+        while let Some(entry) = self.parked.first_entry() {
+            if *entry.key() != self.next {
+                return;
+            }
+            match entry.remove() {
+                Parked::One(Ok(item)) => self.push(Ok(item.get(LEN..).unwrap_or_default())),
+                Parked::One(Err(e)) => self.push(Err(e)),
+                Parked::Records {
+                    buf,
+                    at,
+                    count,
+                    later,
+                    unit,
+                } => self.take_records(buf, at, count, later, unit),
+                Parked::Failed {
+                    count,
+                    error,
+                    later,
+                } => {
+                    let base = self.next;
+                    for i in 0..count {
+                        if later.binary_search(&(base + i)).is_ok() {
+                            self.repark_failed(base + i, count - i, error, later);
+                            return;
+                        }
+                        self.push(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends records from `buf[at..]` until one that is being retried:
+    /// the records after it are parked again, behind it.
+    fn take_records(
+        &mut self,
+        buf: Vec<u8>,
+        mut at: usize,
+        count: u32,
+        later: Vec<u32>,
+        unit: Option<Arc<[u8]>>,
+    ) {
+        let base = self.next;
+        for i in 0..count {
+            let index = base + i;
+            let Some((tag, body, size)) = record_at(&buf, at) else {
+                // A short buffer: the supervisor validated it, so this
+                // cannot happen; the members it lacks fail rather than hang.
+                let error = JobError::Codec("a delivery ended early".into());
+                for _ in i..count {
+                    self.push(Err(error.clone()));
+                }
+                return;
+            };
+            if later.binary_search(&index).is_ok() {
+                let rest = count - i - 1;
+                if rest > 0 {
+                    let later = later.into_iter().filter(|&l| l > index).collect();
+                    let parked = Parked::Records {
+                        buf,
+                        at: at + size,
+                        count: rest,
+                        later,
+                        unit,
+                    };
+                    self.parked.insert(index + 1, parked);
+                }
+                return;
+            }
+            let rec = wire::Record { tag, body };
+            match (outcome::outcome(rec), &unit) {
+                (Ok(_), Some(unit)) if tag == wire::Tag::Ok => self.push(Ok(unit)),
+                (result, _) => self.push(result),
+            }
+            at += size;
+        }
+    }
+
+    /// Parks again the failures from `index` on, `index` itself being
+    /// retried.
+    fn repark_failed(&mut self, index: u32, count: u32, error: JobError, later: Vec<u32>) {
+        if count > 1 {
+            let later = later.into_iter().filter(|&l| l > index).collect();
+            let parked = Parked::Failed {
+                count: count - 1,
+                error,
+                later,
+            };
+            self.parked.insert(index + 1, parked);
+        }
+    }
+
+    /// The group's result, once every member is in: the assembled item, or
+    /// (fail-fast, after failures) every failure with the other members'
+    /// results.
+    pub(crate) fn finish(mut self) -> Result<Vec<u8>, JobError> {
+        debug_assert!(self.is_complete() && self.parked.is_empty());
+        if !self.failed.is_empty() {
+            let mut start = self.prefix();
+            let failed: Vec<usize> = self.failed.iter().map(|(i, _)| *i).collect();
+            let mut failure =
+                GroupFailure::new(self.members as usize, std::mem::take(&mut self.failed));
+            let mut failed = failed.into_iter().peekable();
+            for (index, &end) in self.ends.iter().enumerate() {
+                if failed.peek() == Some(&index) {
+                    failed.next();
+                } else {
+                    failure.push_success(index, &self.out[start..end]);
+                }
+                start = end;
+            }
+            return Err(JobError::MembersFailed(Box::new(failure)));
+        }
+        let len = self.out.len() - LEN;
+        let Ok(len32) = u32::try_from(len) else {
+            return Err(JobError::TooLarge {
+                size: len as u64,
+                limit: u64::from(u32::MAX),
+            });
+        };
+        self.out[..LEN].copy_from_slice(&len32.to_le_bytes());
+        Ok(self.out)
+    }
+
+    /// Bytes before the first member's result in `out`.
+    fn prefix(&self) -> usize {
+        match self.shape {
+            Shape::Vec => LEN + 8,
+            Shape::Tuple => LEN,
+        }
+    }
+}
+
+/// The record at `buf[at..]`: its tag, its body and its size.
+fn record_at(buf: &[u8], at: usize) -> Option<(wire::Tag, &[u8], usize)> {
+    let rec = wire::records(buf.get(at..)?).next()?;
+    Some((rec.tag, rec.body, wire::HEADER + rec.body.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::wire::{Tag, header};
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        codec::encode_into(&mut out, v).unwrap();
+        out
+    }
+
+    fn item<T: Serialize>(v: &T) -> Vec<u8> {
+        let body = enc(v);
+        let mut out = (body.len() as u32).to_le_bytes().to_vec();
+        out.extend(body);
+        out
+    }
+
+    fn records(tags_and_values: &[(Tag, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (tag, body) in tags_and_values {
+            out.extend(header(*tag, body.len() as u32));
+            out.extend(body);
+        }
+        out
+    }
+
+    fn value<T: DeserializeOwned>(result: Result<Vec<u8>, JobError>) -> T {
+        let item = result.unwrap();
+        let len = u32::from_le_bytes(item[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, item.len() - 4, "the length prefix");
+        codec::decode(&item[4..]).unwrap()
+    }
+
+    /// Deliveries out of order, single members among them, and a member
+    /// being retried in the middle of a delivery: the result is in member
+    /// order.
+    #[test]
+    fn results_land_in_member_order_whatever_the_order_they_come_in() {
+        let mut a = Assembly::new(Shape::Vec, Policy::FailFast, 7);
+        let ok = |v: u32| (Tag::Ok, enc(&v));
+        // Members 3..6, member 4 being retried.
+        a.accept_records(3, records(&[ok(30), ok(40), ok(50)]), 3, vec![4], None);
+        a.accept(6, Ok(item(&60u32)));
+        a.accept_records(0, records(&[ok(0), ok(10)]), 2, vec![], None);
+        assert!(!a.is_complete());
+        a.accept(2, Ok(item(&20u32)));
+        assert!(!a.is_complete(), "member 4 is still out");
+        a.accept(4, Ok(item(&41u32)));
+        assert!(a.is_complete());
+        let v: Vec<u32> = value(a.finish());
+        assert_eq!(v, [0, 10, 20, 30, 41, 50, 60]);
+    }
+
+    /// Fail-fast: every failure is named, and the successes are kept.
+    #[test]
+    fn a_failed_group_names_its_failures_and_keeps_the_rest() {
+        let mut a = Assembly::new(Shape::Vec, Policy::FailFast, 5);
+        let panic = (Tag::Panic, b"boom".to_vec());
+        a.accept_records(0, records(&[(Tag::Ok, enc(&1u8)), panic]), 2, vec![], None);
+        a.accept_failed(2, 2, JobError::Expired, vec![]);
+        a.accept(4, Ok(item(&5u8)));
+        let Err(JobError::MembersFailed(f)) = a.finish() else {
+            panic!("the group should fail");
+        };
+        assert_eq!(f.members(), 5);
+        let failed: Vec<usize> = f.failed().iter().map(|(i, _)| *i).collect();
+        assert_eq!(failed, [1, 2, 3]);
+        assert!(matches!(f.failed()[0].1, JobError::Panicked { .. }));
+        let ok: Vec<(usize, u8)> = f
+            .encoded_successes()
+            .map(|(i, b)| (i, codec::decode(b).unwrap()))
+            .collect();
+        assert_eq!(ok, [(0, 1), (4, 5)]);
+    }
+
+    /// Collect-all: a `Vec<Result<R, JobError>>`; a failure that was being
+    /// retried is replaced by the retry's outcome.
+    #[test]
+    fn collect_all_gives_every_outcome() {
+        let mut a = Assembly::new(Shape::Vec, Policy::CollectAll, 4);
+        a.accept_failed(
+            0,
+            3,
+            JobError::Crashed {
+                signal: Some(9),
+                exit_code: None,
+            },
+            vec![1],
+        );
+        a.accept(1, Ok(item(&"retried".to_string())));
+        a.accept(3, Err(JobError::Expired));
+        let v: Vec<Result<String, JobError>> = value(a.finish());
+        let crashed = Err(JobError::Crashed {
+            signal: Some(9),
+            exit_code: None,
+        });
+        assert_eq!(
+            v,
+            [
+                crashed.clone(),
+                Ok("retried".into()),
+                crashed,
+                Err(JobError::Expired)
+            ]
+        );
+    }
+
+    /// A tuple is its members' results side by side; a success standing for
+    /// an ignored result is the unit given.
+    #[test]
+    fn tuples_and_ignored_results() {
+        let mut a = Assembly::new(Shape::Tuple, Policy::FailFast, 3);
+        let unit: Arc<[u8]> = Arc::from(enc(&()));
+        a.accept(2, Ok(item(&"c".to_string())));
+        a.accept_records(1, records(&[(Tag::Ok, enc(&99u64))]), 1, vec![], Some(unit));
+        a.accept(0, Ok(item(&7u16)));
+        let v: (u16, (), String) = value(a.finish());
+        assert_eq!(v, (7, (), "c".to_string()));
+        let empty = Assembly::new(Shape::Vec, Policy::FailFast, 0);
+        assert!(empty.is_complete());
+        assert_eq!(value::<Vec<u8>>(empty.finish()), Vec::<u8>::new());
+    }
+}
