@@ -46,16 +46,16 @@ use crate::batch::gate::Ticket;
 use crate::batch::outcome;
 use crate::batch::progress::Progress;
 use crate::batch::slot::Slot;
-use crate::batch::{Batch, Outcome, Sink};
+use crate::batch::{Batch, JobOpts, Outcome};
+use crate::canvas::args::{Args, Encoded};
 use crate::canvas::assemble::Assembly;
-use crate::canvas::node::{Arg, ChainErrors, Kind, Member, Node};
-use crate::canvas::segment::{ChunkSink, Segment};
+use crate::canvas::node::{Arg, ChainErrors, Items, Kind, Member, Node};
+use crate::canvas::segment::{Segment, Sending};
 use crate::client::handle::Tracker;
 use crate::client::shared::Feed;
 use crate::error::JobError;
-use crate::metrics::stats::Counters;
 use crate::options::callbacks::{JobCallbacks, Task};
-use crate::options::retry::{self, RetrySink};
+use crate::options::retry::{self, RetryOn, RetrySink};
 use crate::options::signature::Spec;
 use crate::supervisor::Command;
 use crate::transport::wire::{self, Tag};
@@ -85,6 +85,13 @@ pub(crate) enum Event {
         member: u32,
         outcome: Result<Vec<u8>, JobError>,
     },
+    /// Member `index` of group `node`, batched, was refused before it was
+    /// sent (its argument cannot be sent); it was counted.
+    Refused {
+        node: NodeId,
+        index: u32,
+        error: JobError,
+    },
     /// Batched members of group `node` resolved, from member `base` on.
     Chunk {
         node: NodeId,
@@ -96,6 +103,8 @@ pub(crate) enum Event {
 
 /// What runs after the flow's lock is released.
 enum Later {
+    /// Send a segment's batches.
+    Send(Sending),
     /// A batch the supervisor could not take: dropping it resolves it.
     Drop(Batch),
     /// Resolve a slot (a refused job, or the workflow's own).
@@ -181,8 +190,12 @@ impl Flow {
         root: Arc<Slot>,
         node: &Node,
     ) -> (Arc<Flow>, u64) {
-        let mut parts = Vec::new();
-        build(&mut parts, node, None);
+        let mut builder = Builder {
+            parts: Vec::new(),
+            cap: feed.config.worker.max_message_size,
+        };
+        builder.build(node, None, true);
+        let mut parts = builder.parts;
         // The workflow's own callbacks are its slot's (see `launch.rs`).
         parts[0].callbacks = None;
         let first = first_jobs(&parts, 0);
@@ -213,8 +226,8 @@ impl Flow {
         self.over.load(Ordering::Acquire)
     }
 
-    pub(crate) fn counters(&self) -> &Counters {
-        &self.feed.counters
+    pub(crate) fn feed(&self) -> &Feed {
+        &self.feed
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -224,7 +237,7 @@ impl Flow {
     /// Applies one event, then does what it left to do.
     fn handle(self: &Arc<Self>, event: Event) {
         let mut later = Vec::new();
-        {
+        let sent = {
             let mut state = self.lock();
             let mut run = Run {
                 flow: self,
@@ -232,24 +245,34 @@ impl Flow {
                 later: &mut later,
                 work: VecDeque::new(),
                 ticket: None,
+                sent: false,
+                starting: false,
             };
             run.apply(event);
+            run.sent
+        };
+        if sent {
+            self.feed.hand_over();
         }
-        self.perform(later);
-    }
-
-    fn perform(&self, later: Vec<Later>) {
         for l in later {
             match l {
-                Later::Drop(batch) => drop(batch),
-                Later::Resolve(slot, outcome) => {
-                    slot.resolve(outcome);
-                }
-                Later::Cancel(slot) => self.cancel_job(&slot),
-                Later::Notify(callbacks, outcome) => {
-                    callbacks.notify(&outcome, self.runner.as_ref())
-                }
+                Later::Send(sending) => sending.run(self),
+                other => self.perform(other),
             }
+        }
+    }
+
+    /// Does one thing an event left to do (all but sending, which needs the
+    /// flow's `Arc`).
+    fn perform(&self, later: Later) {
+        match later {
+            Later::Send(_) => debug_assert!(false, "sent by `handle`"),
+            Later::Drop(batch) => drop(batch),
+            Later::Resolve(slot, outcome) => {
+                slot.resolve(outcome);
+            }
+            Later::Cancel(slot) => self.cancel_job(&slot),
+            Later::Notify(callbacks, outcome) => callbacks.notify(&outcome, self.runner.as_ref()),
         }
     }
 
@@ -286,7 +309,9 @@ impl Tracker for Flow {
             }
             shut(self, &mut state, &mut later);
         }
-        self.perform(later);
+        for l in later {
+            self.perform(l);
+        }
         true
     }
 }
@@ -315,6 +340,11 @@ struct Run<'a> {
     work: VecDeque<Work>,
     /// Queue places for the jobs the start sends.
     ticket: Option<Ticket>,
+    /// Jobs were sent (quietly: see `Feed::send_quiet`).
+    sent: bool,
+    /// The event is the workflow's start, on the submitting caller's
+    /// thread.
+    starting: bool,
 }
 
 impl Run<'_> {
@@ -322,6 +352,7 @@ impl Run<'_> {
         match event {
             Event::Start(ticket) => {
                 self.ticket = ticket;
+                self.starting = true;
                 self.work.push_back(Work::Start(0, None));
             }
             Event::Job {
@@ -339,6 +370,11 @@ impl Run<'_> {
                     self.work.push_back(Work::Finish(node, result));
                 } else {
                     self.member_done(node, member, result);
+                }
+            }
+            Event::Refused { node, index, error } => {
+                if !self.st.finished {
+                    self.refused(node, index, error);
                 }
             }
             Event::Chunk {
@@ -447,53 +483,88 @@ impl Run<'_> {
         let sink = spec.sink(feed, &slot, &item, opts);
         let mut batch = Batch::new(spec.call, item, 1, 0, sink, opts, Some(slot.id));
         batch.ticket = self.places(1);
-        match feed.send(batch) {
+        match feed.send_quiet(batch) {
             Ok(()) => {
+                self.sent = true;
                 self.st.running.insert((node, member), slot);
             }
             Err(batch) => self.later.push(Later::Drop(batch)),
         }
     }
 
-    /// Sends the batches of segment `s` of group `node`.
+    /// Sends the batches of segment `s` of group `node` — after the lock is
+    /// released (see [`Sending`]) — or refuses them all if the job's
+    /// options cannot work.
     fn launch_segment(&mut self, node: NodeId, s: u32) {
         let flow = self.flow;
         let feed = &flow.feed;
-        let PartKind::Group {
-            segments, assembly, ..
-        } = &mut self.st.parts[node as usize].kind
-        else {
-            unreachable!("segments belong to groups");
-        };
-        let seg = &mut segments[s as usize];
+        let by_caller = self.starting;
+        let seg = self.segment(node, s);
         let opts = match seg.spec.core.resolve(&feed.config) {
             Ok(opts) => opts,
             Err(error) => {
-                let n = u64::from(seg.count);
+                let (first, count) = (seg.first, seg.count);
+                let callbacks = seg.spec.callbacks.clone();
+                let n = u64::from(count);
                 feed.counters.submitted.fetch_add(n, Ordering::Relaxed);
                 feed.counters.count_error(&error, n);
                 flow.done.fetch_add(n, Ordering::Relaxed);
-                if !seg.spec.callbacks.is_empty() {
-                    for _ in 0..seg.count {
-                        let cbs = seg.spec.callbacks.clone();
-                        self.later.push(Later::Notify(cbs, Err(error.clone())));
+                if !callbacks.is_empty() {
+                    for _ in 0..count {
+                        self.later
+                            .push(Later::Notify(callbacks.clone(), Err(error.clone())));
                     }
                 }
-                if let Some(a) = assembly {
-                    a.accept_failed(seg.first, seg.count, error, Vec::new());
+                if let Some(a) = self.assembly(node) {
+                    a.accept_failed(first, count, error, Vec::new());
                 }
                 return;
             }
         };
-        let batches = seg.batches(opts, &feed.config, |count| {
-            Arc::new(ChunkSink::new(flow, node, s, count)) as Arc<dyn Sink>
-        });
-        for mut batch in batches {
-            batch.ticket = self.places(u64::from(batch.count()));
-            if let Err(batch) = feed.send(batch) {
-                self.later.push(Later::Drop(batch));
-            }
+        seg.opts = opts;
+        let mut sending = Sending {
+            node,
+            segment: s,
+            spec: seg.spec.clone(),
+            args: seg.args.clone(),
+            from: seg.from,
+            first: seg.first,
+            count: seg.count,
+            whole: seg.whole,
+            opts,
+            ticket: None,
+            by_caller,
+        };
+        sending.ticket = self.places(u64::from(sending.count)).map(|t| *t);
+        self.later.push(Later::Send(sending));
+    }
+
+    /// The assembly of group `node`, while it is under way.
+    fn assembly(&mut self, node: NodeId) -> Option<&mut Assembly> {
+        match &mut self.st.parts[node as usize].kind {
+            PartKind::Group { assembly, .. } => assembly.as_mut(),
+            _ => None,
         }
+    }
+
+    /// Batched member `index` of group `node` was refused before it was
+    /// sent.
+    fn refused(&mut self, node: NodeId, index: u32, error: JobError) {
+        self.flow.done.fetch_add(1, Ordering::Relaxed);
+        let PartKind::Group { segments, .. } = &self.st.parts[node as usize].kind else {
+            unreachable!("members belong to groups");
+        };
+        let seg = segments
+            .iter()
+            .find(|s| (s.first..s.first + s.count).contains(&index));
+        if let Some(seg) = seg
+            && !seg.spec.callbacks.is_empty()
+        {
+            let callbacks = seg.spec.callbacks.clone();
+            self.later
+                .push(Later::Notify(callbacks, Err(error.clone())));
+        }
+        self.member_done(node, index, Err(error));
     }
 
     /// Queue places for `n` jobs the start sends, from its ticket.
@@ -510,12 +581,13 @@ impl Run<'_> {
             Outcome::Records { count, .. } | Outcome::Failed { count, .. } => *count,
         };
         flow.done.fetch_add(u64::from(count), Ordering::Relaxed);
-        let cancelled = match &outcome {
-            Outcome::Failed { error, .. } => *error == JobError::Cancelled,
-            Outcome::Records { buf, .. } => wire::records(buf).any(|r| r.tag == Tag::Skipped),
-        };
-        if cancelled {
-            // The pool was terminated under the workflow.
+        if let Outcome::Failed {
+            error: JobError::Cancelled,
+            ..
+        } = &outcome
+        {
+            // The pool was terminated under the workflow. (Batched members
+            // are never withdrawn one by one, so no record says `Skipped`.)
             return shut(flow, self.st, self.later);
         }
         let spec = self.segment(node, s).spec.clone();
@@ -531,9 +603,12 @@ impl Run<'_> {
                 if let (Some(failure), Some(policy)) = (failure, policy)
                     && policy.retries(failure)
                 {
+                    let cap = flow.feed.config.worker.max_message_size;
                     let seg = self.segment(node, s);
-                    let (item, opts) = (seg.item(index), seg.opts);
-                    if let Some(slot) = self.retry(node, index, &spec, item, opts, failure) {
+                    let (item, opts) = (seg.item(index, cap), seg.opts);
+                    if let Some(item) = item
+                        && let Some(slot) = self.retry(node, index, &spec, item, opts, failure)
+                    {
                         self.st.running.insert((node, index), slot);
                         retried.push(index);
                         continue;
@@ -581,8 +656,8 @@ impl Run<'_> {
         member: u32,
         spec: &Arc<Spec>,
         item: Vec<u8>,
-        opts: crate::batch::JobOpts,
-        failure: crate::options::retry::RetryOn,
+        opts: JobOpts,
+        failure: RetryOn,
     ) -> Option<Arc<Slot>> {
         let policy = spec.retry.clone()?;
         let feed = &self.flow.feed;
@@ -672,67 +747,97 @@ impl Run<'_> {
     }
 }
 
-/// Adds the parts of `node` to `parts`, under `parent`; returns its id.
-/// Consecutive group members that are jobs of one spec with bound
-/// arguments become one segment.
-fn build(parts: &mut Vec<Part>, node: &Node, parent: Option<(NodeId, u32)>) -> NodeId {
-    let id = parts.len() as NodeId;
-    parts.push(Part {
-        parent,
-        kind: PartKind::Chain {
-            steps: Vec::new(),
-            errors: ChainErrors::AsIs,
-        },
-        callbacks: node.callbacks.clone(),
-        phase: Phase::Waiting,
-    });
-    let kind = match &node.kind {
-        Kind::Step(leaf) => PartKind::Step {
-            spec: leaf.spec.clone(),
-            arg: leaf.arg.clone(),
-        },
-        Kind::Chain { steps, errors } => PartKind::Chain {
-            steps: steps
-                .iter()
-                .enumerate()
-                .map(|(i, s)| build(parts, s, Some((id, i as u32))))
-                .collect(),
-            errors: *errors,
-        },
-        Kind::Group {
-            members,
-            shape,
-            policy,
-        } => {
-            let mut group = GroupBuilder::default();
-            for member in members {
-                match member {
-                    Member::Items(items) => {
-                        group.flush(parts, id);
-                        let seg = Segment::new(
-                            items.spec.clone(),
-                            group.index,
-                            items.items.clone(),
-                            items.count,
-                            items.whole,
-                        );
-                        group.segments.push(seg);
-                        group.index += items.count;
+/// Turns a built workflow into a flow's parts.
+struct Builder {
+    parts: Vec<Part>,
+    /// The pool's message cap, for arguments encoded here.
+    cap: u64,
+}
+
+impl Builder {
+    /// Adds the parts of `node`, under `parent`; returns its id. `first`:
+    /// the part starts with the workflow, on the submitting caller's
+    /// thread (its typed arguments may wait until then to be encoded).
+    fn build(&mut self, node: &Node, parent: Option<(NodeId, u32)>, first: bool) -> NodeId {
+        let id = self.parts.len() as NodeId;
+        self.parts.push(Part {
+            parent,
+            kind: PartKind::Chain {
+                steps: Vec::new(),
+                errors: ChainErrors::AsIs,
+            },
+            callbacks: node.callbacks.clone(),
+            phase: Phase::Waiting,
+        });
+        let kind = match &node.kind {
+            Kind::Step(leaf) => PartKind::Step {
+                spec: leaf.spec.clone(),
+                arg: leaf.arg.clone(),
+            },
+            Kind::Chain { steps, errors } => PartKind::Chain {
+                steps: steps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| self.build(s, Some((id, i as u32)), first && i == 0))
+                    .collect(),
+                errors: *errors,
+            },
+            Kind::Group {
+                members,
+                shape,
+                policy,
+            } => {
+                let mut group = GroupBuilder::default();
+                for member in members {
+                    match member {
+                        Member::Items(items) => {
+                            group.flush(self, id, first);
+                            let seg = self.segment(items, group.index, first);
+                            group.segments.push(seg);
+                            group.index += items.count;
+                        }
+                        Member::Node(n) => group.push(self, id, n, first),
                     }
-                    Member::Node(n) => group.push(parts, id, n),
+                }
+                group.flush(self, id, first);
+                let assembly = Assembly::new(*shape, *policy, group.index);
+                PartKind::Group {
+                    nodes: group.nodes,
+                    segments: group.segments,
+                    assembly: Some(assembly),
                 }
             }
-            group.flush(parts, id);
-            let assembly = Assembly::new(*shape, *policy, group.index);
-            PartKind::Group {
-                nodes: group.nodes,
-                segments: group.segments,
-                assembly: Some(assembly),
-            }
+        };
+        self.parts[id as usize].kind = kind;
+        id
+    }
+
+    /// The segment of `items`, whose first member is member `index` of its
+    /// group. Its arguments stay typed only if the caller's thread sends
+    /// them when the workflow starts and no retry may need one again;
+    /// otherwise they are encoded now, on that thread.
+    fn segment(&self, items: &Items, index: u32, first: bool) -> Segment {
+        let retries = items
+            .spec
+            .retry
+            .as_ref()
+            .is_some_and(|p| p.max_retries() > 0);
+        let (args, from) = if items.args.is_typed() && (!first || retries) {
+            let encoded = Encoded::encode(&*items.args, items.from, items.count, self.cap);
+            (Arc::new(encoded) as Arc<dyn Args>, 0)
+        } else {
+            (items.args.clone(), items.from)
+        };
+        Segment {
+            spec: items.spec.clone(),
+            first: index,
+            count: items.count,
+            args,
+            from,
+            whole: items.whole,
+            opts: JobOpts::default(),
         }
-    };
-    parts[id as usize].kind = kind;
-    id
+    }
 }
 
 /// A group's members being laid out: parts, and runs of bound jobs of one
@@ -743,23 +848,23 @@ struct GroupBuilder<'n> {
     segments: Vec<Segment>,
     /// Members so far.
     index: u32,
-    /// The current run: its first member, and the arguments of all.
+    /// The current run of bound jobs of one spec.
     run: Vec<&'n Node>,
 }
 
 impl<'n> GroupBuilder<'n> {
     /// Adds member `n`: to the current run if it is a bound job of its
     /// spec, else as a part of its own.
-    fn push(&mut self, parts: &mut Vec<Part>, group: NodeId, n: &'n Node) {
+    fn push(&mut self, b: &mut Builder, group: NodeId, n: &'n Node, first: bool) {
         match (bound(n), self.run.first().and_then(|f| bound(f))) {
             (Some((spec, _)), Some((run_spec, _))) if *spec == *run_spec => self.run.push(n),
             (Some(_), _) => {
-                self.flush(parts, group);
+                self.flush(b, group, first);
                 self.run.push(n);
             }
             (None, _) => {
-                self.flush(parts, group);
-                let id = build(parts, n, Some((group, self.index)));
+                self.flush(b, group, first);
+                let id = b.build(n, Some((group, self.index)), first);
                 self.nodes.push(id);
                 self.index += 1;
             }
@@ -767,22 +872,29 @@ impl<'n> GroupBuilder<'n> {
     }
 
     /// Ends the current run: a single job alone, a segment if several.
-    fn flush(&mut self, parts: &mut Vec<Part>, group: NodeId) {
+    fn flush(&mut self, b: &mut Builder, group: NodeId, first: bool) {
         match self.run.len() {
             0 => {}
             1 => {
-                let id = build(parts, self.run[0], Some((group, self.index)));
+                let id = b.build(self.run[0], Some((group, self.index)), first);
                 self.nodes.push(id);
                 self.index += 1;
             }
             n => {
                 let spec = bound(self.run[0]).expect("runs hold bound jobs").0.clone();
-                let mut items = Vec::new();
+                let mut args = Encoded::new();
                 for node in &self.run {
-                    items.extend_from_slice(bound(node).expect("runs hold bound jobs").1);
+                    args.push(Ok(bound(node).expect("runs hold bound jobs").1));
                 }
-                let seg = Segment::new(spec, self.index, items.into(), n as u32, false);
-                self.segments.push(seg);
+                self.segments.push(Segment {
+                    spec,
+                    first: self.index,
+                    count: n as u32,
+                    args: Arc::new(args),
+                    from: 0,
+                    whole: false,
+                    opts: JobOpts::default(),
+                });
                 self.index += n as u32;
             }
         }

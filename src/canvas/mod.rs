@@ -42,8 +42,10 @@
 //! | `launch.rs` | submitting: a workflow's own slot, callbacks, queue places; a lone signature as a job |
 //! | `flow.rs` | the coordinator: a running workflow's parts and events |
 //! | `segment.rs` | group members sent in batches, and their sinks |
+//! | `args.rs` | batched members' arguments: typed until sent, or encoded |
 //! | `assemble.rs` | a group's result from its members' encoded results |
 
+mod args;
 mod assemble;
 mod flow;
 mod group;

@@ -10,10 +10,11 @@
 //! into the coordinator's state and leaves the tree as it was, so it can be
 //! submitted again.
 //!
-//! Size: a node per step, one per group and chain, and each argument's
-//! bytes once — a group of many arguments of one job keeps them in one
-//! buffer ([`Items`]). Nothing is copied per level of nesting.
+//! Size: a node per step, one per group and chain, and each argument once
+//! — a group of many arguments of one job keeps them together ([`Items`]).
+//! Nothing is copied per level of nesting.
 
+use crate::canvas::args::Args;
 use crate::error::JobError;
 use crate::options::callbacks::JobCallbacks;
 use crate::options::signature::Spec;
@@ -108,12 +109,14 @@ pub(crate) enum Member {
     Items(Items),
 }
 
-/// Jobs of one spec, one per argument, kept as one buffer of encoded
-/// `[len][bytes]` items (a group built by `starmap` or `chunks`).
+/// Jobs of one spec, one per argument: arguments `from..from + count` of
+/// `args` (a group built by `starmap`, or a chunk of `chunks`, which share
+/// their arguments).
 #[derive(Clone)]
 pub(crate) struct Items {
     pub(crate) spec: Arc<Spec>,
-    pub(crate) items: Arc<[u8]>,
+    pub(crate) args: Arc<dyn Args>,
+    pub(crate) from: u32,
     pub(crate) count: u32,
     /// Sent as one batch, to one worker (a chunk of `chunks`), rather than
     /// split as `map` would.

@@ -6,10 +6,13 @@
 //! a hundred thousand slots, sinks and frames. Consecutive members that are
 //! jobs of one spec with bound arguments (`starmap`, `chunks`, or
 //! signatures of one `Job` side by side) form a [`Segment`] instead: their
-//! arguments sit in one buffer, go out in batches sized as `map` sizes
-//! them (or one batch for a chunk of `chunks`), and each batch's answers
-//! come back per delivery through a [`ChunkSink`], straight into the
-//! group's assembly.
+//! arguments go out in batches sized as `map` sizes them (or one batch for
+//! a chunk of `chunks`), encoded as they go when they are still typed
+//! (`args.rs`), and each batch's answers come back per delivery through a
+//! [`ChunkSink`], straight into the group's assembly. Sent at submission,
+//! on the caller's thread, the batches are handed to workers by that
+//! thread as it goes, as `map`'s are, so the workers start on the first
+//! batch while the next is encoded.
 //!
 //! Every option of the job still applies per member: time limits per item;
 //! a start time and an expiry per batch (all of a segment's items are
@@ -23,19 +26,20 @@
 //! cancelling the workflow withdraws the batches not yet handed to a
 //! worker, while one a worker has taken runs to its end, as `imap`'s do.
 //!
-//! Accounting: the supervisor counts every item it resolves. The only
-//! items it drops without a word are those of a batch whose sink declined
-//! it ([`Sink::claim`]: the workflow is over); a `ChunkSink` knows how many
-//! of its items it was told about, and counts the rest as cancelled when
-//! the last part of its batch is gone.
+//! Accounting: the supervisor counts every item it resolves; a member whose
+//! argument cannot be sent is counted here, as refused. The only items the
+//! supervisor drops without a word are those of a batch whose sink
+//! declined it ([`Sink::claim`]: the workflow is over); a `ChunkSink` knows
+//! how many of its items it was told about, and counts the rest as
+//! cancelled when the last part of its batch is gone.
 
+use crate::batch::gate::Ticket;
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
+use crate::canvas::args::Args;
 use crate::canvas::flow::{Event, Flow, NodeId, post};
 use crate::client::batcher::MAX_BATCH_BYTES;
 use crate::client::map::auto_chunk;
-use crate::config::PoolConfig;
 use crate::options::signature::Spec;
-use crate::transport::wire;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -45,53 +49,75 @@ pub(crate) struct Segment {
     /// The group index of its first member.
     pub(crate) first: u32,
     pub(crate) count: u32,
-    /// The members' arguments, one `[len][bytes]` item each.
-    items: Arc<[u8]>,
+    /// Its members' arguments are `args[from..from + count]`.
+    pub(crate) args: Arc<dyn Args>,
+    pub(crate) from: u32,
     /// One batch for all (a chunk of `chunks`).
-    whole: bool,
+    pub(crate) whole: bool,
     /// The options its batches were sent with, for retries.
     pub(crate) opts: JobOpts,
-    /// Where each member's argument starts in `items`: built on the first
-    /// retry, which needs one argument out of many.
-    offsets: Vec<usize>,
 }
 
 impl Segment {
-    pub(crate) fn new(
-        spec: Arc<Spec>,
-        first: u32,
-        items: Arc<[u8]>,
-        count: u32,
-        whole: bool,
-    ) -> Segment {
-        Segment {
-            spec,
-            first,
-            count,
-            items,
-            whole,
-            opts: JobOpts::default(),
-            offsets: Vec::new(),
-        }
-    }
-
-    /// The segment's members as batches with options `opts`, sized as
-    /// `map` sizes its own (guided: a quarter per worker of what is left,
-    /// within the pool's `chunk_size` if set and `MAX_BATCH_BYTES`), or
-    /// one batch for a whole chunk. `sink(first, count)` gives each batch
-    /// its sink; a batch's base is its first member's index in the group.
-    pub(crate) fn batches(
-        &mut self,
-        opts: JobOpts,
-        config: &PoolConfig,
-        mut sink: impl FnMut(u32) -> Arc<dyn Sink>,
-    ) -> Vec<Batch> {
-        self.opts = opts;
+    /// The argument of group member `index` (one of this segment's), as an
+    /// item; `None` if it cannot be sent. (Only for already encoded
+    /// arguments: see `args.rs`.)
+    pub(crate) fn item(&self, index: u32, cap: u64) -> Option<Vec<u8>> {
+        debug_assert!(
+            !self.args.is_typed(),
+            "user code on the coordinator's thread"
+        );
         let mut out = Vec::new();
-        let mut items = wire::Items::new(&self.items);
-        let mut left = self.count;
-        let mut base = self.first;
-        while left > 0 {
+        let w = self
+            .args
+            .write(self.from + index - self.first, 1, usize::MAX, cap, &mut out);
+        (w.count == 1).then_some(out)
+    }
+}
+
+/// Sending one segment's batches: done after the coordinator's lock is
+/// released (encoding may take a while, and stepping the supervisor
+/// delivers answers, which take that lock).
+pub(crate) struct Sending {
+    pub(crate) node: NodeId,
+    pub(crate) segment: u32,
+    pub(crate) spec: Arc<Spec>,
+    pub(crate) args: Arc<dyn Args>,
+    pub(crate) from: u32,
+    pub(crate) first: u32,
+    pub(crate) count: u32,
+    pub(crate) whole: bool,
+    pub(crate) opts: JobOpts,
+    /// Queue places for the batches, taken at submission.
+    pub(crate) ticket: Option<Ticket>,
+    /// Sent at submission, by the submitting caller: it steps the
+    /// supervisor after each batch, as `map` does, so the workers start at
+    /// once.
+    pub(crate) by_caller: bool,
+}
+
+impl Sending {
+    /// Sends the members in batches, sized as `map` sizes its own (guided:
+    /// a quarter per worker of what is left, within the pool's `chunk_size`
+    /// if set and [`MAX_BATCH_BYTES`]), or one batch for a whole chunk. A
+    /// member whose argument cannot be sent fails alone. Stops if the
+    /// workflow ends meanwhile: what was not sent was never counted.
+    pub(crate) fn run(mut self, flow: &Arc<Flow>) {
+        let feed = flow.feed();
+        let config = &feed.config;
+        let cap = config.worker.max_message_size;
+        let budget = if self.whole {
+            usize::MAX
+        } else {
+            MAX_BATCH_BYTES
+        };
+        let mut sent = false;
+        let mut at = 0;
+        while at < self.count {
+            if flow.is_over() {
+                break;
+            }
+            let left = self.count - at;
             let chunk = if self.whole {
                 left
             } else {
@@ -101,41 +127,61 @@ impl Segment {
                 size.clamp(1, left as usize) as u32
             };
             let mut buf = Vec::new();
-            let mut n = 0;
-            while n < chunk && (self.whole || n == 0 || buf.len() < MAX_BATCH_BYTES) {
-                let Some(item) = items.next() else { break };
-                buf.extend_from_slice(&(item.len() as u32).to_le_bytes());
-                buf.extend_from_slice(item);
-                n += 1;
+            let w = self
+                .args
+                .write(self.from + at, chunk, budget, cap, &mut buf);
+            if w.count > 0 {
+                let base = self.first + at;
+                let sink = ChunkSink::new(flow, self.node, self.segment, w.count);
+                let mut batch = Batch::new(
+                    self.spec.call,
+                    buf,
+                    w.count,
+                    u64::from(base),
+                    Arc::new(sink),
+                    self.opts,
+                    None,
+                );
+                batch.ticket = (self.ticket.as_mut()).map(|t| Box::new(t.split(w.count.into())));
+                match feed.send_quiet(batch) {
+                    Ok(()) => {
+                        sent = true;
+                        if self.by_caller {
+                            feed.step_once();
+                        }
+                    }
+                    // The supervisor is gone: dropping the batch resolves it.
+                    Err(batch) => drop(batch),
+                }
+                at += w.count;
             }
-            if n == 0 {
-                // Fewer items than counted: cannot happen (the buffer was
-                // built with its count); stop rather than loop.
-                debug_assert!(false, "a segment's buffer holds fewer items than its count");
-                break;
+            match w.refused {
+                Some(error) => {
+                    // Refused before it reached the supervisor, as
+                    // `Shared::refuse` does.
+                    feed.counters.submitted.fetch_add(1, Ordering::Relaxed);
+                    feed.counters.count_error(&error, 1);
+                    let index = self.first + at;
+                    post(
+                        flow,
+                        Event::Refused {
+                            node: self.node,
+                            index,
+                            error,
+                        },
+                    );
+                    at += 1;
+                }
+                None if w.count == 0 => {
+                    debug_assert!(false, "a segment's arguments ran out early");
+                    break;
+                }
+                None => {}
             }
-            let batch = Batch::new(self.spec.call, buf, n, u64::from(base), sink(n), opts, None);
-            out.push(batch);
-            left -= n;
-            base += n;
         }
-        out
-    }
-
-    /// The argument of group member `index` (one of this segment's), as
-    /// an item.
-    pub(crate) fn item(&mut self, index: u32) -> Vec<u8> {
-        if self.offsets.is_empty() {
-            let mut at = 0;
-            for item in wire::Items::new(&self.items) {
-                self.offsets.push(at);
-                at += 4 + item.len();
-            }
+        if sent {
+            feed.hand_over();
         }
-        let i = (index - self.first) as usize;
-        let start = self.offsets[i];
-        let end = self.offsets.get(i + 1).copied().unwrap_or(self.items.len());
-        self.items[start..end].to_vec()
     }
 }
 
@@ -192,7 +238,8 @@ impl Drop for ChunkSink {
         if left > 0 {
             debug_assert!(self.flow.is_over(), "items dropped from a live workflow");
             self.flow
-                .counters()
+                .feed()
+                .counters
                 .cancelled
                 .fetch_add(u64::from(left), Ordering::Relaxed);
         }

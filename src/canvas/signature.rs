@@ -6,17 +6,18 @@
 //! and its job's options without the pool ([`Spec`]), so signatures of
 //! different argument types can sit side by side in a group, and a
 //! signature can be submitted any number of times, alone or as a step.
+//! The groups `starmap` and `chunks` build keep their arguments as given,
+//! and encode them as they are sent, as `map` does (`args.rs`).
 
 use crate::batch::JobId;
+use crate::canvas::args::{Args, Typed};
 use crate::canvas::group::Group;
 use crate::canvas::launch::{Home, Target};
 use crate::canvas::node::{Arg, Items, Kind, Leaf, Member, Node, Policy, Shape};
 use crate::canvas::sealed::Sealed;
 use crate::canvas::workflow::{IntoWorkflow, Step, Workflow};
 use crate::client::handle::JobHandle;
-use crate::error::JobError;
 use crate::options::signature::{Job, NoError, Spec};
-use crate::transport::{codec, wire};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -155,53 +156,20 @@ where
     }
 }
 
-/// Members for the arguments in `args`: runs of encoded arguments, each a
-/// run of items of `spec` (`whole`: each sent as one batch), and a failed
-/// step for an argument that cannot be encoded or is too large.
-fn members<A: Serialize>(
-    spec: &Arc<Spec>,
-    cap: u64,
-    args: impl IntoIterator<Item = A>,
-    whole: bool,
-) -> Vec<Member> {
-    let mut members = Vec::new();
-    let mut items = Vec::new();
-    let mut count = 0u32;
-    let flush = |members: &mut Vec<Member>, items: &mut Vec<u8>, count: &mut u32| {
-        if *count > 0 {
-            members.push(Member::Items(Items {
-                spec: spec.clone(),
-                items: std::mem::take(items).into(),
-                count: std::mem::take(count),
-                whole,
-            }));
-        }
-    };
-    for arg in args {
-        let pushed = wire::push_item(&mut items, |v| codec::encode_into(v, &arg));
-        let error = match pushed {
-            Ok(len) if len as u64 <= cap => {
-                count += 1;
-                continue;
-            }
-            Ok(len) => {
-                items.truncate(items.len() - len - 4);
-                JobError::TooLarge {
-                    size: len as u64,
-                    limit: cap,
-                }
-            }
-            Err(e) => JobError::Codec(format!("argument: {e}")),
-        };
-        flush(&mut members, &mut items, &mut count);
-        let failed = Arg::Bound(Arc::new(Err(error)));
-        members.push(Member::Node(Node::step(spec.clone(), failed)));
-    }
-    flush(&mut members, &mut items, &mut count);
-    members
+/// Members of one job per argument: arguments `from..from + count` of
+/// `args` (`whole`: sent as one batch).
+fn items(spec: &Arc<Spec>, args: &Arc<dyn Args>, from: u32, count: u32, whole: bool) -> Member {
+    Member::Items(Items {
+        spec: spec.clone(),
+        args: args.clone(),
+        from,
+        count,
+        whole,
+    })
 }
 
-/// A group of one member per argument.
+/// A group of one member per argument. The arguments are kept as they are
+/// and encoded as they are sent (see `args.rs`).
 fn starmap<A, R, E, O>(job: &Job<A, R, E>, args: impl IntoIterator<Item = A>) -> Group<O>
 where
     A: Serialize + DeserializeOwned + Send + 'static,
@@ -209,9 +177,16 @@ where
     E: Send + 'static,
 {
     let spec = Arc::new(job.spec());
-    let cap = job.shared().config.worker.max_message_size;
+    let args: Vec<A> = args.into_iter().collect();
+    let count = u32::try_from(args.len()).expect("fewer than 2^32 members");
+    let args: Arc<dyn Args> = Arc::new(Typed::new(args));
     let home = Home::new(job.shared(), job.layers());
-    Group::from_members(home, members(&spec, cap, args, false))
+    let members = if count == 0 {
+        Vec::new()
+    } else {
+        vec![items(&spec, &args, 0, count, false)]
+    };
+    Group::from_members(home, members)
 }
 
 /// A group of one member per `n` arguments, each member a group of its
@@ -227,19 +202,22 @@ where
     E: Send + 'static,
 {
     let spec = Arc::new(job.spec());
-    let cap = job.shared().config.worker.max_message_size;
+    let args: Vec<A> = args.into_iter().collect();
+    let total = u32::try_from(args.len()).expect("fewer than 2^32 members");
+    let args: Arc<dyn Args> = Arc::new(Typed::new(args));
     let home = Home::new(job.shared(), job.layers());
-    let n = n.max(1);
-    let mut chunks = Vec::new();
-    let mut args = args.into_iter().peekable();
-    while args.peek().is_some() {
-        let chunk = members(&spec, cap, args.by_ref().take(n), true);
-        chunks.push(Member::Node(Node::new(Kind::Group {
-            members: chunk,
-            shape: Shape::Vec,
-            policy: Policy::FailFast,
-        })));
-    }
+    let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    let chunks = (0..total)
+        .step_by(n as usize)
+        .map(|from| {
+            let count = n.min(total - from);
+            Member::Node(Node::new(Kind::Group {
+                members: vec![items(&spec, &args, from, count, true)],
+                shape: Shape::Vec,
+                policy: Policy::FailFast,
+            }))
+        })
+        .collect();
     Group::from_members(home, chunks)
 }
 

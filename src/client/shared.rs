@@ -47,7 +47,7 @@ use std::thread::JoinHandle;
 pub(crate) struct Shared {
     pub(crate) submitter: Submitter,
     /// Lets a waiting caller step the supervisor itself (see `supervisor::drive`).
-    pub(crate) driver: Driver,
+    pub(crate) driver: Arc<Driver>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) config: Arc<PoolConfig>,
     closed: AtomicBool,
@@ -80,7 +80,7 @@ impl Shared {
         let gate = config.queue_capacity.map(Gate::new);
         Ok(Arc::new(Shared {
             submitter,
-            driver,
+            driver: Arc::new(driver),
             counters,
             config,
             closed: AtomicBool::new(false),
@@ -226,6 +226,7 @@ impl Shared {
     pub(crate) fn feed(&self) -> Feed {
         Feed {
             submitter: self.submitter.clone(),
+            driver: self.driver.clone(),
             counters: self.counters.clone(),
             config: self.config.clone(),
             next_id: self.next_id.clone(),
@@ -279,8 +280,9 @@ impl Shared {
     }
 }
 
-/// What a submission needs, without the pool: the command queue, the
-/// counters, the settings and the id source.
+/// What a submission needs, without the pool: the command queue (and the
+/// driver, to hand over to the supervisor thread), the counters, the
+/// settings and the id source.
 ///
 /// It is what code running on the supervisor's thread holds — a retry's
 /// sink, a workflow's coordinator — since holding the pool there would keep
@@ -292,6 +294,7 @@ impl Shared {
 #[derive(Clone)]
 pub(crate) struct Feed {
     pub(crate) submitter: Submitter,
+    driver: Arc<Driver>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) config: Arc<PoolConfig>,
     next_id: Arc<AtomicU64>,
@@ -303,23 +306,44 @@ impl Feed {
         JobId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Queues a batch, counted as submitted. If the supervisor is gone the
-    /// batch comes back, its items counted as cancelled: dropping it
-    /// resolves them (the caller chooses where: a drop runs the items'
-    /// finishers, which must not run under the caller's locks).
-    pub(crate) fn send(&self, batch: Batch) -> Result<(), Batch> {
+    /// Queues a batch, counted as submitted, without waking the supervisor
+    /// thread: the caller [`hand_over`](Self::hand_over)s once it has sent
+    /// what it had to (a thread stepping the supervisor — its own thread, or
+    /// a caller helping — takes the batch on its next step anyway, and a
+    /// chain of quick jobs then never wakes a sleeping thread). If the
+    /// supervisor is gone the batch comes back, its items counted as
+    /// cancelled: dropping it resolves them (the caller chooses where: a
+    /// drop runs the items' finishers, which must not run under the
+    /// caller's locks).
+    pub(crate) fn send_quiet(&self, batch: Batch) -> Result<(), Batch> {
         let n = u64::from(batch.count());
         self.counters.submitted.fetch_add(n, Ordering::Relaxed);
-        match self.submitter.send(Command::Submit(batch)) {
+        match self.submitter.send_quiet(Command::Submit(batch)) {
             Ok(()) => Ok(()),
             Err(cmd) => {
                 self.counters.cancelled.fetch_add(n, Ordering::Relaxed);
-                match cmd {
-                    Command::Submit(batch) => Err(batch),
-                    _ => unreachable!("the command sent was a Submit"),
-                }
+                let Command::Submit(batch) = cmd else {
+                    unreachable!("the command sent was a Submit");
+                };
+                Err(batch)
             }
         }
+    }
+
+    /// Takes one supervisor step on this thread (see `Driver::step_once`):
+    /// for a caller that sends many batches, as `map` does, so workers
+    /// start on the first while it prepares the next. It must
+    /// [`hand_over`](Self::hand_over) before it blocks.
+    pub(crate) fn step_once(&self) {
+        self.driver.step_once();
+    }
+
+    /// After quiet sends: wakes the supervisor thread if nobody is stepping
+    /// the supervisor to take them (see `Driver::hand_over`). From the
+    /// thread that steps it — inside a step, where a job's outcome is
+    /// delivered — this costs a failed `try_lock`.
+    pub(crate) fn hand_over(&self) {
+        self.driver.hand_over();
     }
 }
 
