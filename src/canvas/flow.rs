@@ -59,7 +59,7 @@ use crate::options::retry::{self, RetryOn, RetrySink};
 use crate::options::signature::Spec;
 use crate::supervisor::Command;
 use crate::transport::wire::{self, Tag};
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -271,23 +271,30 @@ impl Flow {
             Later::Resolve(slot, outcome) => {
                 slot.resolve(outcome);
             }
-            Later::Cancel(slot) => self.cancel_job(&slot),
+            Later::Cancel(slot) => {
+                self.cancel_job(&slot);
+            }
             Later::Notify(callbacks, outcome) => callbacks.notify(&outcome, self.runner.as_ref()),
         }
     }
 
     /// Cancels one job that was sent, as its handle would: unstarted, the
     /// supervisor will drop it unseen (counted here); started, the
-    /// supervisor withdraws it or kills its worker (and counts it). Never
-    /// waits for the supervisor's answer: this may run on its thread.
-    fn cancel_job(&self, slot: &Slot) {
+    /// supervisor withdraws it or kills its worker (and counts it). Returns
+    /// where the supervisor's answer will come, if it was asked; nothing
+    /// here waits for it, since this may run on the supervisor's thread.
+    fn cancel_job(&self, slot: &Slot) -> Option<Receiver<bool>> {
         let submitter = &self.feed.submitter;
         if slot.cancel_pending() {
             self.feed.counters.cancelled.fetch_add(1, Ordering::Relaxed);
             let _ = submitter.send(Command::Discard(slot.id));
+            None
         } else if slot.is_dispatched() {
-            let (reply, _) = crossbeam_channel::bounded(1);
+            let (reply, answer) = crossbeam_channel::bounded(1);
             let _ = submitter.send(Command::Cancel { id: slot.id, reply });
+            Some(answer)
+        } else {
+            None
         }
     }
 }
@@ -300,6 +307,10 @@ impl Tracker for Flow {
         }
     }
 
+    /// Called by the workflow's handle, on the caller's thread: like a
+    /// job's handle, it returns once every single job still out is
+    /// withdrawn or its worker killed (the supervisor's answers), so that
+    /// none of them starts afterwards.
     fn cancel(&self) -> bool {
         let mut later = Vec::new();
         {
@@ -309,8 +320,16 @@ impl Tracker for Flow {
             }
             shut(self, &mut state, &mut later);
         }
+        let mut answers = Vec::new();
         for l in later {
-            self.perform(l);
+            match l {
+                Later::Cancel(slot) => answers.extend(self.cancel_job(&slot)),
+                other => self.perform(other),
+            }
+        }
+        for answer in answers {
+            // An error means the supervisor is gone: nothing runs then.
+            let _ = answer.recv();
         }
         true
     }
