@@ -208,7 +208,7 @@ fn len(s: String) -> usize {
 }
 
 fn is_even(x: u64) -> bool {
-    x % 2 == 0
+    x.is_multiple_of(2)
 }
 
 #[test]
