@@ -499,6 +499,17 @@ fn every_job_option_applies_per_step() {
         .then(pool.job(inc).countdown(Duration::from_millis(200)));
     assert_eq!(wf.submit().get(), Ok(101));
     assert!(started.elapsed() >= Duration::from_millis(300));
+    // Batched members with a countdown wait for it, each; progress counts
+    // every member once.
+    let started = Instant::now();
+    let later = pool.job(inc).countdown(Duration::from_millis(100));
+    let h = later.starmap(0..5).chord(pool.job(sum)).submit();
+    assert_eq!(h.progress().map(|p| p.total), Some(6));
+    assert!(wait_until(Duration::from_secs(10), || h
+        .progress()
+        .is_none_or(|p| p.done >= 5)));
+    assert_eq!(h.get(), Ok(15));
+    assert!(started.elapsed() >= Duration::from_millis(100));
 
     // Callbacks per member.
     let (tx, rx) = mpsc::channel();

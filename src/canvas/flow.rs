@@ -384,8 +384,8 @@ impl Run<'_> {
                     return;
                 }
                 let result = item_of(outcome);
+                self.flow.done.fetch_add(1, Ordering::Relaxed);
                 if member == WHOLE {
-                    self.flow.done.fetch_add(1, Ordering::Relaxed);
                     self.work.push_back(Work::Finish(node, result));
                 } else {
                     self.member_done(node, member, result);
@@ -541,6 +541,16 @@ impl Run<'_> {
             }
         };
         seg.opts = opts;
+        if opts.not_before.is_some() {
+            // Members with a start time go as single jobs (see `segment.rs`).
+            let cap = feed.config.worker.max_message_size;
+            let (spec, first, count) = (seg.spec.clone(), seg.first, seg.count);
+            for index in first..first + count {
+                let item = self.segment(node, s).item(index, cap);
+                self.launch(node, index, &spec, item);
+            }
+            return;
+        }
         let mut sending = Sending {
             node,
             segment: s,
@@ -599,7 +609,6 @@ impl Run<'_> {
         let count = match &outcome {
             Outcome::Records { count, .. } | Outcome::Failed { count, .. } => *count,
         };
-        flow.done.fetch_add(u64::from(count), Ordering::Relaxed);
         if let Outcome::Failed {
             error: JobError::Cancelled,
             ..
@@ -625,7 +634,7 @@ impl Run<'_> {
                     let cap = flow.feed.config.worker.max_message_size;
                     let seg = self.segment(node, s);
                     let (item, opts) = (seg.item(index, cap), seg.opts);
-                    if let Some(item) = item
+                    if let Ok(item) = item
                         && let Some(slot) = self.retry(node, index, &spec, item, opts, failure)
                     {
                         self.st.running.insert((node, index), slot);
@@ -643,6 +652,9 @@ impl Run<'_> {
                 }
             }
         }
+        // A member being retried is done when its retry is.
+        let done = count - retried.len() as u32;
+        flow.done.fetch_add(u64::from(done), Ordering::Relaxed);
         let PartKind::Group { assembly, .. } = &mut self.st.parts[node as usize].kind else {
             unreachable!("segments belong to groups");
         };
@@ -833,15 +845,15 @@ impl Builder {
 
     /// The segment of `items`, whose first member is member `index` of its
     /// group. Its arguments stay typed only if the caller's thread sends
-    /// them when the workflow starts and no retry may need one again;
-    /// otherwise they are encoded now, on that thread.
+    /// them in batches when the workflow starts and no retry may need one
+    /// again; otherwise they are encoded now, on that thread.
     fn segment(&self, items: &Items, index: u32, first: bool) -> Segment {
-        let retries = items
-            .spec
-            .retry
-            .as_ref()
-            .is_some_and(|p| p.max_retries() > 0);
-        let (args, from) = if items.args.is_typed() && (!first || retries) {
+        let spec = &items.spec;
+        let retries = spec.retry.as_ref().is_some_and(|p| p.max_retries() > 0);
+        // Members with a start time go as single jobs, each with its own
+        // argument (see `segment.rs`).
+        let singles = spec.core.has_start();
+        let (args, from) = if items.args.is_typed() && (!first || retries || singles) {
             let encoded = Encoded::encode(&*items.args, items.from, items.count, self.cap);
             (Arc::new(encoded) as Arc<dyn Args>, 0)
         } else {

@@ -25,6 +25,9 @@
 //! batch is handed to a worker, not at the instant it passes; and
 //! cancelling the workflow withdraws the batches not yet handed to a
 //! worker, while one a worker has taken runs to its end, as `imap`'s do.
+//! Members with a start time (a countdown, an ETA) go as single jobs: a
+//! batch waiting in the supervisor's timers would be dropped only when it
+//! fell due, so cancelling could not free it (nor `join` stop waiting).
 //!
 //! Accounting: the supervisor counts every item it resolves; a member whose
 //! argument cannot be sent is counted here, as refused. The only items the
@@ -39,6 +42,7 @@ use crate::canvas::args::Args;
 use crate::canvas::flow::{Event, Flow, NodeId, post};
 use crate::client::batcher::MAX_BATCH_BYTES;
 use crate::client::map::auto_chunk;
+use crate::error::JobError;
 use crate::options::signature::Spec;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -60,9 +64,9 @@ pub(crate) struct Segment {
 
 impl Segment {
     /// The argument of group member `index` (one of this segment's), as an
-    /// item; `None` if it cannot be sent. (Only for already encoded
-    /// arguments: see `args.rs`.)
-    pub(crate) fn item(&self, index: u32, cap: u64) -> Option<Vec<u8>> {
+    /// item, or why it cannot be sent. (Only for arguments already
+    /// encoded: see `args.rs`.)
+    pub(crate) fn item(&self, index: u32, cap: u64) -> Result<Vec<u8>, JobError> {
         debug_assert!(
             !self.args.is_typed(),
             "user code on the coordinator's thread"
@@ -71,7 +75,11 @@ impl Segment {
         let w = self
             .args
             .write(self.from + index - self.first, 1, usize::MAX, cap, &mut out);
-        (w.count == 1).then_some(out)
+        match (w.count, w.refused) {
+            (1, _) => Ok(out),
+            (_, Some(error)) => Err(error),
+            _ => Err(JobError::Codec("a member's argument is missing".into())),
+        }
     }
 }
 

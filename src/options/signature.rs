@@ -620,6 +620,11 @@ pub(crate) struct CoreOptions {
 }
 
 impl CoreOptions {
+    /// Whether the job has a start time (a countdown or an ETA).
+    pub(crate) fn has_start(&self) -> bool {
+        self.start.is_some()
+    }
+
     /// The core's options for a job submitted now to a pool with `config`,
     /// or why they cannot work together.
     pub(crate) fn resolve(&self, config: &PoolConfig) -> Result<JobOpts, JobError> {
