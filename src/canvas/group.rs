@@ -146,6 +146,10 @@ impl<R> Group<R, FailFast> {
 }
 
 impl<R, P: Policy> Group<R, P> {
+    pub(crate) fn home(&self) -> &Home {
+        &self.home
+    }
+
     fn with_policy<Q: Policy>(self) -> Group<R, Q> {
         Group {
             home: self.home,

@@ -83,6 +83,10 @@ impl<R> IntoWorkflow for Signature<R> {
 }
 
 impl<R> Signature<R> {
+    pub(crate) fn home(&self) -> &Home {
+        &self.home
+    }
+
     /// Runs `next` after this job succeeds: a [`Job`] taking `R` receives
     /// its result (the bytes the worker encoded go straight on); a whole
     /// workflow runs ignoring it. See [`Workflow::then`].

@@ -146,6 +146,36 @@ impl<R> IntoWorkflow for Workflow<R> {
     }
 }
 
+/// A signature as a workflow of one step: to put signatures and other
+/// workflows of one result type side by side in a group.
+///
+/// ```
+/// use forkpool::Workflow;
+/// # fn main() -> Result<(), forkpool::Error> {
+/// fn inc(x: u32) -> u32 { x + 1 }
+/// let pool = forkpool::Pool::new(2)?;
+/// let members: Vec<Workflow<u32>> = vec![
+///     pool.job(inc).sig(1).into(),
+///     pool.job(inc).sig(10).then(pool.job(inc)),
+/// ];
+/// assert_eq!(pool.group(members).submit().get(), Ok(vec![2, 12]));
+/// # Ok(()) }
+/// ```
+impl<R> From<crate::Signature<R>> for Workflow<R> {
+    fn from(sig: crate::Signature<R>) -> Workflow<R> {
+        let home = sig.home().clone();
+        Workflow::new(home, sig.into_workflow())
+    }
+}
+
+/// A group as a workflow (see the conversion from a signature).
+impl<R, P: crate::Policy> From<crate::Group<R, P>> for Workflow<Vec<P::Member<R>>> {
+    fn from(group: crate::Group<R, P>) -> Self {
+        let home = group.home().clone();
+        Workflow::new(home, group.into_workflow())
+    }
+}
+
 impl<R> Workflow<R> {
     pub(crate) fn new(home: Home, node: Node) -> Workflow<R> {
         Workflow {
