@@ -52,19 +52,29 @@ enum Parked {
     },
 }
 
+/// Results of members `first..first + count`, `each` bytes each, one after
+/// another in `out` from `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    first: u32,
+    count: u32,
+    start: usize,
+    each: usize,
+}
+
 /// A group's result in the making.
 pub(crate) struct Assembly {
-    shape: Shape,
     policy: Policy,
     members: u32,
     /// The result so far, as an item whose length is written at the end.
     out: Vec<u8>,
     /// Members before this one are in.
     next: u32,
-    /// Fail-fast: where each member's result ends in `out` (a failed
-    /// member's where the one before it ends), to hand the successes back
-    /// if the group fails.
-    ends: Vec<usize>,
+    /// Fail-fast: where the members' results are in `out`, to hand the
+    /// successes back if the group fails — one span per run of results of
+    /// one size, not an offset per member (a chord over many small results
+    /// would otherwise write as much again).
+    spans: Vec<Span>,
     failed: Vec<(usize, JobError)>,
     parked: BTreeMap<u32, Parked>,
 }
@@ -76,12 +86,11 @@ impl Assembly {
             out.extend_from_slice(&codec::seq_len(u64::from(members)));
         }
         Assembly {
-            shape,
             policy,
             members,
             out,
             next: 0,
-            ends: Vec::new(),
+            spans: Vec::new(),
             failed: Vec::new(),
             parked: BTreeMap::new(),
         }
@@ -153,7 +162,11 @@ impl Assembly {
     /// Appends the next member's result.
     fn push(&mut self, result: Result<&[u8], JobError>) {
         match (self.policy, result) {
-            (Policy::FailFast, Ok(body)) => self.out.extend_from_slice(body),
+            (Policy::FailFast, Ok(body)) => {
+                let start = self.out.len();
+                self.out.extend_from_slice(body);
+                self.note(self.next, 1, start, body.len());
+            }
             (Policy::FailFast, Err(e)) => self.failed.push((self.next as usize, e)),
             (Policy::CollectAll, Ok(body)) => {
                 self.out.extend_from_slice(&codec::RESULT_OK);
@@ -169,10 +182,26 @@ impl Assembly {
                 }
             }
         }
-        if self.policy == Policy::FailFast {
-            self.ends.push(self.out.len());
-        }
         self.next += 1;
+    }
+
+    /// Records (fail-fast) that members `first..first + count` have their
+    /// results, `each` bytes each, in `out` from `start`.
+    fn note(&mut self, first: u32, count: u32, start: usize, each: usize) {
+        if let Some(last) = self.spans.last_mut()
+            && last.first + last.count == first
+            && last.each == each
+            && last.start + last.count as usize * each == start
+        {
+            last.count += count;
+            return;
+        }
+        self.spans.push(Span {
+            first,
+            count,
+            start,
+            each,
+        });
     }
 
     /// Appends every parked result whose turn has come.
@@ -256,8 +285,9 @@ impl Assembly {
             {
                 match self.policy {
                     Policy::FailFast => {
+                        let start = self.out.len();
                         self.out.extend_from_slice(body);
-                        self.ends.push(self.out.len());
+                        self.note(index, 1, start, body.len());
                     }
                     Policy::CollectAll => {
                         self.out.extend_from_slice(&codec::RESULT_OK);
@@ -301,9 +331,6 @@ impl Assembly {
             self.out.reserve(want);
             hugepage::advise(&self.out);
         }
-        if self.policy == Policy::FailFast {
-            self.ends.reserve(left);
-        }
     }
 
     /// Appends the run of plain successes of one size at the start of
@@ -328,6 +355,7 @@ impl Assembly {
     fn copy_fixed<const N: usize>(&mut self, records: &[u8], max: u32) -> (u32, usize) {
         let header = wire::header(wire::Tag::Ok, N as u32);
         let size = wire::HEADER + N;
+        let start = self.out.len();
         let mut n = 0;
         for rec in records.chunks_exact(size).take(max as usize) {
             if rec[..wire::HEADER] != header {
@@ -335,8 +363,10 @@ impl Assembly {
             }
             let body: &[u8; N] = rec[wire::HEADER..].try_into().expect("N bytes");
             self.out.extend_from_slice(body);
-            self.ends.push(self.out.len());
             n += 1;
+        }
+        if n > 0 {
+            self.note(self.next, n, start, N);
         }
         self.next += n;
         (n, n as usize * size)
@@ -362,18 +392,14 @@ impl Assembly {
     pub(crate) fn finish(mut self) -> Result<Vec<u8>, JobError> {
         debug_assert!(self.is_complete() && self.parked.is_empty());
         if !self.failed.is_empty() {
-            let mut start = self.prefix();
-            let failed: Vec<usize> = self.failed.iter().map(|(i, _)| *i).collect();
-            let mut failure =
-                GroupFailure::new(self.members as usize, std::mem::take(&mut self.failed));
-            let mut failed = failed.into_iter().peekable();
-            for (index, &end) in self.ends.iter().enumerate() {
-                if failed.peek() == Some(&index) {
-                    failed.next();
-                } else {
-                    failure.push_success(index, &self.out[start..end]);
+            let failed = std::mem::take(&mut self.failed);
+            let mut failure = GroupFailure::new(self.members as usize, failed);
+            for span in &self.spans {
+                for k in 0..span.count as usize {
+                    let at = span.start + k * span.each;
+                    let index = span.first as usize + k;
+                    failure.push_success(index, &self.out[at..at + span.each]);
                 }
-                start = end;
             }
             return Err(JobError::MembersFailed(Box::new(failure)));
         }
@@ -386,14 +412,6 @@ impl Assembly {
         };
         self.out[..LEN].copy_from_slice(&len32.to_le_bytes());
         Ok(self.out)
-    }
-
-    /// Bytes before the first member's result in `out`.
-    fn prefix(&self) -> usize {
-        match self.shape {
-            Shape::Vec => LEN + 8,
-            Shape::Tuple => LEN,
-        }
     }
 }
 
@@ -491,6 +509,22 @@ mod tests {
             .map(|(i, b)| (i, codec::decode(b).unwrap()))
             .collect();
         assert_eq!(ok, [(0, 1), (4, 5)]);
+
+        // Runs of equal-sized results, copied at once, around failures.
+        let mut a = Assembly::new(Shape::Vec, Policy::FailFast, 6);
+        let ok = |v: u64| (Tag::Ok, enc(&v));
+        let recs = records(&[ok(10), ok(11), (Tag::Panic, b"x".to_vec()), ok(13)]);
+        a.accept_records(0, recs, 4, vec![], None);
+        a.accept(4, Ok(item(&14u64)));
+        a.accept(5, Ok(item(&15u64)));
+        let Err(JobError::MembersFailed(f)) = a.finish() else {
+            panic!("the group should fail");
+        };
+        let ok: Vec<(usize, u64)> = f
+            .encoded_successes()
+            .map(|(i, b)| (i, codec::decode(b).unwrap()))
+            .collect();
+        assert_eq!(ok, [(0, 10), (1, 11), (3, 13), (4, 14), (5, 15)]);
     }
 
     /// Collect-all: a `Vec<Result<R, JobError>>`; a failure that was being

@@ -1,0 +1,157 @@
+//! Criterion benchmarks of workflows (issue 11, BENCHMARKS.md "Workflows").
+//! `cargo bench --bench canvas`.
+//!
+//! - `chain_1000`: a chain of 1,000 trivial steps, built, submitted and
+//!   waited for.
+//! - `chord_100k` and `map_100k`, side by side: a chord over 100,000
+//!   trivial members (`starmap`, body: their sum), built, submitted and
+//!   waited for; and `map` over the same items. This VM's speed drifts, so
+//!   each iteration of one also runs the other, untimed, first or last in
+//!   turn: both see the same machine.
+//! - `chord_body_latency/{100,10k,100k}`: from the moment the last member
+//!   returns (its own clock reading, in the worker) to the moment the body
+//!   starts (in a worker), for chords of that many members; reported as
+//!   the time per iteration.
+//! - `group_10k_signatures`: 10,000 signatures made, grouped and submitted
+//!   (not waited for).
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use forkpool::Pool;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+fn inc(x: u64) -> u64 {
+    x + 1
+}
+
+fn sum(xs: Vec<u64>) -> u64 {
+    xs.iter().sum()
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A member: when it returns.
+fn finish_time(_: u64) -> u64 {
+    monotonic_ns()
+}
+
+/// A body: how long after the last member returned it started.
+fn body_delay(ends: Vec<u64>) -> u64 {
+    let now = monotonic_ns();
+    now.saturating_sub(ends.into_iter().max().unwrap_or(now))
+}
+
+fn pool() -> Pool {
+    let pool = Pool::new(2).unwrap();
+    pool.map(inc, 0..10_000u64).unwrap(); // warm up
+    pool
+}
+
+fn chain(c: &mut Criterion) {
+    let pool = pool();
+    let mut g = c.benchmark_group("canvas");
+    g.sample_size(30).measurement_time(Duration::from_secs(5));
+    g.bench_function("chain_1000", |b| {
+        b.iter(|| {
+            let mut wf = pool.job(inc).sig(0).then(pool.job(inc));
+            for _ in 0..998 {
+                wf = wf.then(pool.job(inc));
+            }
+            assert_eq!(wf.submit().get(), Ok(1000));
+        })
+    });
+    g.finish();
+}
+
+fn chord_vs_map(c: &mut Criterion) {
+    const N: u64 = 100_000;
+    let pool = pool();
+    let chord = || {
+        let got = pool
+            .job(inc)
+            .starmap(0..N)
+            .chord(pool.job(sum))
+            .submit()
+            .get();
+        assert_eq!(got, Ok(N * (N + 1) / 2));
+    };
+    let map = || {
+        let got = pool.map(inc, 0..N).unwrap();
+        assert_eq!(got.len() as u64, N);
+    };
+    let mut g = c.benchmark_group("canvas");
+    g.sample_size(40).measurement_time(Duration::from_secs(8));
+    // Each timed run has an untimed run of the other beside it, before or
+    // after in turn.
+    let paired = |timed: &dyn Fn(), other: &dyn Fn(), iters: u64| {
+        let mut total = Duration::ZERO;
+        for i in 0..iters {
+            if i % 2 == 0 {
+                other();
+            }
+            let t = Instant::now();
+            timed();
+            total += t.elapsed();
+            if i % 2 == 1 {
+                other();
+            }
+        }
+        total
+    };
+    g.bench_function("chord_100k", |b| b.iter_custom(|n| paired(&chord, &map, n)));
+    g.bench_function("map_100k", |b| b.iter_custom(|n| paired(&map, &chord, n)));
+    g.finish();
+}
+
+fn body_latency(c: &mut Criterion) {
+    let pool = pool();
+    let mut g = c.benchmark_group("canvas/chord_body_latency");
+    g.sample_size(30).measurement_time(Duration::from_secs(5));
+    for (name, n) in [("100", 100u64), ("10k", 10_000), ("100k", 100_000)] {
+        let chord = pool
+            .job(finish_time)
+            .starmap(0..n)
+            .chord(pool.job(body_delay));
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += Duration::from_nanos(chord.submit().get().unwrap());
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+fn group_submit(c: &mut Criterion) {
+    let pool = pool();
+    let job = pool.job(inc);
+    let mut g = c.benchmark_group("canvas");
+    g.sample_size(30).measurement_time(Duration::from_secs(5));
+    g.bench_function("group_10k_signatures", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let t = Instant::now();
+                let handle = pool.group((0..10_000u64).map(|i| job.sig(i))).submit();
+                total += t.elapsed();
+                black_box(handle.get().unwrap());
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, chain, chord_vs_map, body_latency, group_submit);
+criterion_main!(benches);
