@@ -109,7 +109,7 @@ pub enum JobError {
 ///
 /// ```
 /// use forkpool::{JobError, Pool};
-/// # fn main() -> Result<(), forkpool::Error> {
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// fn check(x: u32) -> u32 {
 ///     assert!(x != 2, "no twos");
 ///     x * 10

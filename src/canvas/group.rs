@@ -212,7 +212,7 @@ impl<R, P: Policy> Group<R, P> {
     /// [`Workflow::on_error`] on the chord.
     ///
     /// ```
-    /// # fn main() -> Result<(), forkpool::Error> {
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use forkpool::JobError;
     /// fn count(word: String) -> usize { assert!(!word.is_empty(), "empty word"); word.len() }
     /// fn total(lens: Vec<usize>) -> usize { lens.iter().sum() }

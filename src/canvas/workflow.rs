@@ -35,6 +35,12 @@ use std::sync::Arc;
 ///   (Celery's immutable signature).
 ///
 /// Implemented by this crate's types only.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot follow a step that gives `{In}`",
+    label = "this step does not take `{In}`",
+    note = "a job that follows a step must take its result (`Job<{In}, _>`); \
+            a Signature, Workflow or Group runs after it, ignoring the result"
+)]
 pub trait Step<In>: Sealed {
     /// What the step gives.
     type Output;
@@ -47,6 +53,11 @@ pub trait Step<In>: Sealed {
 /// [`Pool::group`](crate::Pool::group) takes as members.
 ///
 /// Implemented by this crate's types only.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a workflow",
+    note = "a job that follows a step must take that step's result; \
+            workflows are Signatures (`job.sig(arg)`), Workflows and Groups"
+)]
 pub trait IntoWorkflow: Sealed {
     /// What it gives.
     type Output;
