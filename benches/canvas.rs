@@ -10,14 +10,22 @@
 //!   turn: both see the same machine.
 //! - `chord_body_latency/{100,10k,100k}`: from the moment the last member
 //!   returns (its own clock reading, in the worker) to the moment the body
-//!   starts (in a worker), for chords of that many members; reported as
-//!   the time per iteration.
+//!   starts (in a worker), for chords of that many members giving a `u64`
+//!   each; reported as the time per iteration. It includes handing the
+//!   body its argument (`8 × members` bytes, decoded in the worker before
+//!   the body's first line).
+//! - `chord_body_dispatch/{100,10k,100k}`: the same for members giving
+//!   `()`, whose results the body receives as 8 bytes whatever their
+//!   number (they note when they return in memory shared with the test):
+//!   the coordinator's own delay, from the last result to the body
+//!   running.
 //! - `group_10k_signatures`: 10,000 signatures made, grouped and submitted
 //!   (not waited for).
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use forkpool::Pool;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 fn inc(x: u64) -> u64 {
@@ -49,7 +57,41 @@ fn body_delay(ends: Vec<u64>) -> u64 {
     now.saturating_sub(ends.into_iter().max().unwrap_or(now))
 }
 
+/// When the last member of `chord_body_dispatch` returned: memory shared
+/// with the workers (mapped before the pool is built).
+fn last_end() -> &'static AtomicU64 {
+    static MAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let at = *MAP.get_or_init(|| {
+        // SAFETY: a fresh anonymous shared mapping, checked below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        map as usize
+    });
+    // SAFETY: the mapping lives as long as the process; zeroed, aligned.
+    unsafe { &*(at as *const AtomicU64) }
+}
+
+/// A member giving `()`: notes when it returns.
+fn note_end(_: u64) {
+    last_end().fetch_max(monotonic_ns(), Ordering::SeqCst);
+}
+
+/// A body: how long after the last member returned it started.
+fn delay_since_last(_: Vec<()>) -> u64 {
+    monotonic_ns().saturating_sub(last_end().load(Ordering::SeqCst))
+}
+
 fn pool() -> Pool {
+    last_end();
     let pool = Pool::new(2).unwrap();
     pool.map(inc, 0..10_000u64).unwrap(); // warm up
     pool
@@ -120,6 +162,24 @@ fn body_latency(c: &mut Criterion) {
             .job(finish_time)
             .starmap(0..n)
             .chord(pool.job(body_delay));
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += Duration::from_nanos(chord.submit().get().unwrap());
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+    let mut g = c.benchmark_group("canvas/chord_body_dispatch");
+    g.sample_size(30).measurement_time(Duration::from_secs(5));
+    for (name, n) in [("100", 100u64), ("10k", 10_000), ("100k", 100_000)] {
+        let chord = pool
+            .job(note_end)
+            .starmap(0..n)
+            .chord(pool.job(delay_since_last));
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;

@@ -342,6 +342,8 @@ impl Assembly {
             return (0, 0);
         };
         match first.len() {
+            // `()`, and results dropped in the worker (`ignore_result`).
+            0 => self.copy_fixed::<0>(records, max),
             1 => self.copy_fixed::<1>(records, max),
             2 => self.copy_fixed::<2>(records, max),
             4 => self.copy_fixed::<4>(records, max),

@@ -1056,6 +1056,14 @@ pub(crate) fn post(flow: &Arc<Flow>, event: Event) {
     }
     let _turn = Turn;
     flow.handle(event);
+    take_queued();
+}
+
+/// Applies the events this thread queued while it applies another. A long
+/// action of that other event — sending a big group's batches, stepping
+/// the supervisor between them — calls it as it goes, so that answers are
+/// taken in as they come, as `map` takes them, rather than all at its end.
+pub(crate) fn take_queued() {
     while let Some((flow, event)) =
         QUEUE.with(|q| q.borrow_mut().as_mut().and_then(VecDeque::pop_front))
     {

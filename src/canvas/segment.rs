@@ -39,7 +39,7 @@
 use crate::batch::gate::Ticket;
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
 use crate::canvas::args::Args;
-use crate::canvas::flow::{Event, Flow, NodeId, post};
+use crate::canvas::flow::{Event, Flow, NodeId, post, take_queued};
 use crate::client::batcher::MAX_BATCH_BYTES;
 use crate::client::map::auto_chunk;
 use crate::error::JobError;
@@ -156,6 +156,8 @@ impl Sending {
                         sent = true;
                         if self.by_caller {
                             feed.step_once();
+                            // Answers the step took in, taken in too.
+                            take_queued();
                         }
                     }
                     // The supervisor is gone: dropping the batch resolves it.
