@@ -10,11 +10,20 @@
 //! `Vec<Result<R, JobError>>` for a collect-all group, or of a tuple. The
 //! layout of those encodings is the codec's (`transport/codec.rs`).
 //!
+//! While every result so far is a success of one size — the common case of
+//! a big chord — a result that comes early needs no parking: its place in
+//! the buffer is known (`Mode::Placing`), so it is written there at once,
+//! and when the last member answers nothing is left to append. The first
+//! result of another size, the first failure or retry, ends that: what was
+//! placed ahead is parked (`Mode::Parking`) and the assembly goes on in
+//! order.
+//!
 //! Invariant: members `0..next` are in `out` (fail-fast: or in `failed`),
 //! in order; every other member that has resolved is parked under the
-//! index of its first member, and a member being retried is listed as
-//! `later` where its delivery is parked, so that it is taken from its own
-//! result and never from the failure that started its retry.
+//! index of its first member (or, while placing, written at its place and
+//! listed in `ahead`), and a member being retried is listed as `later`
+//! where its delivery is parked, so that it is taken from its own result
+//! and never from the failure that started its retry.
 
 use crate::batch::outcome;
 use crate::canvas::node::{Policy, Shape};
@@ -50,6 +59,31 @@ enum Parked {
         error: JobError,
         later: Vec<u32>,
     },
+    /// `count` members from the key on whose elements (of `each` bytes:
+    /// results of `each` bytes, or of `each - 4` after `RESULT_OK` for
+    /// collect-all) are `data`: what was placed ahead when placing ended.
+    Placed {
+        data: Vec<u8>,
+        count: u32,
+        each: usize,
+    },
+}
+
+/// How results that come before their turn are kept.
+enum Mode {
+    /// Nothing came yet.
+    Open,
+    /// Every result so far was a success of `body` bytes: each member's
+    /// element (`each` bytes) has a known place, and results that come
+    /// early are written there. `ahead`: ranges of members written beyond
+    /// `next` (start to end), none starting at `next`.
+    Placing {
+        body: usize,
+        each: usize,
+        ahead: BTreeMap<u32, u32>,
+    },
+    /// Results that come early are parked.
+    Parking,
 }
 
 /// Results of members `first..first + count`, `each` bytes each, one after
@@ -77,6 +111,9 @@ pub(crate) struct Assembly {
     spans: Vec<Span>,
     failed: Vec<(usize, JobError)>,
     parked: BTreeMap<u32, Parked>,
+    mode: Mode,
+    /// Bytes of `out` before the first member's element.
+    prefix: usize,
 }
 
 impl Assembly {
@@ -88,11 +125,13 @@ impl Assembly {
         Assembly {
             policy,
             members,
+            prefix: out.len(),
             out,
             next: 0,
             spans: Vec::new(),
             failed: Vec::new(),
             parked: BTreeMap::new(),
+            mode: Mode::Open,
         }
     }
 
@@ -103,6 +142,14 @@ impl Assembly {
 
     /// Member `index` resolved: its result as an item, or its failure.
     pub(crate) fn accept(&mut self, index: u32, result: Result<Vec<u8>, JobError>) {
+        if let Ok(item) = &result {
+            let body = item.get(LEN..).unwrap_or_default();
+            if self.may_place(body.len()) {
+                self.place(index, 1, body.len(), |_| body);
+                return;
+            }
+        }
+        self.stop_placing();
         if index == self.next {
             match &result {
                 Ok(item) => self.push(Ok(item.get(LEN..).unwrap_or_default())),
@@ -124,6 +171,19 @@ impl Assembly {
         later: Vec<u32>,
         unit: Option<Arc<[u8]>>,
     ) {
+        if later.is_empty()
+            && unit.is_none()
+            && let Some(size) = uniform_successes(&buf, count)
+            && self.may_place(size)
+        {
+            let stride = wire::HEADER + size;
+            self.place(base, count, size, |i| {
+                let at = i * stride + wire::HEADER;
+                &buf[at..at + size]
+            });
+            return;
+        }
+        self.stop_placing();
         let parked = Parked::Records {
             buf,
             at: 0,
@@ -143,6 +203,7 @@ impl Assembly {
         error: JobError,
         later: Vec<u32>,
     ) {
+        self.stop_placing();
         self.park(
             base,
             Parked::Failed {
@@ -151,6 +212,93 @@ impl Assembly {
                 later,
             },
         );
+    }
+
+    /// Whether a success of `body` bytes can be written at its place:
+    /// nothing but successes of that size came so far. The first result
+    /// decides the size, and makes room for every member at once.
+    fn may_place(&mut self, body: usize) -> bool {
+        match &self.mode {
+            Mode::Open => {
+                let each = self.element(body);
+                let whole = self.prefix + each.saturating_mul(self.members as usize);
+                if whole > 1 << 30 {
+                    self.mode = Mode::Parking;
+                    return false;
+                }
+                self.out.reserve_exact(whole - self.out.len());
+                hugepage::advise(&self.out);
+                self.mode = Mode::Placing {
+                    body,
+                    each,
+                    ahead: BTreeMap::new(),
+                };
+                true
+            }
+            Mode::Placing { body: b, .. } => *b == body,
+            Mode::Parking => false,
+        }
+    }
+
+    /// Bytes of one member's element for a result of `body` bytes.
+    fn element(&self, body: usize) -> usize {
+        match self.policy {
+            Policy::FailFast => body,
+            Policy::CollectAll => codec::RESULT_OK.len() + body,
+        }
+    }
+
+    /// Writes the results of members `base..base + count` — `body(i)` the
+    /// `i`-th's, of `size` bytes — at their places (see `may_place`).
+    fn place<'b>(&mut self, base: u32, count: u32, size: usize, body: impl Fn(usize) -> &'b [u8]) {
+        let Mode::Placing { each, ahead, .. } = &mut self.mode else {
+            unreachable!("placing without a size");
+        };
+        let each = *each;
+        let start = self.prefix + base as usize * each;
+        let end = start + count as usize * each;
+        if self.out.len() < end {
+            self.out.resize(end, 0);
+        }
+        let dst = &mut self.out[start..end];
+        match self.policy {
+            Policy::FailFast => place_bodies(dst, size, count as usize, &body),
+            Policy::CollectAll => {
+                for (i, element) in dst.chunks_exact_mut(each).enumerate() {
+                    element[..codec::RESULT_OK.len()].copy_from_slice(&codec::RESULT_OK);
+                    element[codec::RESULT_OK.len()..].copy_from_slice(body(i));
+                }
+            }
+        }
+        if base == self.next {
+            self.next = base + count;
+            while let Some(end) = ahead.remove(&self.next) {
+                self.next = end;
+            }
+        } else {
+            debug_assert!(base > self.next, "member {base} resolved twice");
+            ahead.insert(base, base + count);
+        }
+    }
+
+    /// Ends placing, if it was on: the results placed ahead of `next` are
+    /// parked, to be appended in order as the rest.
+    fn stop_placing(&mut self) {
+        let mode = std::mem::replace(&mut self.mode, Mode::Parking);
+        let Mode::Placing { body, each, ahead } = mode else {
+            return;
+        };
+        if self.policy == Policy::FailFast && self.next > 0 {
+            self.note(0, self.next, self.prefix, body);
+        }
+        for (first, end) in ahead {
+            let at = self.prefix + first as usize * each;
+            let data = self.out[at..at + (end - first) as usize * each].to_vec();
+            let count = end - first;
+            self.parked
+                .insert(first, Parked::Placed { data, count, each });
+        }
+        self.out.truncate(self.prefix + self.next as usize * each);
     }
 
     fn park(&mut self, index: u32, parked: Parked) {
@@ -220,6 +368,14 @@ impl Assembly {
                     later,
                     unit,
                 } => self.take_records(buf, at, count, later, unit),
+                Parked::Placed { data, count, each } => {
+                    let start = self.out.len();
+                    self.out.extend_from_slice(&data);
+                    if self.policy == Policy::FailFast {
+                        self.note(self.next, count, start, each);
+                    }
+                    self.next += count;
+                }
                 Parked::Failed {
                     count,
                     error,
@@ -417,6 +573,44 @@ impl Assembly {
     }
 }
 
+/// The size of every result in `buf`, if it holds `count` records that are
+/// all plain successes of one size (checked header by header).
+fn uniform_successes(buf: &[u8], count: u32) -> Option<usize> {
+    let first = ok_body(buf, 0)?.len();
+    let stride = wire::HEADER + first;
+    if buf.len() != stride.checked_mul(count as usize)? {
+        return None;
+    }
+    let header = wire::header(wire::Tag::Ok, first as u32);
+    buf.chunks_exact(stride)
+        .all(|rec| rec[..wire::HEADER] == header)
+        .then_some(first)
+}
+
+/// Writes `count` results of `size` bytes — `body(i)` the `i`-th — one
+/// after another into `dst`; common sizes as fixed-size moves.
+fn place_bodies<'b>(dst: &mut [u8], size: usize, count: usize, body: &impl Fn(usize) -> &'b [u8]) {
+    fn fixed<'b, const N: usize>(dst: &mut [u8], count: usize, body: &impl Fn(usize) -> &'b [u8]) {
+        for (i, d) in dst.chunks_exact_mut(N).take(count).enumerate() {
+            let src: &[u8; N] = body(i).try_into().expect("N bytes");
+            d.copy_from_slice(src);
+        }
+    }
+    match size {
+        0 => {}
+        1 => fixed::<1>(dst, count, body),
+        2 => fixed::<2>(dst, count, body),
+        4 => fixed::<4>(dst, count, body),
+        8 => fixed::<8>(dst, count, body),
+        16 => fixed::<16>(dst, count, body),
+        _ => {
+            for (i, d) in dst.chunks_exact_mut(size).take(count).enumerate() {
+                d.copy_from_slice(body(i));
+            }
+        }
+    }
+}
+
 /// The body of the record at `buf[at..]` if it is a plain success — the
 /// hot path of a big chord.
 #[inline]
@@ -489,6 +683,59 @@ mod tests {
         assert!(a.is_complete());
         let v: Vec<u32> = value(a.finish());
         assert_eq!(v, [0, 10, 20, 30, 41, 50, 60]);
+    }
+
+    /// Results of one size are written at their place as they come, in
+    /// any order; a failure, or a result of another size, ends that, and
+    /// what was placed ahead is appended in order with the rest.
+    #[test]
+    fn results_of_one_size_are_placed_until_one_is_not() {
+        let ok = |v: u64| (Tag::Ok, enc(&v));
+        let recs = |vs: &[u64]| records(&vs.iter().map(|&v| ok(v)).collect::<Vec<_>>());
+        // All of one size, out of order.
+        let mut a = Assembly::new(Shape::Vec, Policy::FailFast, 8);
+        a.accept_records(5, recs(&[50, 60, 70]), 3, vec![], None);
+        a.accept(4, Ok(item(&40u64)));
+        a.accept_records(0, recs(&[0, 10]), 2, vec![], None);
+        assert!(!a.is_complete());
+        a.accept_records(2, recs(&[20, 30]), 2, vec![], None);
+        assert!(a.is_complete());
+        let v: Vec<u64> = value(a.finish());
+        assert_eq!(v, [0, 10, 20, 30, 40, 50, 60, 70]);
+
+        // Placed ahead, then a failure: the successes placed still count.
+        let mut a = Assembly::new(Shape::Vec, Policy::FailFast, 6);
+        a.accept_records(0, recs(&[0, 10]), 2, vec![], None);
+        a.accept_records(4, recs(&[40, 50]), 2, vec![], None);
+        a.accept_failed(2, 1, JobError::Expired, vec![]);
+        a.accept(3, Ok(item(&30u64)));
+        let Err(JobError::MembersFailed(f)) = a.finish() else {
+            panic!("the group should fail");
+        };
+        assert_eq!(f.failed(), [(2, JobError::Expired)]);
+        let ok: Vec<(usize, u64)> = f
+            .encoded_successes()
+            .map(|(i, b)| (i, codec::decode(b).unwrap()))
+            .collect();
+        assert_eq!(ok, [(0, 0), (1, 10), (3, 30), (4, 40), (5, 50)]);
+
+        // Placed ahead, then a result of another size.
+        let mut a = Assembly::new(Shape::Vec, Policy::FailFast, 4);
+        let s = |x: &str| item(&x.to_string());
+        a.accept(3, Ok(s("dd")));
+        a.accept(1, Ok(s("bb")));
+        a.accept(0, Ok(s("a")));
+        a.accept(2, Ok(s("cc")));
+        let v: Vec<String> = value(a.finish());
+        assert_eq!(v, ["a", "bb", "cc", "dd"]);
+
+        // Collect-all: placed with their `Ok`, until a failure.
+        let mut a = Assembly::new(Shape::Vec, Policy::CollectAll, 4);
+        a.accept_records(2, recs(&[2, 3]), 2, vec![], None);
+        a.accept(1, Err(JobError::Cancelled));
+        a.accept(0, Ok(item(&0u64)));
+        let v: Vec<Result<u64, JobError>> = value(a.finish());
+        assert_eq!(v, [Ok(0), Err(JobError::Cancelled), Ok(2), Ok(3)]);
     }
 
     /// Fail-fast: every failure is named, and the successes are kept.
