@@ -258,7 +258,7 @@ where
     /// A group of one member per `n` arguments (Celery's `chunks`): each
     /// member runs this job on its `n` arguments, in one batch on one
     /// worker, and gives their results; the group gives a `Vec` per chunk.
-    /// A chunk fails if any of its jobs does ([`JobError::MembersFailed`]
+    /// A chunk fails if any of its jobs does ([`JobError::MembersFailed`](crate::JobError::MembersFailed)
     /// for the chunk). `n` below 1 is taken as 1.
     ///
     /// ```

@@ -38,7 +38,7 @@ use crate::worker::call::Call;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
 /// State shared by every handle of one pool.
@@ -226,7 +226,7 @@ impl Shared {
     pub(crate) fn feed(&self) -> Feed {
         Feed {
             submitter: self.submitter.clone(),
-            driver: self.driver.clone(),
+            driver: Arc::downgrade(&self.driver),
             counters: self.counters.clone(),
             config: self.config.clone(),
             next_id: self.next_id.clone(),
@@ -294,7 +294,9 @@ impl Shared {
 #[derive(Clone)]
 pub(crate) struct Feed {
     pub(crate) submitter: Submitter,
-    driver: Arc<Driver>,
+    /// Weak: a workflow's handle that outlives its pool must not keep the
+    /// supervisor's state (its descriptors) alive.
+    driver: Weak<Driver>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) config: Arc<PoolConfig>,
     next_id: Arc<AtomicU64>,
@@ -335,7 +337,9 @@ impl Feed {
     /// start on the first while it prepares the next. It must
     /// [`hand_over`](Self::hand_over) before it blocks.
     pub(crate) fn step_once(&self) {
-        self.driver.step_once();
+        if let Some(driver) = self.driver.upgrade() {
+            driver.step_once();
+        }
     }
 
     /// After quiet sends: wakes the supervisor thread if nobody is stepping
@@ -343,7 +347,9 @@ impl Feed {
     /// thread that steps it — inside a step, where a job's outcome is
     /// delivered — this costs a failed `try_lock`.
     pub(crate) fn hand_over(&self) {
-        self.driver.hand_over();
+        if let Some(driver) = self.driver.upgrade() {
+            driver.hand_over();
+        }
     }
 }
 
