@@ -4,8 +4,9 @@
 //! A [`Flow`] holds the workflow's parts as a flat list (a chain's steps, a
 //! group's members, each with its parent) and reacts to [`Event`]s: a
 //! single job resolved (its slot's finisher posts it), or a delivery of a
-//! group's batched members came in (their [`ChunkSink`](crate::canvas::segment::ChunkSink) posts it). Each
-//! event is applied under the flow's lock — state changes, and jobs handed
+//! group's batched members came in (their
+//! [`ChunkSink`](crate::canvas::segment::ChunkSink) posts it). Each event
+//! is applied under the flow's lock — state changes, and jobs handed
 //! to the supervisor's command queue, which never blocks — and what may run
 //! user code or take other locks (resolving a slot, cancelling a job,
 //! callbacks, dropping a batch the supervisor refused) runs after the lock
