@@ -1,13 +1,14 @@
 //! Criterion benchmarks of workflows (issue 11, BENCHMARKS.md "Workflows").
 //! `cargo bench --bench canvas`.
 //!
-//! - `chain_1000`: a chain of 1,000 trivial steps, built, submitted and
-//!   waited for.
-//! - `chord_100k` and `map_100k`, side by side: a chord over 100,000
-//!   trivial members (`starmap`, body: their sum), built, submitted and
-//!   waited for; and `map` over the same items. This VM's speed drifts, so
-//!   each iteration of one also runs the other, untimed, first or last in
-//!   turn: both see the same machine.
+//! - `chain_1000/{apply,submit_get}`: a chain of 1,000 trivial steps,
+//!   built, run and waited for — with `apply()`, or `submit().get()`.
+//! - `chord_100k/{apply,submit_get}` and `map_100k`, side by side: a chord
+//!   over 100,000 trivial members (`starmap`, body: their sum), built, run
+//!   and waited for; and `map` over the same items. This VM's speed
+//!   drifts, so each timed run has an untimed run of the other (`map`, or
+//!   the chord with `apply`) beside it, first or last in turn: both see
+//!   the same machine.
 //! - `chord_body_latency/{100,10k,100k}`: from the moment the last member
 //!   returns (its own clock reading, in the worker) to the moment the body
 //!   starts (in a worker), for chords of that many members giving a `u64`
@@ -99,16 +100,20 @@ fn pool() -> Pool {
 
 fn chain(c: &mut Criterion) {
     let pool = pool();
+    let build = || {
+        let mut wf = pool.job(inc).sig(0).then(pool.job(inc));
+        for _ in 0..998 {
+            wf = wf.then(pool.job(inc));
+        }
+        wf
+    };
     let mut g = c.benchmark_group("canvas");
     g.sample_size(30).measurement_time(Duration::from_secs(5));
-    g.bench_function("chain_1000", |b| {
-        b.iter(|| {
-            let mut wf = pool.job(inc).sig(0).then(pool.job(inc));
-            for _ in 0..998 {
-                wf = wf.then(pool.job(inc));
-            }
-            assert_eq!(wf.submit().get(), Ok(1000));
-        })
+    g.bench_function("chain_1000/apply", |b| {
+        b.iter(|| assert_eq!(build().apply(), Ok(1000)))
+    });
+    g.bench_function("chain_1000/submit_get", |b| {
+        b.iter(|| assert_eq!(build().submit().get(), Ok(1000)))
     });
     g.finish();
 }
@@ -116,15 +121,9 @@ fn chain(c: &mut Criterion) {
 fn chord_vs_map(c: &mut Criterion) {
     const N: u64 = 100_000;
     let pool = pool();
-    let chord = || {
-        let got = pool
-            .job(inc)
-            .starmap(0..N)
-            .chord(pool.job(sum))
-            .submit()
-            .get();
-        assert_eq!(got, Ok(N * (N + 1) / 2));
-    };
+    let chord = || pool.job(inc).starmap(0..N).chord(pool.job(sum));
+    let chord_apply = || assert_eq!(chord().apply(), Ok(N * (N + 1) / 2));
+    let chord_submit = || assert_eq!(chord().submit().get(), Ok(N * (N + 1) / 2));
     let map = || {
         let got = pool.map(inc, 0..N).unwrap();
         assert_eq!(got.len() as u64, N);
@@ -148,8 +147,15 @@ fn chord_vs_map(c: &mut Criterion) {
         }
         total
     };
-    g.bench_function("chord_100k", |b| b.iter_custom(|n| paired(&chord, &map, n)));
-    g.bench_function("map_100k", |b| b.iter_custom(|n| paired(&map, &chord, n)));
+    g.bench_function("chord_100k/apply", |b| {
+        b.iter_custom(|n| paired(&chord_apply, &map, n))
+    });
+    g.bench_function("chord_100k/submit_get", |b| {
+        b.iter_custom(|n| paired(&chord_submit, &map, n))
+    });
+    g.bench_function("map_100k", |b| {
+        b.iter_custom(|n| paired(&map, &chord_apply, n))
+    });
     g.finish();
 }
 
@@ -166,7 +172,7 @@ fn body_latency(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    total += Duration::from_nanos(chord.submit().get().unwrap());
+                    total += Duration::from_nanos(chord.apply().unwrap());
                 }
                 total
             })
@@ -184,7 +190,7 @@ fn body_latency(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    total += Duration::from_nanos(chord.submit().get().unwrap());
+                    total += Duration::from_nanos(chord.apply().unwrap());
                 }
                 total
             })

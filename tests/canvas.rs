@@ -65,6 +65,22 @@ fn nap_then(x: u64) -> u64 {
 }
 
 #[test]
+fn apply_runs_and_waits_and_leaves_the_pool_serving() {
+    let pool = pool(2);
+    assert_eq!(pool.job(inc).sig(1).apply(), Ok(2));
+    assert_eq!(pool.job(inc).sig(1).then(pool.job(double)).apply(), Ok(4));
+    assert_eq!(pool.job(inc).starmap(0..3).apply(), Ok(vec![1, 2, 3]));
+    let chord = pool.job(picky).starmap(0..6).chord(pool.job(sum));
+    assert!(matches!(chord.apply(), Err(JobError::MembersFailed(_))));
+    // A job submitted now is served without anyone waiting on it: the
+    // supervisor thread was handed the pool back.
+    let h = pool.submit(inc, 41);
+    assert!(h.wait_timeout(Duration::from_secs(10)));
+    assert_eq!(h.get(), Ok(42));
+    assert_stats_add_up(&pool);
+}
+
+#[test]
 fn a_chain_passes_each_result_to_the_next_step() {
     let pool = pool(2);
     let wf = pool

@@ -78,7 +78,13 @@ const LEN: usize = 4;
 /// What happened to a workflow.
 pub(crate) enum Event {
     /// Start it, with the queue places its first jobs may take.
-    Start(Option<Ticket>),
+    /// `attended`: the submitting caller waits for the workflow at once and
+    /// drives the supervisor itself meanwhile, so the supervisor thread
+    /// need not be woken for the first jobs (see `Workflow::apply`).
+    Start {
+        ticket: Option<Ticket>,
+        attended: bool,
+    },
     /// A single job resolved: a step (`member` is [`WHOLE`]) or the retry
     /// of a batched member of group `node`. `outcome` is as its slot got it.
     Job {
@@ -217,9 +223,9 @@ impl Flow {
     }
 
     /// Starts the workflow; its first jobs take their queue places from
-    /// `ticket`.
-    pub(crate) fn start(self: &Arc<Self>, ticket: Option<Ticket>) {
-        post(self, Event::Start(ticket));
+    /// `ticket`. `attended`: see [`Event::Start`].
+    pub(crate) fn start(self: &Arc<Self>, ticket: Option<Ticket>, attended: bool) {
+        post(self, Event::Start { ticket, attended });
     }
 
     /// Whether the workflow is over (finished or cancelled).
@@ -238,7 +244,7 @@ impl Flow {
     /// Applies one event, then does what it left to do.
     fn handle(self: &Arc<Self>, event: Event) {
         let mut later = Vec::new();
-        let sent = {
+        let (sent, attended) = {
             let mut state = self.lock();
             let mut run = Run {
                 flow: self,
@@ -248,11 +254,12 @@ impl Flow {
                 ticket: None,
                 sent: false,
                 starting: false,
+                attended: false,
             };
             run.apply(event);
-            run.sent
+            (run.sent, run.attended)
         };
-        if sent {
+        if sent && !attended {
             self.feed.hand_over();
         }
         for l in later {
@@ -365,14 +372,17 @@ struct Run<'a> {
     /// The event is the workflow's start, on the submitting caller's
     /// thread.
     starting: bool,
+    /// ... by a caller who waits for the workflow at once.
+    attended: bool,
 }
 
 impl Run<'_> {
     fn apply(&mut self, event: Event) {
         match event {
-            Event::Start(ticket) => {
+            Event::Start { ticket, attended } => {
                 self.ticket = ticket;
                 self.starting = true;
+                self.attended = attended;
                 self.work.push_back(Work::Start(0, None));
             }
             Event::Job {
@@ -564,6 +574,7 @@ impl Run<'_> {
             opts,
             ticket: None,
             by_caller,
+            attended: self.attended,
         };
         sending.ticket = self.places(u64::from(sending.count)).map(|t| *t);
         self.later.push(Later::Send(sending));

@@ -283,15 +283,24 @@ impl<R, P: Policy> Group<R, P> {
         self.home.handle(&self.node())
     }
 
+    /// Runs the group and waits for its results: `submit().get()` for a
+    /// caller that waits at once (see [`Workflow::apply`]).
+    pub fn apply(&self) -> Result<Vec<P::Member<R>>, JobError>
+    where
+        P::Member<R>: DeserializeOwned,
+    {
+        self.home.apply(&self.node())
+    }
+
     /// Submits the group and returns only its id (see
     /// [`Workflow::detach`]).
     pub fn detach(&self) -> JobId {
-        self.home.submit(&self.node(), Target::Store).0.id
+        self.home.submit(&self.node(), Target::Store, false).0.id
     }
 
     /// Submits the group and forgets it; its callbacks still run.
     pub fn spawn(&self) -> JobId {
-        self.home.submit(&self.node(), Target::Nowhere).0.id
+        self.home.submit(&self.node(), Target::Nowhere, false).0.id
     }
 }
 

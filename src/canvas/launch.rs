@@ -58,7 +58,13 @@ impl Home {
     }
 
     /// Submits workflow `node`; returns its slot and its coordinator.
-    pub(crate) fn submit(&self, node: &Node, target: Target) -> (Arc<Slot>, Arc<Flow>) {
+    /// `attended`: the caller waits for it at once (see `apply`).
+    pub(crate) fn submit(
+        &self,
+        node: &Node,
+        target: Target,
+        attended: bool,
+    ) -> (Arc<Slot>, Arc<Flow>) {
         let (shared, layers) = (&self.shared, &self.layers);
         let root = Arc::new(Slot::new(shared.next_job_id()));
         let runner = if node.has_callbacks() {
@@ -84,7 +90,7 @@ impl Home {
             }
         });
         match shared.admit(first_jobs) {
-            Ok(ticket) => flow.start(ticket),
+            Ok(ticket) => flow.start(ticket, attended),
             Err(_) => {
                 root.resolve(Err(JobError::PoolClosed));
             }
@@ -94,13 +100,26 @@ impl Home {
 
     /// Submits workflow `node` for a handle.
     pub(crate) fn handle<R: DeserializeOwned>(&self, node: &Node) -> JobHandle<R> {
-        let (slot, flow) = self.submit(node, Target::Handle);
+        let (slot, flow) = self.submit(node, Target::Handle, false);
         JobHandle::tracked(slot, Arc::downgrade(&self.shared), flow)
     }
 
+    /// Runs workflow `node` and waits for it, this thread driving the
+    /// supervisor from the start — the supervisor thread is not woken for
+    /// the first jobs, as with `Pool::apply` and `Pool::map` — and handing
+    /// over when it leaves (the rule of `supervisor/drive.rs`).
+    pub(crate) fn apply<R: DeserializeOwned>(&self, node: &Node) -> Result<R, JobError> {
+        let (slot, flow) = self.submit(node, Target::Handle, true);
+        let handle = JobHandle::<R>::tracked(slot, Arc::downgrade(&self.shared), flow);
+        let result = handle.get();
+        self.shared.driver.hand_over();
+        result
+    }
+
     /// Submits a lone signature as the job it is (a handle's `progress`
-    /// and `attempts` are then the job's own).
-    pub(crate) fn submit_job(&self, leaf: &Leaf, target: Target) -> Arc<Slot> {
+    /// and `attempts` are then the job's own). `quiet`: the caller helps
+    /// right away (`Signature::apply`).
+    pub(crate) fn submit_job(&self, leaf: &Leaf, target: Target, quiet: bool) -> Arc<Slot> {
         let (shared, layers) = (&self.shared, &self.layers);
         let spec = &leaf.spec;
         let slot = Arc::new(Slot::new(shared.next_job_id()));
@@ -134,7 +153,7 @@ impl Home {
         }
         let sink = spec.sink(&shared.feed(), &slot, &item, opts);
         let batch = Batch::new(spec.call, item, 1, 0, sink, opts, Some(slot.id));
-        shared.submit(batch, false);
+        shared.submit(batch, quiet);
         slot
     }
 }

@@ -102,6 +102,9 @@ pub(crate) struct Sending {
     /// supervisor after each batch, as `map` does, so the workers start at
     /// once.
     pub(crate) by_caller: bool,
+    /// ... who then waits for the workflow, driving the supervisor: the
+    /// supervisor thread need not be woken when the batches are sent.
+    pub(crate) attended: bool,
 }
 
 impl Sending {
@@ -189,7 +192,7 @@ impl Sending {
                 None => {}
             }
         }
-        if sent {
+        if sent && !self.attended {
             feed.hand_over();
         }
     }

@@ -17,6 +17,7 @@ use crate::canvas::node::{Arg, Items, Kind, Leaf, Member, Node, Policy, Shape};
 use crate::canvas::sealed::Sealed;
 use crate::canvas::workflow::{IntoWorkflow, Step, Workflow};
 use crate::client::handle::JobHandle;
+use crate::error::JobError;
 use crate::options::signature::{Job, NoError, Spec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -127,18 +128,28 @@ impl<R> Signature<R> {
     where
         R: DeserializeOwned,
     {
-        let slot = self.home.submit_job(&self.leaf, Target::Handle);
+        let slot = self.home.submit_job(&self.leaf, Target::Handle, false);
         JobHandle::new(slot, Arc::downgrade(&self.home.shared))
+    }
+
+    /// Runs the job and waits for its result, as
+    /// [`Pool::apply`](crate::Pool::apply) does.
+    pub fn apply(&self) -> Result<R, JobError>
+    where
+        R: DeserializeOwned,
+    {
+        let slot = self.home.submit_job(&self.leaf, Target::Handle, true);
+        JobHandle::<R>::new(slot, Arc::downgrade(&self.home.shared)).get()
     }
 
     /// Submits the job and returns only its id (see [`Job::detach`]).
     pub fn detach(&self) -> JobId {
-        self.home.submit_job(&self.leaf, Target::Store).id
+        self.home.submit_job(&self.leaf, Target::Store, false).id
     }
 
     /// Submits the job and forgets it (see [`Job::spawn`]).
     pub fn spawn(&self) -> JobId {
-        self.home.submit_job(&self.leaf, Target::Nowhere).id
+        self.home.submit_job(&self.leaf, Target::Nowhere, false).id
     }
 }
 

@@ -285,16 +285,39 @@ impl<R> Workflow<R> {
         self.home.handle(&self.node)
     }
 
+    /// Runs the workflow and waits for its result: `submit().get()` for a
+    /// caller that waits at once. The calling thread drives the pool from
+    /// the start, as [`Pool::apply`](crate::Pool::apply) and
+    /// [`Pool::map`](crate::Pool::map) do, so the supervisor's thread is not
+    /// woken to share the work (for a big group, a third of a `map`'s time
+    /// on two cores).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// fn inc(x: u64) -> u64 { x + 1 }
+    /// fn sum(xs: Vec<u64>) -> u64 { xs.iter().sum() }
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let chord = pool.job(inc).starmap(0..1000).chord(pool.job(sum));
+    /// assert_eq!(chord.apply(), Ok(500_500));
+    /// # Ok(()) }
+    /// ```
+    pub fn apply(&self) -> Result<R, JobError>
+    where
+        R: DeserializeOwned,
+    {
+        self.home.apply(&self.node)
+    }
+
     /// Submits the workflow and returns only its id, for
     /// [`Pool::status`](crate::Pool::status) (`Running` with its steps done
     /// as progress, then `Succeeded` or `Failed`) and
     /// [`Pool::take_result`](crate::Pool::take_result).
     pub fn detach(&self) -> JobId {
-        self.home.submit(&self.node, Target::Store).0.id
+        self.home.submit(&self.node, Target::Store, false).0.id
     }
 
     /// Submits the workflow and forgets it; its callbacks still run.
     pub fn spawn(&self) -> JobId {
-        self.home.submit(&self.node, Target::Nowhere).0.id
+        self.home.submit(&self.node, Target::Nowhere, false).0.id
     }
 }
