@@ -48,9 +48,10 @@ use crate::batch::outcome;
 use crate::batch::progress::Progress;
 use crate::batch::slot::Slot;
 use crate::batch::{Batch, JobOpts, Outcome};
-use crate::canvas::args::{Args, Encoded};
 use crate::canvas::assemble::Assembly;
-use crate::canvas::node::{Arg, ChainErrors, Items, Kind, Member, Node};
+use crate::canvas::node::{Arg, ChainErrors, Node};
+pub(crate) use crate::canvas::parts::NodeId;
+use crate::canvas::parts::{Builder, Part, PartKind, Phase, first_jobs};
 use crate::canvas::segment::{Segment, Sending};
 use crate::client::handle::Tracker;
 use crate::client::shared::Feed;
@@ -65,9 +66,6 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// A part's index in its flow.
-pub(crate) type NodeId = u32;
 
 /// Stands for "the part itself" where a group member's index is expected.
 const WHOLE: u32 = u32::MAX;
@@ -120,41 +118,6 @@ enum Later {
     Cancel(Arc<Slot>),
     /// Tell callbacks an outcome.
     Notify(JobCallbacks, Result<Vec<u8>, JobError>),
-}
-
-/// Where a part is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Waiting,
-    Running,
-    Done,
-}
-
-/// One part of a running workflow.
-struct Part {
-    /// Its parent, and its place there (a step's number, a member's index).
-    parent: Option<(NodeId, u32)>,
-    kind: PartKind,
-    callbacks: Option<JobCallbacks>,
-    phase: Phase,
-}
-
-enum PartKind {
-    Step {
-        spec: Arc<Spec>,
-        arg: Arg,
-    },
-    Chain {
-        steps: Vec<NodeId>,
-        errors: ChainErrors,
-    },
-    Group {
-        /// Members that are parts of their own.
-        nodes: Vec<NodeId>,
-        /// Members that travel in batches.
-        segments: Vec<Segment>,
-        assembly: Option<Assembly>,
-    },
 }
 
 /// What is left to do while an event is applied.
@@ -764,7 +727,7 @@ impl Run<'_> {
             self.st.finished = true;
             self.flow.over.store(true, Ordering::Release);
             let root = self.flow.root.clone();
-            self.later.push(Later::Resolve(root, record_of(&result)));
+            self.later.push(Later::Resolve(root, into_record(result)));
             return;
         };
         match &self.st.parts[parent as usize].kind {
@@ -786,192 +749,6 @@ impl Run<'_> {
             },
             PartKind::Group { .. } => self.member_done(parent, place, result),
             PartKind::Step { .. } => unreachable!("a step has no parts"),
-        }
-    }
-}
-
-/// Turns a built workflow into a flow's parts.
-struct Builder {
-    parts: Vec<Part>,
-    /// The pool's message cap, for arguments encoded here.
-    cap: u64,
-}
-
-impl Builder {
-    /// Adds the parts of `node`, under `parent`; returns its id. `first`:
-    /// the part starts with the workflow, on the submitting caller's
-    /// thread (its typed arguments may wait until then to be encoded).
-    fn build(&mut self, node: &Node, parent: Option<(NodeId, u32)>, first: bool) -> NodeId {
-        let id = self.parts.len() as NodeId;
-        self.parts.push(Part {
-            parent,
-            kind: PartKind::Chain {
-                steps: Vec::new(),
-                errors: ChainErrors::AsIs,
-            },
-            callbacks: node.callbacks.clone(),
-            phase: Phase::Waiting,
-        });
-        let kind = match &node.kind {
-            Kind::Step(leaf) => PartKind::Step {
-                spec: leaf.spec.clone(),
-                arg: leaf.arg.clone(),
-            },
-            Kind::Chain { steps, errors } => PartKind::Chain {
-                steps: steps
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| self.build(s, Some((id, i as u32)), first && i == 0))
-                    .collect(),
-                errors: *errors,
-            },
-            Kind::Group {
-                members,
-                shape,
-                policy,
-            } => {
-                let mut group = GroupBuilder::default();
-                for member in members {
-                    match member {
-                        Member::Items(items) => {
-                            group.flush(self, id, first);
-                            let seg = self.segment(items, group.index, first);
-                            group.segments.push(seg);
-                            group.index += items.count;
-                        }
-                        Member::Node(n) => group.push(self, id, n, first),
-                    }
-                }
-                group.flush(self, id, first);
-                let assembly = Assembly::new(*shape, *policy, group.index);
-                PartKind::Group {
-                    nodes: group.nodes,
-                    segments: group.segments,
-                    assembly: Some(assembly),
-                }
-            }
-        };
-        self.parts[id as usize].kind = kind;
-        id
-    }
-
-    /// The segment of `items`, whose first member is member `index` of its
-    /// group. Its arguments stay typed only if the caller's thread sends
-    /// them in batches when the workflow starts and no retry may need one
-    /// again; otherwise they are encoded now, on that thread.
-    fn segment(&self, items: &Items, index: u32, first: bool) -> Segment {
-        let spec = &items.spec;
-        let retries = spec.retry.as_ref().is_some_and(|p| p.max_retries() > 0);
-        // Members with a start time go as single jobs, each with its own
-        // argument (see `segment.rs`).
-        let singles = spec.core.has_start();
-        let (args, from) = if items.args.is_typed() && (!first || retries || singles) {
-            let encoded = Encoded::encode(&*items.args, items.from, items.count, self.cap);
-            (Arc::new(encoded) as Arc<dyn Args>, 0)
-        } else {
-            (items.args.clone(), items.from)
-        };
-        Segment {
-            spec: items.spec.clone(),
-            first: index,
-            count: items.count,
-            args,
-            from,
-            whole: items.whole,
-            opts: JobOpts::default(),
-        }
-    }
-}
-
-/// A group's members being laid out: parts, and runs of bound jobs of one
-/// spec that become segments.
-#[derive(Default)]
-struct GroupBuilder<'n> {
-    nodes: Vec<NodeId>,
-    segments: Vec<Segment>,
-    /// Members so far.
-    index: u32,
-    /// The current run of bound jobs of one spec.
-    run: Vec<&'n Node>,
-}
-
-impl<'n> GroupBuilder<'n> {
-    /// Adds member `n`: to the current run if it is a bound job of its
-    /// spec, else as a part of its own.
-    fn push(&mut self, b: &mut Builder, group: NodeId, n: &'n Node, first: bool) {
-        match (bound(n), self.run.first().and_then(|f| bound(f))) {
-            (Some((spec, _)), Some((run_spec, _))) if *spec == *run_spec => self.run.push(n),
-            (Some(_), _) => {
-                self.flush(b, group, first);
-                self.run.push(n);
-            }
-            (None, _) => {
-                self.flush(b, group, first);
-                let id = b.build(n, Some((group, self.index)), first);
-                self.nodes.push(id);
-                self.index += 1;
-            }
-        }
-    }
-
-    /// Ends the current run: a single job alone, a segment if several.
-    fn flush(&mut self, b: &mut Builder, group: NodeId, first: bool) {
-        match self.run.len() {
-            0 => {}
-            1 => {
-                let id = b.build(self.run[0], Some((group, self.index)), first);
-                self.nodes.push(id);
-                self.index += 1;
-            }
-            n => {
-                let spec = bound(self.run[0]).expect("runs hold bound jobs").0.clone();
-                let mut args = Encoded::new();
-                for node in &self.run {
-                    args.push(Ok(bound(node).expect("runs hold bound jobs").1));
-                }
-                self.segments.push(Segment {
-                    spec,
-                    first: self.index,
-                    count: n as u32,
-                    args: Arc::new(args),
-                    from: 0,
-                    whole: false,
-                    opts: JobOpts::default(),
-                });
-                self.index += n as u32;
-            }
-        }
-        self.run.clear();
-    }
-}
-
-/// The spec and encoded argument of a step whose argument is bound and
-/// encoded, with no callbacks of its own as a part: one that may travel in
-/// a batch with others.
-fn bound(n: &Node) -> Option<(&Arc<Spec>, &[u8])> {
-    match (&n.kind, &n.callbacks) {
-        (Kind::Step(leaf), None) => match &leaf.arg {
-            Arg::Bound(arg) => arg
-                .as_ref()
-                .as_ref()
-                .ok()
-                .map(|item| (&leaf.spec, &item[..])),
-            Arg::Previous => None,
-        },
-        _ => None,
-    }
-}
-
-/// How many jobs part `id` sends when it starts.
-fn first_jobs(parts: &[Part], id: NodeId) -> u64 {
-    match &parts[id as usize].kind {
-        PartKind::Step { .. } => 1,
-        PartKind::Chain { steps, .. } => steps.first().map_or(0, |&s| first_jobs(parts, s)),
-        PartKind::Group {
-            nodes, segments, ..
-        } => {
-            let batched: u64 = segments.iter().map(|s| u64::from(s.count)).sum();
-            batched + nodes.iter().map(|&n| first_jobs(parts, n)).sum::<u64>()
         }
     }
 }
@@ -1016,7 +793,15 @@ fn item_of(outcome: Result<Vec<u8>, JobError>) -> Result<Vec<u8>, JobError> {
     Ok(buf)
 }
 
-/// A workflow value as a job's record, for a handle or callbacks.
+/// A workflow value as a job's record, for a handle: in place, the tag
+/// byte inserted after the length (a big group's result is not copied).
+fn into_record(result: Result<Vec<u8>, JobError>) -> Result<Vec<u8>, JobError> {
+    let mut item = result?;
+    item.insert(LEN, Tag::Ok as u8);
+    Ok(item)
+}
+
+/// A copy of a workflow value as a job's record, for callbacks.
 fn record_of(result: &Result<Vec<u8>, JobError>) -> Result<Vec<u8>, JobError> {
     let item = result.as_ref().map_err(Clone::clone)?;
     let mut rec = Vec::with_capacity(item.len() + 1);

@@ -40,7 +40,8 @@
 //! | `group.rs` | [`Group`], the policies [`FailFast`] and [`CollectAll`], tuples ([`Members`]) |
 //! | `node.rs` | the erased tree every workflow is, as built |
 //! | `launch.rs` | submitting: a workflow's own slot, callbacks, queue places; a lone signature as a job |
-//! | `flow.rs` | the coordinator: a running workflow's parts and events |
+//! | `flow.rs` | the coordinator: a running workflow and the events that move it |
+//! | `parts.rs` | a running workflow's parts, and how a built tree becomes them |
 //! | `segment.rs` | group members sent in batches, and their sinks |
 //! | `args.rs` | batched members' arguments: typed until sent, or encoded |
 //! | `assemble.rs` | a group's result from its members' encoded results |
@@ -51,6 +52,7 @@ mod flow;
 mod group;
 mod launch;
 mod node;
+mod parts;
 mod segment;
 mod signature;
 mod workflow;
