@@ -2,7 +2,9 @@
 //! `cargo bench --bench canvas`.
 //!
 //! - `chain_1000/{apply,submit_get}`: a chain of 1,000 trivial steps,
-//!   built, run and waited for — with `apply()`, or `submit().get()`.
+//!   built, run and waited for — with `apply()`, or `submit().get()`;
+//!   `chain_1000/baseline_1000_applies`: the same 1,000 round trips as
+//!   plain `Pool::apply` calls, the floor of a chain.
 //! - `chord_100k/{apply,submit_get}` and `map_100k`, side by side: a chord
 //!   over 100,000 trivial members (`starmap`, body: their sum), built, run
 //!   and waited for; and `map` over the same items. This VM's speed
@@ -114,6 +116,16 @@ fn chain(c: &mut Criterion) {
     });
     g.bench_function("chain_1000/submit_get", |b| {
         b.iter(|| assert_eq!(build().submit().get(), Ok(1000)))
+    });
+    // The floor: the same 1,000 round trips as plain `apply` calls.
+    g.bench_function("chain_1000/baseline_1000_applies", |b| {
+        b.iter(|| {
+            let mut x = 0;
+            for _ in 0..1000 {
+                x = pool.apply(inc, x).unwrap();
+            }
+            assert_eq!(x, 1000);
+        })
     });
     g.finish();
 }
