@@ -6,13 +6,20 @@
 //! alone. [`Error`] is for the calls that act on the pool as a whole —
 //! building it, shutting it down, or a `map` that reports its lowest failing
 //! item.
+//!
+//! A workflow (a chain, a group, a chord) fails with the same type: a
+//! chain names the step that failed ([`JobError::StepFailed`]), a group or
+//! a chord every member that failed ([`JobError::MembersFailed`], with a
+//! [`GroupFailure`]). Errors are serde types, so a chord's body can receive
+//! its members' errors.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io;
 use std::time::Duration;
 
 /// Why one job did not produce a result.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum JobError {
     /// The job's function panicked. The worker caught the panic and lives on.
@@ -86,6 +93,136 @@ pub enum JobError {
         /// What went wrong when starting the last worker.
         message: String,
     },
+    /// A step of a chain failed, so the steps after it never ran. `step`
+    /// counts from 0 (a group or a chord in a chain is one step); `error`
+    /// is that step's own failure.
+    #[error("step {step} of the chain failed: {error}")]
+    StepFailed {
+        /// Which step failed, from 0.
+        step: usize,
+        /// Why it failed.
+        error: Box<JobError>,
+    },
+    /// Members of a group failed (or of a chord, whose body then never
+    /// ran): the failure names each of them, and keeps what the others
+    /// produced.
+    #[error("{0}")]
+    MembersFailed(Box<GroupFailure>),
+}
+
+/// The members of a group (or a chord) that failed, and the results of
+/// those that did not: what [`JobError::MembersFailed`] carries.
+///
+/// Every member ran (or was tried) to its end: the group waits for all of
+/// them before it fails. [`failed`](Self::failed) names the failures by
+/// member index; [`succeeded`](Self::succeeded) and
+/// [`result`](Self::result) decode the other members' results.
+///
+/// ```
+/// use forkpool::{JobError, Pool};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// fn check(x: u32) -> u32 {
+///     assert!(x != 2, "no twos");
+///     x * 10
+/// }
+/// let pool = Pool::new(2)?;
+/// let group = pool.group((0..4).map(|x| pool.job(check).sig(x)));
+/// match group.submit().get() {
+///     Err(JobError::MembersFailed(f)) => {
+///         assert_eq!((f.members(), f.failed().len()), (4, 1));
+///         assert_eq!(f.failed()[0].0, 2);
+///         assert_eq!(f.succeeded::<u32>()?, [(0, 0), (1, 10), (3, 30)]);
+///     }
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupFailure {
+    members: usize,
+    failed: Vec<(usize, JobError)>,
+    /// Members that succeeded: their index, and where their encoded result
+    /// ends in `values` (it starts where the previous one ends).
+    succeeded: Vec<(usize, usize)>,
+    values: Vec<u8>,
+}
+
+impl GroupFailure {
+    /// A failure of a group of `members`, in which those in `failed`
+    /// failed (by index, in increasing order).
+    pub(crate) fn new(members: usize, failed: Vec<(usize, JobError)>) -> GroupFailure {
+        GroupFailure {
+            members,
+            failed,
+            succeeded: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
+    /// Records that member `index` succeeded with the encoded result
+    /// `value` (indices in increasing order).
+    pub(crate) fn push_success(&mut self, index: usize, value: &[u8]) {
+        self.values.extend_from_slice(value);
+        self.succeeded.push((index, self.values.len()));
+    }
+
+    /// The members that succeeded, by index, with their encoded results.
+    pub(crate) fn encoded_successes(&self) -> impl Iterator<Item = (usize, &[u8])> {
+        let mut start = 0;
+        self.succeeded.iter().map(move |&(index, end)| {
+            let value = &self.values[start..end];
+            start = end;
+            (index, value)
+        })
+    }
+
+    /// How many members the group has.
+    pub fn members(&self) -> usize {
+        self.members
+    }
+
+    /// The members that failed: their index in the group, and why, in
+    /// increasing order of index.
+    pub fn failed(&self) -> &[(usize, JobError)] {
+        &self.failed
+    }
+
+    /// The indices of the members that succeeded, in increasing order.
+    pub fn succeeded_indices(&self) -> impl Iterator<Item = usize> + '_ {
+        self.succeeded.iter().map(|&(index, _)| index)
+    }
+}
+
+impl fmt::Display for GroupFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 3;
+        write!(
+            f,
+            "{} of {} members failed: ",
+            self.failed.len(),
+            self.members
+        )?;
+        for (i, (index, error)) in self.failed.iter().take(SHOWN).enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "member {index}: {error}")?;
+        }
+        if self.failed.len() > SHOWN {
+            write!(f, "; and {} more", self.failed.len() - SHOWN)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for GroupFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupFailure")
+            .field("members", &self.members)
+            .field("failed", &self.failed)
+            .field("succeeded", &self.succeeded.len())
+            .finish()
+    }
 }
 
 fn crash_cause(signal: Option<i32>, exit_code: Option<i32>) -> String {

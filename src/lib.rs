@@ -78,6 +78,42 @@
 //! }
 //! ```
 //!
+//! # Workflows
+//!
+//! Celery's canvas, typed: a [`Signature`] is a job bound to its argument
+//! ([`Job::sig`]); [`then`](Signature::then) chains steps, each receiving
+//! the result of the one before; [`Pool::group`] runs members side by side
+//! and a [`chord`](Group::chord) runs a body once every member is done.
+//! A workflow's handle is a [`JobHandle`]; results move from step to step
+//! as the bytes the workers encoded, in the caller's process, so no worker
+//! ever waits for another job.
+//!
+//! ```
+//! use forkpool::{JobError, Pool};
+//!
+//! fn fetch(page: u32) -> String { format!("text of page {page}") }
+//! fn words(text: String) -> usize { text.split_whitespace().count() }
+//! fn total(counts: Vec<usize>) -> usize { counts.iter().sum() }
+//! fn check(n: usize) -> usize { assert!(n < 100, "too many words"); n }
+//!
+//! fn main() -> Result<(), forkpool::Error> {
+//!     let pool = Pool::new(2)?;
+//!     let pages = pool.group((1..=3).map(|p| pool.job(fetch).sig(p).then(pool.job(words))));
+//!     let workflow = pages.chord(pool.job(total)).then(pool.job(check));
+//!     assert_eq!(workflow.steps(), 8);
+//!     assert_eq!(workflow.submit().get(), Ok(12));
+//!
+//!     let failing = pool.job(words).sig("x ".repeat(200)).then(pool.job(check));
+//!     match failing.submit().get() {
+//!         Err(JobError::StepFailed { step: 1, error }) => {
+//!             assert!(matches!(*error, JobError::Panicked { .. }))
+//!         }
+//!         other => panic!("{other:?}"),
+//!     }
+//!     pool.join()
+//! }
+//! ```
+//!
 //! # How it works
 //!
 //! Building a pool forks a single-threaded *fork server* (zygote) from the
@@ -119,6 +155,7 @@
 #![allow(clippy::result_large_err)]
 
 mod batch;
+mod canvas;
 mod client;
 mod config;
 mod control;
@@ -133,6 +170,9 @@ mod worker;
 
 pub use batch::progress::Progress;
 pub use batch::{JobId, ParseJobIdError};
+pub use canvas::{
+    CollectAll, FailFast, Group, IntoWorkflow, Members, Policy, Signature, Step, Workflow,
+};
 pub use client::handle::JobHandle;
 pub use client::imap::{Imap, ImapUnordered};
 pub use control::events::{Event, EventKind, Events};
@@ -145,7 +185,7 @@ pub use control::inspection::{
 #[cfg(feature = "prometheus")]
 pub use control::prometheus::{MetricsCollector, MetricsFormat};
 pub use control::revoke::{Revoked, Stage};
-pub use error::{Error, JobError, TrySubmitError};
+pub use error::{Error, GroupFailure, JobError, TrySubmitError};
 pub use metrics::durations::DurationSummary;
 pub use metrics::stats::{QueueStats, Stats};
 pub use metrics::tally::{JobStats, Outcomes};

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 /// Top to bottom. Equal ranks may not import each other either.
 const LAYERS: &[(&str, u32)] = &[
-    ("pool", 10),      // the public facade: Pool, PoolBuilder
+    ("pool", 11),      // the public facade: Pool, PoolBuilder
+    ("canvas", 10),    // workflows: signatures, chains, groups, chords, their coordinator
     ("options", 9),    // job options: Job, retries, callbacks, results, rate limits
     ("client", 8),     // the caller's side: Shared, JobHandle, map/imap
     ("supervisor", 7), // the supervisor thread and its worker connections

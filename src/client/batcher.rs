@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Close a batch once its encoded items reach this size.
-pub(super) const MAX_BATCH_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// A batch at least this big is left to the supervisor thread: copying it
 /// into a ring (and its answers out) then runs beside the calling thread,
 /// which encodes and decodes. Smaller batches are cheaper driven by the

@@ -5,6 +5,12 @@
 //! thread: the result stays encoded until the caller asks for it. While a
 //! caller blocks in [`get`](JobHandle::get), it first helps the supervisor
 //! (see `supervisor/drive.rs`), so a quick job costs no thread wake-up.
+//!
+//! A workflow's handle (`canvas/`) is the same type with a [`Tracker`]: its
+//! slot is the workflow's, filled once by its coordinator; progress is
+//! steps done out of steps in all, cancelling cancels every unfinished
+//! part, and a waiting caller keeps helping for as long as steps keep
+//! finishing (a chain of quick steps is one round trip after another).
 
 use crate::batch::JobId;
 use crate::batch::outcome::decode_result;
@@ -12,7 +18,7 @@ use crate::batch::progress::Progress;
 use crate::batch::slot::Slot;
 use crate::client::shared::Shared;
 use crate::error::JobError;
-use crate::supervisor::Whereabouts;
+use crate::supervisor::{Help, Whereabouts};
 use crate::sys::prefault::{self, Spares};
 use crate::transport::wire;
 use serde::de::DeserializeOwned;
@@ -24,6 +30,21 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+/// How long a caller waiting for a workflow keeps helping the supervisor
+/// without a step finishing, before it leaves the rest to the supervisor
+/// thread and sleeps.
+const WORKFLOW_PATIENCE: Duration = Duration::from_millis(2);
+
+/// What a workflow's handle asks of the workflow (see `canvas/`).
+pub(crate) trait Tracker: Send + Sync {
+    /// Steps finished, out of the steps in all.
+    fn progress(&self) -> Progress;
+
+    /// Cancels every unfinished part and resolves the workflow as
+    /// cancelled; false if it had already finished.
+    fn cancel(&self) -> bool;
+}
 
 /// A submitted job: wait for it, poll it, await it, or cancel it.
 ///
@@ -40,6 +61,8 @@ pub struct JobHandle<R> {
     slot: Arc<Slot>,
     /// The pool, for cancelling; a handle does not keep its pool alive.
     pool: Weak<Shared>,
+    /// Set for a workflow's handle.
+    tracker: Option<Arc<dyn Tracker>>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -48,6 +71,7 @@ impl<R> fmt::Debug for JobHandle<R> {
         f.debug_struct("JobHandle")
             .field("id", &self.slot.id)
             .field("ready", &self.slot.is_ready())
+            .field("workflow", &self.tracker.is_some())
             .finish()
     }
 }
@@ -57,6 +81,17 @@ impl<R: DeserializeOwned> JobHandle<R> {
         JobHandle {
             slot,
             pool,
+            tracker: None,
+            _result: PhantomData,
+        }
+    }
+
+    /// The handle of a workflow whose outcome lands in `slot`.
+    pub(crate) fn tracked(slot: Arc<Slot>, pool: Weak<Shared>, tracker: Arc<dyn Tracker>) -> Self {
+        JobHandle {
+            slot,
+            pool,
+            tracker: Some(tracker),
             _result: PhantomData,
         }
     }
@@ -70,7 +105,26 @@ impl<R: DeserializeOwned> JobHandle<R> {
         if !self.slot.is_done()
             && let Some(pool) = self.pool.upgrade()
         {
-            pool.driver.help_until(&|| self.slot.is_done());
+            match &self.tracker {
+                None => {
+                    pool.driver.help_until(&|| self.slot.is_done());
+                }
+                Some(tracker) => {
+                    // Keep helping while steps keep finishing.
+                    let mut seen = tracker.progress().done;
+                    pool.driver.help_while(WORKFLOW_PATIENCE, &mut || {
+                        if self.slot.is_done() {
+                            return Help::Done;
+                        }
+                        let done = tracker.progress().done;
+                        if done == seen {
+                            return Help::Idle;
+                        }
+                        seen = done;
+                        Help::Progress
+                    });
+                }
+            }
         }
         self.slot.wait_until(None);
         let raw = self.slot.take();
@@ -114,7 +168,8 @@ impl<R: DeserializeOwned> JobHandle<R> {
     }
 
     /// How many times the job was tried: 1, plus one per retry its
-    /// [`RetryPolicy`](crate::RetryPolicy) scheduled so far.
+    /// [`RetryPolicy`](crate::RetryPolicy) scheduled so far (1 for a
+    /// workflow).
     ///
     /// ```
     /// # fn main() -> Result<(), forkpool::Error> {
@@ -146,10 +201,15 @@ impl<R: DeserializeOwned> JobHandle<R> {
 
     /// The latest progress the running job reported with
     /// [`report_progress`](crate::report_progress); `None` while it waits,
-    /// before its first report, and once it is finished.
+    /// before its first report, and once it is finished. For a workflow:
+    /// its steps finished out of its steps in all (a group's members and a
+    /// chord's body count one step each).
     pub fn progress(&self) -> Option<Progress> {
         if self.slot.is_ready() {
             return None;
+        }
+        if let Some(tracker) = &self.tracker {
+            return Some(tracker.progress());
         }
         match self.pool.upgrade()?.inspect(self.slot.id) {
             Whereabouts::Running { progress } => progress,
@@ -161,7 +221,14 @@ impl<R: DeserializeOwned> JobHandle<R> {
     /// job's worker is killed and replaced. Either way [`get`](Self::get)
     /// then returns `Err(JobError::Cancelled)`, and this returns true. It
     /// returns false when the job had already finished.
+    ///
+    /// For a workflow, every part not yet finished is cancelled this way,
+    /// and no further step starts; group members that a worker had already
+    /// taken in a batch run on, their results dropped.
     pub fn cancel(&self) -> bool {
+        if let Some(tracker) = &self.tracker {
+            return tracker.cancel();
+        }
         let pool = self.pool.upgrade();
         if self.slot.cancel_pending() {
             if let Some(p) = &pool {

@@ -37,7 +37,7 @@ const MAX_AUTO_CHUNK: usize = 16384;
 /// to the whole input; `map` applies it to what is left at every batch
 /// (guided scheduling), so the last batches are small and no worker is left
 /// finishing a big one alone.
-fn auto_chunk(items: usize, workers: usize) -> usize {
+pub(crate) fn auto_chunk(items: usize, workers: usize) -> usize {
     items.div_ceil(4 * workers).clamp(1, MAX_AUTO_CHUNK)
 }
 

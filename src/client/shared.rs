@@ -16,6 +16,11 @@
 //!   told, and joined unless the drop happens on the supervisor's own
 //!   thread (a job's callback that held the last handle), where joining
 //!   would deadlock.
+//!
+//! Code that submits from the supervisor's thread (a retry, a workflow's
+//! next step) must not hold the pool there, so it holds a [`Feed`]: the
+//! command queue, the counters, the settings and the id source, and
+//! nothing that keeps the pool alive or ends it when dropped.
 
 use crate::batch::gate::{Gate, Refused, Ticket};
 use crate::batch::slot::Slot;
@@ -37,7 +42,7 @@ use crate::worker::call::Call;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
 /// State shared by every handle of one pool.
@@ -46,13 +51,14 @@ use std::thread::JoinHandle;
 pub(crate) struct Shared {
     pub(crate) submitter: Submitter,
     /// Lets a waiting caller step the supervisor itself (see `supervisor::drive`).
-    pub(crate) driver: Driver,
+    pub(crate) driver: Arc<Driver>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) config: Arc<PoolConfig>,
     closed: AtomicBool,
     /// The bounded queue, with `queue_capacity`.
     gate: Option<Arc<Gate>>,
-    next_id: AtomicU64,
+    /// The next job id; shared with every [`Feed`].
+    next_id: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Faulted-in buffers for the big byte strings of results (`prefault.rs`).
     pub(crate) prefault: Prefault,
@@ -92,12 +98,12 @@ impl Shared {
         let maxes = config.queues.iter().map(|q| q.max_workers).collect();
         Ok(Arc::new(Shared {
             submitter,
-            driver,
+            driver: Arc::new(driver),
             counters,
             config,
             closed: AtomicBool::new(false),
             gate,
-            next_id: AtomicU64::new(1),
+            next_id: Arc::new(AtomicU64::new(1)),
             thread: Mutex::new(Some(thread)),
             prefault,
             maxes: Mutex::new(maxes),
@@ -136,6 +142,23 @@ impl Shared {
             None => Ok(None),
             Some(gate) => gate.try_acquire(1).map(Some),
         }
+    }
+
+    /// Places for `n` jobs in the bounded queue, waiting for room: `Ok(None)`
+    /// when the queue is unbounded, `Err` once the pool is closed.
+    pub(crate) fn admit(&self, n: u64) -> Result<Option<Ticket>, Refused> {
+        let Some(gate) = &self.gate else {
+            return Ok(None);
+        };
+        // Before blocking on a full queue, make sure the supervisor is
+        // awake to drain it: a quiet submitter may be the only one who
+        // would otherwise have stepped it.
+        gate.try_acquire(n)
+            .or_else(|_| {
+                self.submitter.nudge();
+                gate.acquire(n)
+            })
+            .map(Some)
     }
 
     /// Encodes one job's argument as a one-item batch body, or says why it
@@ -229,19 +252,9 @@ impl Shared {
     /// thread asleep, for a caller that helps right away. If the pool
     /// closes while it waits, its items fail with `PoolClosed`.
     pub(crate) fn submit(&self, mut batch: Batch, quiet: bool) {
-        if let Some(gate) = &self.gate
-            && batch.ticket.is_none()
-        {
-            let n = u64::from(batch.count());
-            // Before blocking on a full queue, make sure the supervisor is
-            // awake to drain it: a quiet submitter may be the only one who
-            // would otherwise have stepped it.
-            let admitted = gate.try_acquire(n).or_else(|_| {
-                self.submitter.nudge();
-                gate.acquire(n)
-            });
-            match admitted {
-                Ok(t) => batch.ticket = Some(Box::new(t)),
+        if self.gate.is_some() && batch.ticket.is_none() {
+            match self.admit(u64::from(batch.count())) {
+                Ok(t) => batch.ticket = t.map(Box::new),
                 Err(_) => return batch.fail(batch.count(), JobError::PoolClosed),
             }
         }
@@ -261,6 +274,18 @@ impl Shared {
     /// A fresh job id.
     pub(crate) fn next_job_id(&self) -> JobId {
         JobId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A way to submit that does not hold the pool (see [`Feed`]).
+    pub(crate) fn feed(&self) -> Feed {
+        Feed {
+            submitter: self.submitter.clone(),
+            driver: Arc::downgrade(&self.driver),
+            counters: self.counters.clone(),
+            config: self.config.clone(),
+            next_id: self.next_id.clone(),
+            events: self.events.clone(),
+        }
     }
 
     /// Asks the supervisor where single job `id` is now.
@@ -340,6 +365,81 @@ impl Shared {
             return true;
         }
         handle.join().is_ok()
+    }
+}
+
+/// What a submission needs, without the pool: the command queue (and the
+/// driver, to hand over to the supervisor thread), the counters, the
+/// settings and the id source.
+///
+/// It is what code running on the supervisor's thread holds — a retry's
+/// sink, a workflow's coordinator — since holding the pool there would keep
+/// it alive, and dropping the last handle there would end it from the
+/// thread it must join. A `Feed` never blocks: it does not wait for room in
+/// a bounded queue (its jobs were admitted once, or belong to a workflow
+/// that was), and after the supervisor is gone its batches come back to
+/// the caller, counted as cancelled.
+#[derive(Clone)]
+pub(crate) struct Feed {
+    pub(crate) submitter: Submitter,
+    /// Weak: a workflow's handle that outlives its pool must not keep the
+    /// supervisor's state (its descriptors) alive.
+    driver: Weak<Driver>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) config: Arc<PoolConfig>,
+    next_id: Arc<AtomicU64>,
+    /// Where the pool's events go.
+    pub(crate) events: Arc<Bus>,
+}
+
+impl Feed {
+    /// A fresh job id, from the pool's sequence.
+    pub(crate) fn next_job_id(&self) -> JobId {
+        JobId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Queues a batch, counted as submitted, without waking the supervisor
+    /// thread: the caller [`hand_over`](Self::hand_over)s once it has sent
+    /// what it had to (a thread stepping the supervisor — its own thread, or
+    /// a caller helping — takes the batch on its next step anyway, and a
+    /// chain of quick jobs then never wakes a sleeping thread). If the
+    /// supervisor is gone the batch comes back, its items counted as
+    /// cancelled: dropping it resolves them (the caller chooses where: a
+    /// drop runs the items' finishers, which must not run under the
+    /// caller's locks).
+    pub(crate) fn send_quiet(&self, batch: Batch) -> Result<(), Batch> {
+        let n = u64::from(batch.count());
+        self.counters.submitted.fetch_add(n, Ordering::Relaxed);
+        match self.submitter.send_quiet(Command::Submit(batch)) {
+            Ok(()) => Ok(()),
+            Err(cmd) => {
+                self.counters.cancelled.fetch_add(n, Ordering::Relaxed);
+                let Command::Submit(batch) = cmd else {
+                    unreachable!("the command sent was a Submit");
+                };
+                Err(batch)
+            }
+        }
+    }
+
+    /// Takes one supervisor step on this thread (see `Driver::step_once`):
+    /// for a caller that sends many batches, as `map` does, so workers
+    /// start on the first while it prepares the next. It must
+    /// [`hand_over`](Self::hand_over) before it blocks.
+    pub(crate) fn step_once(&self) {
+        if let Some(driver) = self.driver.upgrade() {
+            driver.step_once();
+        }
+    }
+
+    /// After quiet sends: wakes the supervisor thread if nobody is stepping
+    /// the supervisor to take them (see `Driver::hand_over`). From the
+    /// thread that steps it — inside a step, where a job's outcome is
+    /// delivered — this costs a failed `try_lock`.
+    pub(crate) fn hand_over(&self) {
+        if let Some(driver) = self.driver.upgrade() {
+            driver.hand_over();
+        }
     }
 }
 

@@ -11,13 +11,17 @@
 //! job finished, then dropped; expired entries are swept whenever the store
 //! is used.
 //!
+//! A detached workflow (`canvas/`) is kept the same way, under the id of
+//! its handle; while it runs, its status is `Running` with its steps done
+//! out of its steps in all.
+//!
 //! The store is shared by the pool and the finishers of its detached jobs,
 //! which hold it weakly: it never keeps the pool (or itself) alive.
 
 use crate::batch::JobId;
 use crate::batch::progress::Progress;
 use crate::batch::slot::Slot;
-use crate::client::handle::JobHandle;
+use crate::client::handle::{JobHandle, Tracker};
 use crate::client::shared::Shared;
 use crate::error::JobError;
 use crate::supervisor::Whereabouts;
@@ -54,8 +58,8 @@ pub enum JobStatus {
 
 /// One detached job in the store.
 enum Entry {
-    /// Not finished: its slot says more.
-    Waiting(Arc<Slot>),
+    /// Not finished: its slot says more (and a workflow's tracker).
+    Waiting(Arc<Slot>, Option<Arc<dyn Tracker>>),
     /// Finished: its final record, or its failure.
     Done(Result<Vec<u8>, JobError>),
 }
@@ -102,7 +106,15 @@ impl Store {
     /// Registers a detached job, before it can finish.
     pub(crate) fn insert(&self, slot: Arc<Slot>) {
         let id = slot.id;
-        self.lock().jobs.insert(id, Entry::Waiting(slot));
+        self.lock().jobs.insert(id, Entry::Waiting(slot, None));
+    }
+
+    /// Registers a detached workflow, before it can finish.
+    pub(crate) fn insert_workflow(&self, slot: Arc<Slot>, tracker: Arc<dyn Tracker>) {
+        let id = slot.id;
+        self.lock()
+            .jobs
+            .insert(id, Entry::Waiting(slot, Some(tracker)));
     }
 
     /// Keeps job `id`'s final outcome (called by its finisher).
@@ -134,7 +146,7 @@ impl Store {
     fn lookup(&self, id: JobId) -> Lookup {
         match self.lock().jobs.get(&id) {
             None => Lookup::Unknown,
-            Some(Entry::Waiting(slot)) => Lookup::Waiting(slot.clone()),
+            Some(Entry::Waiting(slot, tracker)) => Lookup::Waiting(slot.clone(), tracker.clone()),
             Some(Entry::Done(outcome)) => Lookup::Done(succeeded(outcome)),
         }
     }
@@ -142,20 +154,27 @@ impl Store {
     /// Where detached job `id` is now: the store knows finished jobs; for
     /// a waiting one, the supervisor is asked (through `shared`).
     pub(crate) fn status(&self, shared: &Shared, id: JobId) -> JobStatus {
-        let slot = match self.lookup(id) {
+        let (slot, tracker) = match self.lookup(id) {
             Lookup::Unknown => return JobStatus::Unknown,
             Lookup::Done(true) => return JobStatus::Succeeded,
             Lookup::Done(false) => return JobStatus::Failed,
-            Lookup::Waiting(slot) => slot,
+            Lookup::Waiting(slot, tracker) => (slot, tracker),
         };
-        let status = match shared.inspect(id) {
-            Whereabouts::Scheduled => JobStatus::Scheduled,
-            Whereabouts::Queued => JobStatus::Pending,
-            Whereabouts::Running { progress } => JobStatus::Running { progress },
-            // Not yet received by the supervisor, or it just finished.
-            Whereabouts::Elsewhere => JobStatus::Pending,
+        let workflow = tracker.is_some();
+        let status = match tracker {
+            // A workflow is not one job the supervisor knows of.
+            Some(tracker) => JobStatus::Running {
+                progress: Some(tracker.progress()),
+            },
+            None => match shared.inspect(id) {
+                Whereabouts::Scheduled => JobStatus::Scheduled,
+                Whereabouts::Queued => JobStatus::Pending,
+                Whereabouts::Running { progress } => JobStatus::Running { progress },
+                // Not yet received by the supervisor, or it just finished.
+                Whereabouts::Elsewhere => JobStatus::Pending,
+            },
         };
-        if status == JobStatus::Pending && slot.is_ready() {
+        if (status == JobStatus::Pending || workflow) && slot.is_ready() {
             return match self.lookup(id) {
                 Lookup::Done(true) => JobStatus::Succeeded,
                 Lookup::Done(false) => JobStatus::Failed,
@@ -185,7 +204,7 @@ impl Store {
 
 enum Lookup {
     Unknown,
-    Waiting(Arc<Slot>),
+    Waiting(Arc<Slot>, Option<Arc<dyn Tracker>>),
     Done(bool),
 }
 
@@ -208,7 +227,7 @@ mod tests {
         let store = Arc::new(Store::new(Duration::from_secs(60)));
         let slot = Arc::new(Slot::new(JobId(1)));
         store.insert(slot);
-        assert!(matches!(store.lookup(JobId(1)), Lookup::Waiting(_)));
+        assert!(matches!(store.lookup(JobId(1)), Lookup::Waiting(_, None)));
         assert!(store.take::<u32>(JobId(1)).is_none(), "not finished");
         let finish = Store::finisher(&store, JobId(1));
         let _ = finish(ok(&7u32.to_le_bytes()));
@@ -233,7 +252,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         assert!(matches!(store.lookup(JobId(1)), Lookup::Unknown), "expired");
         assert!(
-            matches!(store.lookup(JobId(2)), Lookup::Waiting(_)),
+            matches!(store.lookup(JobId(2)), Lookup::Waiting(..)),
             "unfinished jobs do not expire"
         );
     }

@@ -19,7 +19,7 @@
 use crate::batch::outcome;
 use crate::batch::slot::Slot;
 use crate::batch::{Batch, JobOpts, Outcome, Sink};
-use crate::client::shared::Shared;
+use crate::client::shared::Feed;
 use crate::control::events::{Bus, EventKind};
 use crate::error::JobError;
 use crate::metrics::stats::Counters;
@@ -179,7 +179,8 @@ impl RetryPolicy {
         Duration::from_nanos(random() % ns.saturating_add(1))
     }
 
-    fn retries(&self, failure: RetryOn) -> bool {
+    /// Whether the policy retries `failure` (retries left or not).
+    pub(crate) fn retries(&self, failure: RetryOn) -> bool {
         self.on.contains(failure)
     }
 }
@@ -198,18 +199,28 @@ fn random() -> u64 {
 }
 
 /// What kind of failure an outcome of one job is, as far as retries go.
-fn classify(outcome: &Outcome) -> Option<RetryOn> {
+pub(crate) fn classify(outcome: &Outcome) -> Option<RetryOn> {
     match outcome {
-        Outcome::Records { buf, .. } => match wire::records(buf).next()?.tag {
-            Tag::Panic => Some(RetryOn::PANICKED),
-            Tag::Err => Some(RetryOn::ERROR),
-            _ => None,
-        },
-        Outcome::Failed { error, .. } => match error {
-            JobError::Crashed { .. } => Some(RetryOn::CRASHED),
-            JobError::TimedOut { .. } => Some(RetryOn::TIMED_OUT),
-            _ => None,
-        },
+        Outcome::Records { buf, .. } => classify_tag(wire::records(buf).next()?.tag),
+        Outcome::Failed { error, .. } => classify_error(error),
+    }
+}
+
+/// What kind of failure a worker's record of one job is.
+pub(crate) fn classify_tag(tag: Tag) -> Option<RetryOn> {
+    match tag {
+        Tag::Panic => Some(RetryOn::PANICKED),
+        Tag::Err => Some(RetryOn::ERROR),
+        _ => None,
+    }
+}
+
+/// What kind of failure a job's error is.
+pub(crate) fn classify_error(error: &JobError) -> Option<RetryOn> {
+    match error {
+        JobError::Crashed { .. } => Some(RetryOn::CRASHED),
+        JobError::TimedOut { .. } => Some(RetryOn::TIMED_OUT),
+        _ => None,
     }
 }
 
@@ -248,7 +259,7 @@ pub(crate) struct RetrySink {
 
 impl RetrySink {
     pub(crate) fn new(
-        shared: &Shared,
+        feed: &Feed,
         slot: Arc<Slot>,
         policy: RetryPolicy,
         (call, name): (Call, &'static str),
@@ -263,14 +274,16 @@ impl RetrySink {
             name,
             item,
             opts,
-            submitter: shared.submitter.clone(),
-            counters: shared.counters.clone(),
-            events: shared.events.clone(),
+            submitter: feed.submitter.clone(),
+            counters: feed.counters.clone(),
+            events: feed.events.clone(),
         })
     }
 
     /// Submits the next attempt if the policy allows one. True if it did.
-    fn try_again(&self, failure: RetryOn) -> bool {
+    /// (A workflow calls it for a job whose first attempt ran in a batch
+    /// of many, with a fresh slot: see `canvas/segment.rs`.)
+    pub(crate) fn try_again(&self, failure: RetryOn) -> bool {
         let retry = self.slot.attempts();
         if retry > self.policy.max_retries
             || !self.policy.retries(failure)

@@ -17,11 +17,14 @@ use crate::batch::gate::Ticket;
 use crate::batch::slot::{Finisher, Slot};
 use crate::batch::{Batch, JobId, JobOpts, Sink};
 use crate::client::handle::JobHandle;
-use crate::client::shared::Shared;
+use crate::client::shared::{Feed, Shared};
+use crate::config::PoolConfig;
 use crate::control::events::Bus;
 use crate::error::JobError;
 use crate::options::Layers;
-use crate::options::callbacks::{self, Failure, JobCallbacks, OnError, OnSuccess, RawFailure};
+use crate::options::callbacks::{
+    self, Failure, JobCallbacks, OnError, OnSuccess, RawFailure, Task,
+};
 use crate::options::rate::RateLimit;
 use crate::options::results::Store;
 use crate::options::retry::{RetryPolicy, RetrySink};
@@ -29,6 +32,7 @@ use crate::sys::clock;
 use crate::transport::codec;
 use crate::transport::wire::{self, Tag};
 use crate::worker::call::Call;
+use crossbeam_channel::Sender;
 use serde::Serialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use std::fmt;
@@ -504,106 +508,49 @@ where
 
     /// Turns the options into the core's.
     fn job_opts(&self) -> Result<JobOpts, JobError> {
-        let config = &self.shared.config;
-        let invalid = |message: String| Err(JobError::InvalidOptions { message });
-        let queue = match &self.queue {
-            Some(Ok(q)) => *q,
-            Some(Err(name)) => {
-                return Err(JobError::NoSuchQueue {
-                    queue: name.clone(),
-                });
-            }
-            None => config.route(self.call.func),
-        };
-        let defaults = JobOpts::for_queue(config, queue);
-        if self.time_limit == Some(Duration::ZERO) || self.soft_time_limit == Some(Duration::ZERO) {
-            return invalid("time limits must be above zero".into());
-        }
-        let hard = self.time_limit.or(defaults.time_limit);
-        let soft = self.soft_time_limit.or(defaults.soft_time_limit);
-        if let (Some(s), Some(h)) = (soft, hard)
-            && s > h
-        {
-            return invalid(format!(
-                "soft_time_limit ({s:?}) is above time_limit ({h:?})"
-            ));
-        }
-        let from_now = |t: SystemTime| t.duration_since(SystemTime::now()).unwrap_or_default();
-        let delay = match self.start {
-            None => Duration::ZERO,
-            Some(Start::Countdown(d)) => d,
-            Some(Start::Eta(t)) => from_now(t),
-        };
-        // Deadlines on the coarse clock get a tick added, so that neither
-        // fires before its time (see `sys/clock.rs`).
-        let expires_at = self.expires.map(|e| {
-            let d = match e {
-                Expiry::After(d) => d,
-                Expiry::At(t) => from_now(t),
-            };
-            clock::coarse_deadline(d)
-        });
-        Ok(JobOpts {
-            time_limit: hard,
-            soft_time_limit: soft,
-            not_before: (!delay.is_zero()).then(|| clock::coarse_deadline(delay)),
-            expires_at,
-            priority: self.priority,
-            ..defaults
-        })
+        self.core_options()
+            .resolve(&self.shared.config, self.call.func)
     }
 
-    /// The record a stripped success becomes: the encoding of `()`, or of
-    /// `Ok::<(), E>(())` for a fallible job.
-    fn unit_record(&self) -> Vec<u8> {
-        let mut body = Vec::new();
-        let encoded = if self.fallible {
-            codec::encode_into(&mut body, &Ok::<(), ()>(()))
-        } else {
-            codec::encode_into(&mut body, &())
-        };
-        debug_assert!(encoded.is_ok());
-        let mut rec = wire::header(Tag::Ok, body.len() as u32).to_vec();
-        rec.extend_from_slice(&body);
-        rec
+    /// The options the core enforces, as set on this job.
+    fn core_options(&self) -> CoreOptions {
+        CoreOptions {
+            start: self.start,
+            expires: self.expires,
+            time_limit: self.time_limit,
+            soft_time_limit: self.soft_time_limit,
+            queue: self.queue.clone(),
+            priority: self.priority,
+        }
+    }
+
+    /// The job's callbacks, ready to be told an outcome.
+    fn callbacks(&self) -> JobCallbacks {
+        JobCallbacks {
+            on_success: self.on_success.as_ref().map(|s| s.call.clone()),
+            on_error: self.on_error.clone(),
+        }
     }
 
     /// What runs when the job's outcome is final: callbacks, then keep it
     /// (for a handle), store it, or drop it.
     fn finisher(&self, id: JobId, target: Target, strip: bool) -> Finisher {
         let layers = &self.layers;
-        let cbs = JobCallbacks {
-            on_success: self.on_success.as_ref().map(|s| s.call.clone()),
-            on_error: self.on_error.clone(),
-        };
+        let cbs = self.callbacks();
         let runner = if cbs.is_empty() {
             None
         } else {
             layers.callbacks.sender()
         };
-        let unit = strip.then(|| self.unit_record());
-        let events = shared_events(&self.shared);
-        let name = self.name;
+        let unit = strip.then(|| unit_record(self.fallible));
+        let told = shared_events(&self.shared).map(|bus| (bus, id, self.name));
         let keep: Finisher = match target {
             Target::Handle => Box::new(|outcome| outcome),
             Target::Store => Box::new(Store::finisher(&layers.store, id)),
             // Nobody will read it.
             Target::Nowhere => Box::new(|_| Err(JobError::Cancelled)),
         };
-        callbacks::finisher(cbs, runner, move |outcome| {
-            if let Some(events) = &events {
-                events.ended(id, name, &outcome);
-            }
-            let outcome = match (outcome, unit) {
-                (Ok(buf), Some(unit))
-                    if wire::records(&buf).next().is_some_and(|r| r.tag == Tag::Ok) =>
-                {
-                    Ok(unit)
-                }
-                (outcome, _) => outcome,
-            };
-            keep(outcome)
-        })
+        finisher(cbs, runner, unit, keep, told)
     }
 
     /// Submits one job; returns its slot. `ticket`: places in the bounded
@@ -642,7 +589,7 @@ where
         };
         let sink: Arc<dyn Sink> = match &self.retry {
             Some(policy) if policy.max_retries() > 0 => RetrySink::new(
-                shared,
+                &shared.feed(),
                 slot.clone(),
                 policy.clone(),
                 (call, self.name),
@@ -760,5 +707,263 @@ where
     pub fn submit(&self, arg: A) -> JobHandle<Result<T, E>> {
         let slot = self.launch(&arg, Target::Handle, None, false);
         JobHandle::new(slot, Arc::downgrade(&self.shared))
+    }
+}
+
+/// The options the core enforces — start time, expiry, time limits — as
+/// set on a job, resolved into the core's [`JobOpts`] at each submission
+/// (a countdown or an expiry given as a duration counts from then). A
+/// `Job` and a workflow step (`canvas/`) resolve them the same way. Options
+/// the supervisor will carry per job (a queue, a priority) belong here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CoreOptions {
+    start: Option<Start>,
+    expires: Option<Expiry>,
+    time_limit: Option<Duration>,
+    soft_time_limit: Option<Duration>,
+    /// The queue named on the job (`Err`: a name the pool does not have);
+    /// `None`: its function's route, or the default queue.
+    queue: Option<Result<usize, String>>,
+    priority: i32,
+}
+
+impl CoreOptions {
+    /// Whether the job has a start time (a countdown or an ETA).
+    pub(crate) fn has_start(&self) -> bool {
+        self.start.is_some()
+    }
+
+    /// The core's options for a job of function `func` (its identity, for
+    /// routes) submitted now to a pool with `config`, or why they cannot
+    /// work together.
+    pub(crate) fn resolve(&self, config: &PoolConfig, func: usize) -> Result<JobOpts, JobError> {
+        let invalid = |message: String| Err(JobError::InvalidOptions { message });
+        let queue = match &self.queue {
+            Some(Ok(q)) => *q,
+            Some(Err(name)) => {
+                return Err(JobError::NoSuchQueue {
+                    queue: name.clone(),
+                });
+            }
+            None => config.route(func),
+        };
+        let defaults = JobOpts::for_queue(config, queue);
+        if self.time_limit == Some(Duration::ZERO) || self.soft_time_limit == Some(Duration::ZERO) {
+            return invalid("time limits must be above zero".into());
+        }
+        let hard = self.time_limit.or(defaults.time_limit);
+        let soft = self.soft_time_limit.or(defaults.soft_time_limit);
+        if let (Some(s), Some(h)) = (soft, hard)
+            && s > h
+        {
+            return invalid(format!(
+                "soft_time_limit ({s:?}) is above time_limit ({h:?})"
+            ));
+        }
+        let from_now = |t: SystemTime| t.duration_since(SystemTime::now()).unwrap_or_default();
+        let delay = match self.start {
+            None => Duration::ZERO,
+            Some(Start::Countdown(d)) => d,
+            Some(Start::Eta(t)) => from_now(t),
+        };
+        // Deadlines on the coarse clock get a tick added, so that neither
+        // fires before its time (see `sys/clock.rs`).
+        let expires_at = self.expires.map(|e| {
+            let d = match e {
+                Expiry::After(d) => d,
+                Expiry::At(t) => from_now(t),
+            };
+            clock::coarse_deadline(d)
+        });
+        Ok(JobOpts {
+            time_limit: hard,
+            soft_time_limit: soft,
+            not_before: (!delay.is_zero()).then(|| clock::coarse_deadline(delay)),
+            expires_at,
+            priority: self.priority,
+            ..defaults
+        })
+    }
+}
+
+/// The record a stripped success becomes: the encoding of `()`, or of
+/// `Ok::<(), E>(())` for a fallible job.
+fn unit_record(fallible: bool) -> Vec<u8> {
+    let mut body = Vec::new();
+    let encoded = if fallible {
+        codec::encode_into(&mut body, &Ok::<(), ()>(()))
+    } else {
+        codec::encode_into(&mut body, &())
+    };
+    debug_assert!(encoded.is_ok());
+    let mut rec = wire::header(Tag::Ok, body.len() as u32).to_vec();
+    rec.extend_from_slice(&body);
+    rec
+}
+
+/// A finisher that runs `cbs` (on `runner`), replaces a success by `unit`
+/// if given (a result kept only for a success callback), then hands the
+/// outcome to `keep`.
+fn finisher(
+    cbs: JobCallbacks,
+    runner: Option<Sender<Task>>,
+    unit: Option<Vec<u8>>,
+    keep: Finisher,
+    told: Option<(Arc<Bus>, JobId, &'static str)>,
+) -> Finisher {
+    callbacks::finisher(cbs, runner, move |outcome| {
+        if let Some((events, id, name)) = &told {
+            events.ended(*id, name, &outcome);
+        }
+        let outcome = match (outcome, unit) {
+            (Ok(buf), Some(unit))
+                if wire::records(&buf).next().is_some_and(|r| r.tag == Tag::Ok) =>
+            {
+                Ok(unit)
+            }
+            (outcome, _) => outcome,
+        };
+        keep(outcome)
+    })
+}
+
+/// A job without the pool: its function and options, as a workflow step
+/// keeps them (see `canvas/`). Taken from a [`Job`] on the caller's thread
+/// ([`Job::spec`]); nothing in it holds the pool, so it can live on the
+/// supervisor's thread, and every option of the job applies to each
+/// submission made from it.
+#[derive(Clone)]
+pub(crate) struct Spec {
+    /// The function to run: with its result sent back, or dropped in the
+    /// worker for a job with `ignore_result` and no success callback.
+    pub(crate) call: Call,
+    /// The function's name (see [`Job::name`]).
+    pub(crate) name: &'static str,
+    pub(crate) core: CoreOptions,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) callbacks: JobCallbacks,
+    /// For `ignore_result` with a success callback: the result travels
+    /// back for the callback only, and a success is then this record.
+    pub(crate) unit: Option<Arc<[u8]>>,
+}
+
+impl fmt::Debug for Spec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spec")
+            .field("call", &self.call)
+            .field("core", &self.core)
+            .field("retry", &self.retry)
+            .field("rate_limit", &self.rate_limit)
+            .field("callbacks", &!self.callbacks.is_empty())
+            .field("unit", &self.unit.is_some())
+            .finish()
+    }
+}
+
+impl PartialEq for Spec {
+    /// The same function with the same options and the very same callbacks:
+    /// jobs of equal specs may travel in one batch.
+    fn eq(&self, other: &Spec) -> bool {
+        fn same<T: ?Sized>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+        }
+        self.call == other.call
+            && self.core == other.core
+            && self.retry == other.retry
+            && self.rate_limit == other.rate_limit
+            && same(&self.callbacks.on_success, &other.callbacks.on_success)
+            && same(&self.callbacks.on_error, &other.callbacks.on_error)
+            && self.unit.is_some() == other.unit.is_some()
+    }
+}
+
+impl Spec {
+    /// What runs when job `id` of this spec has its final outcome: its
+    /// end told to `feed`'s event subscribers (if any listen), its
+    /// callbacks (on `runner`, the pool's callback thread when it has
+    /// one), then `keep`.
+    pub(crate) fn finisher(
+        &self,
+        feed: &Feed,
+        id: JobId,
+        runner: Option<&Sender<Task>>,
+        keep: Finisher,
+    ) -> Finisher {
+        let runner = if self.callbacks.is_empty() {
+            None
+        } else {
+            runner.cloned()
+        };
+        let unit = self.unit.as_ref().map(|u| u.to_vec());
+        let told = feed
+            .events
+            .watching()
+            .then(|| (feed.events.clone(), id, self.name));
+        finisher(self.callbacks.clone(), runner, unit, keep, told)
+    }
+
+    /// The sink of one job of this spec whose outcome lands in `slot`: the
+    /// slot itself, or a retry sink that resubmits through `feed` with the
+    /// kept argument `item` (one `[len][bytes]` item) and options `opts`.
+    pub(crate) fn sink(
+        &self,
+        feed: &Feed,
+        slot: &Arc<Slot>,
+        item: &[u8],
+        opts: JobOpts,
+    ) -> Arc<dyn Sink> {
+        match &self.retry {
+            Some(policy) if policy.max_retries() > 0 => RetrySink::new(
+                feed,
+                slot.clone(),
+                policy.clone(),
+                (self.call, self.name),
+                item.to_vec(),
+                opts,
+            ),
+            _ => slot.clone(),
+        }
+    }
+}
+
+/// What workflows (`canvas/`) take from a job.
+impl<A, R, E> Job<A, R, E>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: DeserializeOwned + Send + 'static,
+    E: Send + 'static,
+{
+    /// The job without the pool, as a workflow step keeps it.
+    pub(crate) fn spec(&self) -> Spec {
+        let needs_body = self.on_success.as_ref().is_some_and(|s| s.needs_body);
+        let call = if self.ignore && !needs_body {
+            self.call_ignoring
+        } else {
+            self.call
+        };
+        Spec {
+            call,
+            name: self.name,
+            core: self.core_options(),
+            retry: self.retry.clone(),
+            rate_limit: self.rate_limit,
+            callbacks: self.callbacks(),
+            unit: (self.ignore && needs_body).then(|| unit_record(self.fallible).into()),
+        }
+    }
+
+    /// The pool's core this job submits to.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The pool's job options state.
+    pub(crate) fn layers(&self) -> &Arc<Layers> {
+        &self.layers
     }
 }

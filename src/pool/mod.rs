@@ -1,8 +1,9 @@
 //! The public facade: [`Pool`] and [`PoolBuilder`], the calls a user makes.
 //!
 //! Every public method of both types is in this folder; each one is thin
-//! and calls down — into `client/` for submitting, `map` and handles, and
-//! into `options/` for jobs with options, results by id and rate limits.
+//! and calls down — into `client/` for submitting, `map` and handles, into
+//! `options/` for jobs with options, results by id and rate limits, and
+//! into `canvas/` for workflows.
 //! No other module names `Pool` or `PoolBuilder`.
 //!
 //! A `Pool` is a cheap handle (clone it, share it across threads); the last
@@ -21,6 +22,7 @@ pub use queue::{Queue, QueueRef};
 use crate::batch::JobId;
 use crate::batch::gate::{Refused, Ticket};
 use crate::batch::throttle::Throttles;
+use crate::canvas::{self, Group, Home, IntoWorkflow, Members, Workflow};
 use crate::client::handle::JobHandle;
 use crate::client::imap::{Imap, ImapUnordered};
 use crate::client::map;
@@ -494,6 +496,55 @@ impl Pool {
     /// wrong type gives [`JobError::Codec`] and leaves the result in place.
     pub fn take_result<R: DeserializeOwned>(&self, id: JobId) -> Option<Result<R, JobError>> {
         self.layers.store.take(id)
+    }
+
+    // Workflows (`canvas/`).
+
+    /// A group (Celery's): `members` run side by side, and the group gives
+    /// their results in order, as a `Vec`. Members are
+    /// [`Signature`](crate::Signature)s ([`Job::sig`]) or any workflows of one
+    /// result type — chains, chords, other groups — from an iterator of any
+    /// length. Follow it with a body with [`Group::chord`], or choose how
+    /// it treats failures with [`Group::collect_all`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// fn fetch(page: u32) -> String { format!("page {page}") }
+    /// fn shout(text: String) -> String { text.to_uppercase() }
+    /// let pool = forkpool::Pool::new(2)?;
+    /// // A group of chains.
+    /// let pages = pool.group((1..=3).map(|p| pool.job(fetch).sig(p).then(pool.job(shout))));
+    /// assert_eq!(pages.submit().get(), Ok(vec!["PAGE 1".into(), "PAGE 2".into(), "PAGE 3".into()]));
+    /// # Ok(()) }
+    /// ```
+    pub fn group<W, I>(&self, members: I) -> Group<W::Output>
+    where
+        W: IntoWorkflow,
+        I: IntoIterator<Item = W>,
+    {
+        Group::of(Home::new(&self.shared, &self.layers), members)
+    }
+
+    /// A group of members of different types — a tuple of two to eight
+    /// signatures or workflows — giving the tuple of their results. Any
+    /// member's failure fails it ([`JobError::MembersFailed`]). Follow it
+    /// with a job taking the tuple ([`Workflow::then`]) for a chord of
+    /// mixed members.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// fn word_count(text: String) -> usize { text.split_whitespace().count() }
+    /// fn is_long(text: String) -> bool { text.len() > 10 }
+    /// fn summary((words, long): (usize, bool)) -> String { format!("{words} words, long: {long}") }
+    /// let pool = forkpool::Pool::new(2)?;
+    /// let text = "a pool of forked workers".to_string();
+    /// let both = pool.group_tuple((pool.job(word_count).sig(text.clone()), pool.job(is_long).sig(text)));
+    /// assert_eq!(both.clone().submit().get(), Ok((5, true)));
+    /// assert_eq!(both.then(pool.job(summary)).submit().get(), Ok("5 words, long: true".into()));
+    /// # Ok(()) }
+    /// ```
+    pub fn group_tuple<M: Members>(&self, members: M) -> Workflow<M::Output> {
+        canvas::tuple(Home::new(&self.shared, &self.layers), members)
     }
 
     /// Sets how fast jobs of function `f` may start, across all workers

@@ -13,6 +13,12 @@
 //! [`decode_with`] takes the buffers of big byte strings from the pool's
 //! stocks of faulted-in memory (`prefault.rs`), once their claimed length
 //! was checked against the bytes actually there.
+//!
+//! Workflows (`canvas/`) build values from other values' encodings without
+//! decoding them — a chord's `Vec<R>` from its members' results, a group's
+//! tuple — and the layout that takes belongs to the format, so it is here
+//! too: [`seq_len`], [`RESULT_OK`] and [`RESULT_ERR`]; a tuple is its
+//! fields' encodings one after another.
 
 use bincode::Options;
 
@@ -89,6 +95,20 @@ pub(crate) fn decode_with<T: DeserializeOwned>(
 fn decode_failed(type_name: &str, e: &dyn std::fmt::Display) -> String {
     format!("decode {type_name}: {e}")
 }
+
+/// The encoding of a sequence's length (`Vec<T>`, `[T]`, ...), which the
+/// encodings of its `n` elements follow: a fixed-width `u64`.
+#[inline]
+pub(crate) fn seq_len(n: u64) -> [u8; 8] {
+    n.to_le_bytes()
+}
+
+/// What precedes the encoding of `v` in that of `Ok(v)`: the variant
+/// index `0` of `Result`, a fixed-width `u32`.
+pub(crate) const RESULT_OK: [u8; 4] = 0u32.to_le_bytes();
+
+/// What precedes the encoding of `e` in that of `Err(e)`: variant `1`.
+pub(crate) const RESULT_ERR: [u8; 4] = 1u32.to_le_bytes();
 
 /// A byte slice being decoded: bincode's own slice reader, whose position
 /// (to check for trailing bytes) stays readable after decoding, and which
@@ -203,6 +223,38 @@ mod tests {
         assert!(spares.hits() >= 4, "the stock never served");
         let claims_more = [&(u64::MAX / 2).to_le_bytes()[..], &[0; 300 << 10]].concat();
         assert!(decode_with::<serde_bytes::ByteBuf>(&claims_more, Some(spares)).is_err());
+    }
+
+    /// Values assembled from their parts' encodings decode as the
+    /// compound value: a `Vec`, a `Vec` of `Result`s, a tuple.
+    #[test]
+    fn compound_values_assemble_from_their_parts() {
+        fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+            let mut out = Vec::new();
+            encode_into(&mut out, v).unwrap();
+            out
+        }
+        let words = ["alpha".to_string(), String::new(), "γ".to_string()];
+        let mut seq = seq_len(words.len() as u64).to_vec();
+        for w in &words {
+            seq.extend(enc(w));
+        }
+        assert_eq!(decode::<Vec<String>>(&seq).unwrap(), words);
+        assert_eq!(decode::<Vec<u64>>(&seq_len(0)).unwrap(), Vec::<u64>::new());
+
+        let mut results = seq_len(2).to_vec();
+        results.extend(RESULT_OK);
+        results.extend(enc(&7u32));
+        results.extend(RESULT_ERR);
+        results.extend(enc(&"bad".to_string()));
+        let back: Vec<Result<u32, String>> = decode(&results).unwrap();
+        assert_eq!(back, [Ok(7), Err("bad".to_string())]);
+
+        let mut tuple = enc(&3u8);
+        tuple.extend(enc(&"x".to_string()));
+        tuple.extend(enc(&vec![1u16, 2]));
+        let back: (u8, String, Vec<u16>) = decode(&tuple).unwrap();
+        assert_eq!(back, (3, "x".to_string(), vec![1, 2]));
     }
 
     #[test]

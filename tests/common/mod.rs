@@ -108,3 +108,50 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Counters in memory shared with every process forked after they are
+/// first used: a job bumps one, the test reads it. Call `counters()`
+/// before building a pool (its workers are forked from the process as it
+/// is then).
+pub fn counters() -> &'static [std::sync::atomic::AtomicU64] {
+    use std::sync::atomic::AtomicU64;
+    const N: usize = 1 << 16;
+    static MAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let base = *MAP.get_or_init(|| {
+        // SAFETY: a fresh anonymous shared mapping, checked below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                N * std::mem::size_of::<AtomicU64>(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        map as usize
+    });
+    // SAFETY: N zeroed counters, mapped for the life of the process.
+    unsafe { std::slice::from_raw_parts(base as *const AtomicU64, N) }
+}
+
+/// `n` counters of `counters()` no other caller gets: the index of the
+/// first.
+pub fn fresh_counters(n: usize) -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let first = NEXT.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    assert!(first + n <= counters().len(), "out of shared counters");
+    first
+}
+
+/// Nanoseconds on the monotonic clock, the same in every process.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
