@@ -13,8 +13,9 @@
 //!   submitted while someone listens.
 //! - **A dropped subscription unsubscribes** at the next event.
 //!
-//! Job events are about jobs with an id (`submit`, `apply`, `Pool::job`):
-//! a `map` reports in statistics, not item by item. A job's events come in
+//! Job events are about jobs with an id (`submit`, `apply`, `Pool::job`,
+//! a workflow's single steps): a `map`'s items and a group's members sent
+//! together as a batch report in statistics, not item by item. A job's events come in
 //! order — submitted, started, progress, then retried (and around again)
 //! or one end: succeeded, failed, revoked, expired or cancelled. A job
 //! that starts and ends between two looks of the supervisor gets its
