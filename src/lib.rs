@@ -155,6 +155,7 @@
 #![allow(clippy::result_large_err)]
 
 mod batch;
+mod beat;
 mod canvas;
 mod client;
 mod config;
@@ -173,6 +174,9 @@ pub use batch::{JobId, ParseJobIdError};
 pub use canvas::{
     CollectAll, FailFast, Group, IntoWorkflow, Members, Policy, Signature, Step, Workflow,
 };
+pub use beat::info::{RunOutcome, ScheduleId, ScheduleInfo, ScheduleState};
+pub use beat::policy::{Missed, Overlap};
+pub use beat::schedule::{Schedule, ScheduleError};
 pub use client::handle::JobHandle;
 pub use client::imap::{Imap, ImapUnordered};
 pub use control::events::{Event, EventKind, Events};
