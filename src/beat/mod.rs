@@ -1,17 +1,17 @@
 //! Periodic jobs — what Celery calls beat: a producer that submits a
-//! [`Job`](crate::Job), with every option it has, at each slot of a
+//! [`Job`], with every option it has, at each slot of a
 //! [`Schedule`] (every interval, or on a cron expression in a time zone).
 //!
 //! What it promises:
 //!
 //! - **A slot fires once, and never early** — not on an early timer
 //!   wake-up, not when the wall clock is set back (`timeline.rs`).
-//! - **Policies are types, and every slot is counted**: [`Overlap`] says
-//!   what a slot does while the previous run is unfinished, [`Missed`]
+//! - **Policies are types, and every slot is counted**: [`Overlap`](crate::Overlap) says
+//!   what a slot does while the previous run is unfinished, [`Missed`](crate::Missed)
 //!   what slots missed in a stall are worth; each slot is a run, a skip,
 //!   a miss or a refusal in [`ScheduleInfo`] (`policy.rs`).
 //! - **Daylight saving time has a documented result** (`cron.rs`, on
-//!   [`Schedule::cron`]); intervals are on the monotonic clock and no
+//!   `Schedule::cron`); intervals are on the monotonic clock and no
 //!   wall-clock change moves them.
 //! - **A thread the pool owns**, `forkpool-beat`, started with the first
 //!   schedule and joined when the pool is closed, joined, terminated or
@@ -22,7 +22,7 @@
 //! Files: `schedule.rs` (the public [`Schedule`], [`ScheduleError`],
 //! interval or cron), `cron.rs` (expression + zone → next slot, feature
 //! `cron`), `timeline.rs` (which slots are due: pure), `policy.rs`
-//! ([`Overlap`], [`Missed`], the decision: pure), `clock.rs` (the clock
+//! ([`Overlap`](crate::Overlap), [`Missed`](crate::Missed), the decision: pure), `clock.rs` (the clock
 //! trait, the real clock on timerfds, a fake one for tests), `runner.rs`
 //! (the thread and its book of schedules), `info.rs` ([`ScheduleInfo`]).
 //! This file: [`Beat`], the pool's handle on all of it.

@@ -93,7 +93,7 @@ impl fmt::Display for Timing {
 /// - [`Schedule::every`]: slots a whole number of intervals after the
 ///   schedule was made, on the monotonic clock (wall-clock jumps do not
 ///   move them; time the machine slept counts).
-/// - [`Schedule::cron`] (feature `cron`, on by default): slots where a
+/// - `Schedule::cron` (feature `cron`, on by default): slots where a
 ///   cron expression matches in a time zone, on the wall clock.
 ///
 /// Each slot fires at most once and never before its time. Defaults:
