@@ -50,6 +50,19 @@ fn failed_with(info: &ScheduleInfo, words: &str) -> bool {
 }
 
 #[test]
+fn the_schedule_types_are_plain_values() {
+    fn value<T: Send + Sync + Clone + std::fmt::Debug + 'static>() {}
+    value::<Schedule>();
+    value::<ScheduleInfo>();
+    value::<ScheduleError>();
+    value::<ScheduleId>();
+    value::<Overlap>();
+    value::<Missed>();
+    value::<RunOutcome>();
+    value::<ScheduleState>();
+}
+
+#[test]
 fn an_interval_schedule_runs_at_its_slots_and_shows_them() {
     let pool = Pool::new(1).unwrap();
     let (tx, rx) = mpsc::channel();

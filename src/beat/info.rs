@@ -12,6 +12,17 @@ use std::fmt;
 use std::time::SystemTime;
 
 /// Identifies one schedule within its pool.
+///
+/// ```
+/// use forkpool::{Pool, Schedule};
+/// use std::time::Duration;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// fn noop(_: ()) {}
+/// let pool = Pool::new(1)?;
+/// let id = pool.schedule(Schedule::every(Duration::from_secs(60)), pool.job(noop), ())?;
+/// assert_eq!(id.to_string(), format!("schedule-{}", id.as_u64()));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ScheduleId(pub(crate) u64);
 
@@ -64,6 +75,25 @@ pub enum RunOutcome {
 /// was unfinished (`skips`, [`Overlap::Forbid`]), was missed and worth no
 /// run (`misses`, see [`Missed`]), or was refused by a full bounded queue
 /// (`refused`).
+///
+/// ```
+/// use forkpool::{Pool, RunOutcome, Schedule, ScheduleState};
+/// use std::time::Duration;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// fn flaky(n: u32) -> u32 { if n % 2 == 0 { n } else { panic!("odd") } }
+/// let pool = Pool::new(1)?;
+/// let id = pool.schedule(Schedule::every(Duration::from_millis(20)), pool.job(flaky), 3)?;
+/// while pool.schedule_info(id).unwrap().failed < 2 {
+///     std::thread::sleep(Duration::from_millis(10));
+/// }
+/// let info = pool.schedule_info(id).unwrap();
+/// assert_eq!(info.state, ScheduleState::Active);
+/// assert_eq!(info.succeeded, 0);
+/// assert!(matches!(&info.last_outcome, Some(RunOutcome::Failed { error }) if error.contains("odd")));
+/// assert!(info.runs >= info.failed);
+/// assert!(info.last_run.is_some() && info.next_run.is_some());
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ScheduleInfo {

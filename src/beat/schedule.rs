@@ -18,6 +18,21 @@ use crate::beat::cron::CronTiming;
 
 /// What can be wrong with a schedule; returned when it is made, never at
 /// its first slot.
+///
+/// ```
+/// use forkpool::{Pool, Schedule, ScheduleError};
+/// use std::time::Duration;
+/// # fn main() -> Result<(), forkpool::Error> {
+/// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+/// let pool = Pool::new(1)?;
+/// let every = Schedule::every(Duration::from_secs(60));
+/// let wrong_queue = pool.job(nap).queue("reprots");
+/// match pool.schedule(every, wrong_queue, 10) {
+///     Err(ScheduleError::Job(e)) => assert!(e.to_string().contains("reprots")),
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ScheduleError {
@@ -136,6 +151,12 @@ impl Schedule {
     /// schedule is made. An interval of zero is refused by
     /// [`Pool::schedule`](crate::Pool::schedule) with
     /// [`ScheduleError::ZeroInterval`].
+    ///
+    /// ```
+    /// use forkpool::Schedule;
+    /// use std::time::Duration;
+    /// assert_eq!(Schedule::every(Duration::from_millis(500)).to_string(), "every 500ms");
+    /// ```
     pub fn every(interval: Duration) -> Schedule {
         Schedule::new(Timing::Every(interval))
     }
@@ -206,6 +227,16 @@ impl Schedule {
     /// How late a slot may be seen and still be on time: with
     /// [`Missed::Skip`], a slot seen later than this is skipped. Default:
     /// one second.
+    ///
+    /// ```
+    /// use forkpool::{Missed, Schedule};
+    /// use std::time::Duration;
+    /// // A market-data poll: a slot more than 5 s late is worthless.
+    /// let poll = Schedule::every(Duration::from_secs(30))
+    ///     .missed(Missed::Skip)
+    ///     .grace(Duration::from_secs(5));
+    /// # let _ = poll;
+    /// ```
     pub fn grace(mut self, grace: Duration) -> Schedule {
         self.grace = grace;
         self

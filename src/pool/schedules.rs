@@ -108,7 +108,7 @@ impl Pool {
 
     /// Schedule `id` as [`schedules`](Pool::schedules) shows it; `None`
     /// if there is no such schedule (it was cancelled, or made by another
-    /// pool).
+    /// pool). Example: [`ScheduleInfo`].
     pub fn schedule_info(&self, id: ScheduleId) -> Option<ScheduleInfo> {
         self.beat.info(id)
     }
@@ -140,16 +140,17 @@ impl Pool {
 
     /// Resumes paused schedule `id` at its first slot after now (an
     /// interval keeps its phase; the slots passed while paused do not
-    /// run). False if it is not paused.
+    /// run). False if it is not paused. Example:
+    /// [`pause_schedule`](Pool::pause_schedule).
     pub fn resume_schedule(&self, id: ScheduleId) -> bool {
         self.beat.resume(id)
     }
 
     /// Cancels schedule `id`: no slot of it runs any more, and it leaves
-    /// [`schedules`](Pool::schedules). Its runs already started go on (a
-    /// handle-less job: cancel them by stopping the pool, or let their
-    /// time limit and expiry bound them). False if there is no such
-    /// schedule.
+    /// [`schedules`](Pool::schedules). Its runs already started go on to
+    /// their end, bounded by their time limit and expiry
+    /// ([`terminate`](Pool::terminate) cancels them). False if there is no
+    /// such schedule. Example: [`pause_schedule`](Pool::pause_schedule).
     pub fn cancel_schedule(&self, id: ScheduleId) -> bool {
         self.beat.cancel(id)
     }
