@@ -233,6 +233,12 @@ fn a_paused_schedule_runs_nothing_until_resumed_and_a_cancelled_one_is_gone() {
         .schedule(Schedule::every(30 * MS), pool.job(nap_ms), 0)
         .unwrap();
     assert!(wait_until(LONG, || info(&pool, id).runs >= 2));
+    // Unnamed: it shows its job's function's name.
+    assert!(
+        info(&pool, id).name.ends_with("nap_ms"),
+        "{:?}",
+        info(&pool, id).name
+    );
     assert!(pool.pause_schedule(id));
     let paused = info(&pool, id);
     assert_eq!(

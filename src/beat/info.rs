@@ -99,7 +99,8 @@ pub enum RunOutcome {
 pub struct ScheduleInfo {
     /// Its id.
     pub id: ScheduleId,
-    /// Its name ([`Schedule::name`](crate::Schedule::name), or the id).
+    /// Its name ([`Schedule::name`](crate::Schedule::name), or the job's
+    /// function's name).
     pub name: String,
     /// When it runs, in words: `every 60s`, `cron "30 2 * * *" in
     /// Europe/Berlin`.

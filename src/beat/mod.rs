@@ -138,7 +138,10 @@ impl Beat {
             }
         };
         let now = core.clock.now();
-        let id = core.book().add(schedule, Box::new(Bound { job, arg }), now);
+        let function = job.function();
+        let id = core
+            .book()
+            .add(schedule, Box::new(Bound { job, arg }), function, now);
         core.clock.bell().ring();
         Ok(id)
     }

@@ -215,12 +215,19 @@ pub(crate) struct Book {
 }
 
 impl Book {
-    /// Adds a schedule whose first slot is the first after `now`.
-    pub(crate) fn add(&mut self, schedule: Schedule, fire: Box<dyn Fire>, now: Now) -> ScheduleId {
+    /// Adds a schedule whose first slot is the first after `now`; `function`
+    /// names it if the schedule has no name.
+    pub(crate) fn add(
+        &mut self,
+        schedule: Schedule,
+        fire: Box<dyn Fire>,
+        function: &str,
+        now: Now,
+    ) -> ScheduleId {
         self.next_id += 1;
         let id = ScheduleId(self.next_id);
         let entry = Entry {
-            name: schedule.name.unwrap_or_else(|| id.to_string()),
+            name: schedule.name.unwrap_or_else(|| function.to_string()),
             timing: schedule.timing.to_string(),
             policy: Policy {
                 overlap: schedule.overlap,
@@ -352,7 +359,7 @@ pub(crate) fn run(core: Arc<Core>) {
                     .map(|s| s.to_string())
                     .or_else(|| payload.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string payload".into());
-                eprintln!("forkpool: the scheduler caught a panic and goes on: {msg}");
+                log::error!("the scheduler caught a panic and goes on: {msg}");
                 Deadline {
                     wall: None,
                     mono: Some(core.clock.now_monotonic() + Duration::from_millis(100)),

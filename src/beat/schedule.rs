@@ -243,7 +243,7 @@ impl Schedule {
     }
 
     /// A name to show in [`ScheduleInfo`](crate::ScheduleInfo) (default:
-    /// the schedule's id, `schedule-N`).
+    /// the name of the job's function, [`Job::function`](crate::Job::function)).
     pub fn name(mut self, name: impl Into<String>) -> Schedule {
         self.name = Some(name.into());
         self
