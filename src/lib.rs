@@ -171,12 +171,12 @@ mod worker;
 
 pub use batch::progress::Progress;
 pub use batch::{JobId, ParseJobIdError};
-pub use canvas::{
-    CollectAll, FailFast, Group, IntoWorkflow, Members, Policy, Signature, Step, Workflow,
-};
 pub use beat::info::{RunOutcome, ScheduleId, ScheduleInfo, ScheduleState};
 pub use beat::policy::{Missed, Overlap};
 pub use beat::schedule::{Schedule, ScheduleError};
+pub use canvas::{
+    CollectAll, FailFast, Group, IntoWorkflow, Members, Policy, Signature, Step, Workflow,
+};
 pub use client::handle::JobHandle;
 pub use client::imap::{Imap, ImapUnordered};
 pub use control::events::{Event, EventKind, Events};
