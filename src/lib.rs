@@ -155,6 +155,7 @@
 #![allow(clippy::result_large_err)]
 
 mod batch;
+mod beat;
 mod canvas;
 mod client;
 mod config;
@@ -170,6 +171,9 @@ mod worker;
 
 pub use batch::progress::Progress;
 pub use batch::{JobId, ParseJobIdError};
+pub use beat::info::{RunOutcome, ScheduleId, ScheduleInfo, ScheduleState};
+pub use beat::policy::{Missed, Overlap};
+pub use beat::schedule::{Schedule, ScheduleError};
 pub use canvas::{
     CollectAll, FailFast, Group, IntoWorkflow, Members, Policy, Signature, Step, Workflow,
 };

@@ -13,7 +13,8 @@
 //! slot, behind a retry sink if it has a policy), and a finisher on the
 //! slot that runs the callbacks and keeps, stores or drops the outcome.
 
-use crate::batch::gate::Ticket;
+use crate::batch::gate::{Refused, Ticket};
+use crate::batch::outcome;
 use crate::batch::slot::{Finisher, Slot};
 use crate::batch::{Batch, JobId, JobOpts, Sink};
 use crate::client::handle::JobHandle;
@@ -82,6 +83,28 @@ enum Target {
     Store,
     /// Nowhere (fire and forget).
     Nowhere,
+}
+
+/// Told once a job's outcome is final (after its retries and callbacks
+/// were queued): `Ok(())` if it succeeded, else why not, in words. It
+/// runs on the resolving thread (often the supervisor's): it must be
+/// quick and must not block. For producers above this layer (the
+/// scheduler) that follow their jobs without holding their results.
+pub(crate) type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// A job's final outcome in brief, for a [`Done`].
+fn ended(outcome: &Result<Vec<u8>, JobError>) -> Result<(), String> {
+    match outcome {
+        Err(e) => Err(e.to_string()),
+        Ok(buf) => match wire::records(buf).next() {
+            Some(rec) if rec.tag == Tag::Ok => Ok(()),
+            Some(rec) if rec.tag == Tag::Err => Err("the job returned an error".into()),
+            Some(rec) => Err(outcome::outcome(rec)
+                .err()
+                .map_or_else(|| "unexpected record".into(), |e| e.to_string())),
+            None => Err("empty result record".into()),
+        },
+    }
 }
 
 /// A success callback and whether it needs the job's real result (it was
@@ -496,14 +519,43 @@ where
     /// once it finishes) for [`Pool::status`](crate::Pool::status) and [`Pool::take_result`](crate::Pool::take_result) —
     /// how a web handler hands work off and a later request collects it.
     pub fn detach(&self, arg: A) -> JobId {
-        self.launch(&arg, Target::Store, None, false).id
+        self.launch(&arg, Target::Store, None, false, None).id
     }
 
     /// Submits the job and forgets it: its value is dropped in the worker
     /// (as with [`ignore_result`](Self::ignore_result)) and nothing is
     /// kept. Its callbacks still run, and the pool's stats count it.
     pub fn spawn(&self, arg: A) -> JobId {
-        self.launch(&arg, Target::Nowhere, None, false).id
+        self.launch(&arg, Target::Nowhere, None, false, None).id
+    }
+
+    /// Submits the job as [`spawn`](Self::spawn) does, but never blocks:
+    /// refused when the pool is closed or its bounded queue is full. `done`
+    /// is told when the job's outcome is final; the handle (which never
+    /// gives a value: the result is dropped) tells whether it is over and
+    /// cancels it. For a producer inside the pool — the scheduler's thread
+    /// — which must not wait for room.
+    pub(crate) fn try_spawn_watched(&self, arg: &A, done: Done) -> Result<JobHandle<()>, Refused> {
+        if self.shared.is_closed() {
+            return Err(Refused::Closed);
+        }
+        let ticket = self.shared.try_admit()?;
+        let slot = self.launch(arg, Target::Nowhere, ticket, false, Some(done));
+        Ok(JobHandle::new(slot, Arc::downgrade(&self.shared)))
+    }
+
+    /// Whether this job was made by the pool whose core is `shared`.
+    pub(crate) fn belongs_to(&self, shared: &Arc<Shared>) -> bool {
+        Arc::ptr_eq(&self.shared, shared)
+    }
+
+    /// Why this job could never run with `arg`, if it could not: options
+    /// that do not go together, a queue the pool does not have, an
+    /// argument that does not encode or is too large. What every
+    /// submission would find, found once ahead (for a schedule).
+    pub(crate) fn check(&self, arg: &A) -> Result<(), JobError> {
+        self.job_opts()?;
+        self.shared.encode_arg(arg).map(drop)
     }
 
     /// Turns the options into the core's.
@@ -534,7 +586,7 @@ where
 
     /// What runs when the job's outcome is final: callbacks, then keep it
     /// (for a handle), store it, or drop it.
-    fn finisher(&self, id: JobId, target: Target, strip: bool) -> Finisher {
+    fn finisher(&self, id: JobId, target: Target, strip: bool, done: Option<Done>) -> Finisher {
         let layers = &self.layers;
         let cbs = self.callbacks();
         let runner = if cbs.is_empty() {
@@ -550,18 +602,34 @@ where
             // Nobody will read it.
             Target::Nowhere => Box::new(|_| Err(JobError::Cancelled)),
         };
+        // A producer following the job (the scheduler) is told last.
+        let keep: Finisher = match done {
+            None => keep,
+            Some(done) => Box::new(move |outcome| {
+                done(ended(&outcome));
+                keep(outcome)
+            }),
+        };
         finisher(cbs, runner, unit, keep, told)
     }
 
     /// Submits one job; returns its slot. `ticket`: places in the bounded
-    /// queue the caller already holds; `quiet`: the caller helps right away.
-    fn launch(&self, arg: &A, target: Target, ticket: Option<Ticket>, quiet: bool) -> Arc<Slot> {
+    /// queue the caller already holds; `quiet`: the caller helps right away;
+    /// `done`: told when the outcome is final.
+    fn launch(
+        &self,
+        arg: &A,
+        target: Target,
+        ticket: Option<Ticket>,
+        quiet: bool,
+        done: Option<Done>,
+    ) -> Arc<Slot> {
         let shared = &self.shared;
         let id = shared.next_job_id();
         let slot = Arc::new(Slot::new(id));
         let ignore = self.ignore || target == Target::Nowhere;
         let needs_body = self.on_success.as_ref().is_some_and(|s| s.needs_body);
-        slot.set_finisher(self.finisher(id, target, ignore && needs_body));
+        slot.set_finisher(self.finisher(id, target, ignore && needs_body, done));
         if target == Target::Store {
             self.layers.store.insert(slot.clone());
         }
@@ -656,7 +724,7 @@ where
         ticket: Option<Ticket>,
         quiet: bool,
     ) -> JobHandle<R> {
-        let slot = self.launch(&arg, Target::Handle, ticket, quiet);
+        let slot = self.launch(&arg, Target::Handle, ticket, quiet, None);
         JobHandle::new(slot, Arc::downgrade(&self.shared))
     }
 }
@@ -705,7 +773,7 @@ where
     /// Submits the job; returns a handle to its result: `Ok(Ok(value))`,
     /// `Ok(Err(e))` with the job's own error, or `Err(JobError)`.
     pub fn submit(&self, arg: A) -> JobHandle<Result<T, E>> {
-        let slot = self.launch(&arg, Target::Handle, None, false);
+        let slot = self.launch(&arg, Target::Handle, None, false, None);
         JobHandle::new(slot, Arc::downgrade(&self.shared))
     }
 }

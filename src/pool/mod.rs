@@ -2,8 +2,9 @@
 //!
 //! Every public method of both types is in this folder; each one is thin
 //! and calls down — into `client/` for submitting, `map` and handles, into
-//! `options/` for jobs with options, results by id and rate limits, and
-//! into `canvas/` for workflows.
+//! `options/` for jobs with options, results by id and rate limits, into
+//! `canvas/` for workflows, and into `beat/` for periodic jobs
+//! (`schedules.rs`).
 //! No other module names `Pool` or `PoolBuilder`.
 //!
 //! A `Pool` is a cheap handle (clone it, share it across threads); the last
@@ -15,6 +16,7 @@ mod builder;
 #[cfg(feature = "prometheus")]
 mod metrics;
 mod queue;
+mod schedules;
 
 pub use builder::PoolBuilder;
 pub use queue::{Queue, QueueRef};
@@ -22,6 +24,7 @@ pub use queue::{Queue, QueueRef};
 use crate::batch::JobId;
 use crate::batch::gate::{Refused, Ticket};
 use crate::batch::throttle::Throttles;
+use crate::beat::Beat;
 use crate::canvas::{self, Group, Home, IntoWorkflow, Members, Workflow};
 use crate::client::handle::JobHandle;
 use crate::client::imap::{Imap, ImapUnordered};
@@ -56,6 +59,9 @@ pub struct Pool {
     /// The job options' state: results by id, callbacks, rate limits,
     /// the default retry policy (`options/mod.rs`).
     layers: Arc<Layers>,
+    /// The scheduler of periodic jobs (`beat/mod.rs`): held by the pool's
+    /// handles only, so the last one stops it.
+    beat: Arc<Beat>,
 }
 
 impl fmt::Debug for Pool {
@@ -82,7 +88,11 @@ impl Pool {
         let throttles = Arc::new(Throttles::default());
         let layers = Arc::new(Layers::new(settings, throttles.clone()));
         let shared = Shared::start(config, throttles)?;
-        Ok(Pool { shared, layers })
+        Ok(Pool {
+            shared,
+            layers,
+            beat: Arc::default(),
+        })
     }
 
     /// The most workers the pool runs at once, all queues together, as it
@@ -282,8 +292,10 @@ impl Pool {
     }
 
     /// Stops accepting jobs. Jobs already submitted still run; submitting
-    /// afterwards gives [`JobError::PoolClosed`].
+    /// afterwards gives [`JobError::PoolClosed`]. Schedules stop (see
+    /// [`Pool::schedule`]).
     pub fn close(&self) {
+        self.beat.stop();
         self.shared.close();
         let _ = self.shared.submitter.send(Command::Close);
     }
@@ -311,6 +323,7 @@ impl Pool {
     /// [`JobError::Cancelled`]; nothing waits. Dropping the last handle of a
     /// pool does the same.
     pub fn terminate(self) {
+        self.beat.stop();
         self.shared.close();
         self.shared.shutdown(Command::Terminate);
     }
