@@ -171,7 +171,7 @@ mod worker;
 
 pub use batch::progress::Progress;
 pub use batch::{JobId, ParseJobIdError};
-pub use beat::info::{RunOutcome, ScheduleId, ScheduleInfo, ScheduleState};
+pub use control::schedules::{RunOutcome, ScheduleId, ScheduleInfo, ScheduleState};
 pub use beat::policy::{Missed, Overlap};
 pub use beat::schedule::{Schedule, ScheduleError};
 pub use canvas::{

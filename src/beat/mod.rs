@@ -33,14 +33,13 @@
 pub(crate) mod clock;
 #[cfg(feature = "cron")]
 pub(crate) mod cron;
-pub(crate) mod info;
 pub(crate) mod policy;
 pub(crate) mod runner;
 pub(crate) mod schedule;
 pub(crate) mod timeline;
 
 use crate::beat::clock::{Clock, RealClock};
-use crate::beat::info::{ScheduleId, ScheduleInfo};
+use crate::control::schedules::{ScheduleId, ScheduleInfo};
 use crate::beat::runner::{Bound, Core};
 use crate::beat::schedule::{Schedule, ScheduleError};
 use crate::client::shared::Shared;

@@ -25,7 +25,7 @@
 use crate::batch::JobId;
 use crate::batch::gate::Refused;
 use crate::beat::clock::{Bell, Clock, Deadline, Now, RealClock};
-use crate::beat::info::{RunOutcome, ScheduleId, ScheduleInfo, ScheduleState};
+use crate::control::schedules::{RunOutcome, ScheduleId, ScheduleInfo, ScheduleState};
 use crate::beat::policy::Policy;
 use crate::beat::schedule::Schedule;
 use crate::beat::timeline::Timeline;

@@ -1,7 +1,7 @@
 //! Periodic jobs on the pool: [`Pool::schedule`], and the calls that
 //! show, pause, resume and cancel schedules. Thin: `beat/` does the work.
 
-use crate::beat::info::{ScheduleId, ScheduleInfo};
+use crate::control::schedules::{ScheduleId, ScheduleInfo};
 use crate::beat::schedule::{Schedule, ScheduleError};
 use crate::options::signature::Job;
 use crate::pool::Pool;
