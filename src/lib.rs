@@ -171,8 +171,10 @@ mod worker;
 
 pub use batch::progress::Progress;
 pub use batch::{JobId, ParseJobIdError};
-pub use control::schedules::{RunOutcome, ScheduleId, ScheduleInfo, ScheduleState};
-pub use beat::policy::{Missed, Overlap};
+pub use control::schedules::{
+    Missed, Overlap, RunOutcome, ScheduleId, ScheduleInfo, ScheduleState,
+};
+
 pub use beat::schedule::{Schedule, ScheduleError};
 pub use canvas::{
     CollectAll, FailFast, Group, IntoWorkflow, Members, Policy, Signature, Step, Workflow,

@@ -400,3 +400,34 @@ fn a_cron_schedule_with_a_seconds_field_runs_on_the_second() {
     assert_eq!(seconds.len(), 3, "one run per second: {seconds:?}");
     pool.terminate();
 }
+
+#[test]
+fn schedules_show_in_inspect_with_their_counts() {
+    let pool = Pool::new(1).unwrap();
+    let id = pool
+        .schedule(
+            Schedule::every(30 * MS).name("heartbeat"),
+            pool.job(nap_ms),
+            1,
+        )
+        .unwrap();
+    assert!(wait_until(LONG, || info(&pool, id).runs >= 3));
+    let snap = pool.inspect();
+    let s = snap
+        .schedules
+        .iter()
+        .find(|s| s.id == id)
+        .expect("the schedule is in the snapshot");
+    assert_eq!(s.name, "heartbeat");
+    assert_eq!(s.state, ScheduleState::Active);
+    assert!(
+        s.runs >= 3 && s.next_run.is_some() && s.last_run.is_some(),
+        "{s:?}"
+    );
+    assert!(pool.pause_schedule(id));
+    let paused = pool.inspect();
+    assert_eq!(paused.schedules[0].state, ScheduleState::Paused);
+    assert!(paused.schedules[0].next_run.is_none());
+    assert!(pool.cancel_schedule(id));
+    pool.join().unwrap();
+}

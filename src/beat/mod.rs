@@ -22,9 +22,12 @@
 //! Files: `schedule.rs` (the public [`Schedule`], [`ScheduleError`],
 //! interval or cron), `cron.rs` (expression + zone → next slot, feature
 //! `cron`), `timeline.rs` (which slots are due: pure), `policy.rs`
-//! ([`Overlap`](crate::Overlap), [`Missed`](crate::Missed), the decision: pure), `clock.rs` (the clock
-//! trait, the real clock on timerfds, a fake one for tests), `runner.rs`
-//! (the thread and its book of schedules), `info.rs` ([`ScheduleInfo`]).
+//! (what [`Overlap`](crate::Overlap) and [`Missed`](crate::Missed)
+//! decide: pure), `clock.rs` (the clock trait, the real clock on
+//! timerfds, a fake one for tests), `runner.rs` (the thread and its book
+//! of schedules). What a schedule shows of itself ([`ScheduleInfo`]) and
+//! the policies' words live in `control/schedules.rs`, so that an
+//! inspection can hold them.
 //! This file: [`Beat`], the pool's handle on all of it.
 //!
 //! The pool calls in here from `pool/schedules.rs`; nothing below this
@@ -39,10 +42,10 @@ pub(crate) mod schedule;
 pub(crate) mod timeline;
 
 use crate::beat::clock::{Clock, RealClock};
-use crate::control::schedules::{ScheduleId, ScheduleInfo};
 use crate::beat::runner::{Bound, Core};
 use crate::beat::schedule::{Schedule, ScheduleError};
 use crate::client::shared::Shared;
+use crate::control::schedules::{ScheduleId, ScheduleInfo};
 use crate::options::signature::Job;
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -29,57 +29,8 @@
 //! is the number of slots that came due; owed runs count as runs when
 //! they start, as misses if the schedule is paused first).
 
+use crate::control::schedules::{Missed, Overlap};
 use std::time::Duration;
-
-/// What happens at a slot while the schedule's previous run has not
-/// finished (it is still waiting, running, or retrying).
-///
-/// ```
-/// use forkpool::{Overlap, Schedule};
-/// use std::time::Duration;
-/// let s = Schedule::every(Duration::from_secs(10)).overlap(Overlap::Replace);
-/// # let _ = s;
-/// assert_eq!(Overlap::default(), Overlap::Forbid);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Overlap {
-    /// The slot is skipped (and counted in
-    /// [`ScheduleInfo::skips`](crate::ScheduleInfo::skips)): one run at a
-    /// time. The default.
-    #[default]
-    Forbid,
-    /// Runs may overlap: every slot starts a run.
-    Allow,
-    /// The unfinished run is cancelled (its worker killed and replaced if
-    /// it had started) and the new one starts.
-    Replace,
-}
-
-/// What happens to slots missed while the process could not run them:
-/// it was suspended, the machine slept, or the wall clock jumped
-/// forward. A slot is missed when a later slot comes due before it ran,
-/// or when it is seen more than the schedule's
-/// [grace](crate::Schedule::grace) after its time.
-///
-/// ```
-/// use forkpool::{Missed, Schedule};
-/// use std::time::Duration;
-/// let s = Schedule::every(Duration::from_secs(60)).missed(Missed::RunUpTo(3));
-/// # let _ = s;
-/// assert_eq!(Missed::default(), Missed::RunOnce);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Missed {
-    /// However many slots were missed, run once now. The default.
-    #[default]
-    RunOnce,
-    /// Run nothing for missed slots: wait for the next slot. (A slot
-    /// seen within its grace still runs.)
-    Skip,
-    /// Run once per missed slot, up to this many runs (at least 1). With
-    /// [`Overlap::Forbid`] they run one after another.
-    RunUpTo(u32),
-}
 
 /// A schedule's policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,11 +25,11 @@
 use crate::batch::JobId;
 use crate::batch::gate::Refused;
 use crate::beat::clock::{Bell, Clock, Deadline, Now, RealClock};
-use crate::control::schedules::{RunOutcome, ScheduleId, ScheduleInfo, ScheduleState};
 use crate::beat::policy::Policy;
 use crate::beat::schedule::Schedule;
 use crate::beat::timeline::Timeline;
 use crate::client::handle::JobHandle;
+use crate::control::schedules::{RunOutcome, ScheduleId, ScheduleInfo, ScheduleState};
 use crate::options::signature::{Done, Job};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

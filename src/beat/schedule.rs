@@ -8,7 +8,7 @@
 //! wall-clock instants, each found strictly after the one before by
 //! `cron.rs`.
 
-use crate::beat::policy::{Missed, Overlap};
+use crate::control::schedules::{Missed, Overlap};
 use crate::error::JobError;
 use std::fmt;
 use std::time::{Duration, SystemTime};

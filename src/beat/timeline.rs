@@ -292,7 +292,8 @@ impl Timeline {
 mod tests {
     use super::*;
     use crate::beat::clock::{Clock, FakeClock};
-    use crate::beat::policy::{Missed, Overlap, Policy};
+    use crate::beat::policy::Policy;
+    use crate::control::schedules::{Missed, Overlap};
     use std::collections::HashMap;
 
     fn epoch(secs: u64) -> SystemTime {

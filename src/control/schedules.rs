@@ -1,15 +1,71 @@
 //! What a schedule shows of itself: [`ScheduleInfo`], a plain snapshot
 //! (owned, `Clone`, no reference into the pool), with [`ScheduleId`],
-//! [`ScheduleState`] and [`RunOutcome`].
+//! [`ScheduleState`] and [`RunOutcome`], and the words of its policies
+//! ([`Overlap`], [`Missed`]; what they decide is `beat/policy.rs`'s). They
+//! live here, below the scheduler, so that [`Inspection`] can hold them.
+//!
+//! [`Inspection`]: crate::Inspection
 //!
 //! The counts add up: every slot that came due while the schedule was
 //! active is one of `runs`, `skips`, `misses` or `refused` — `replaced`
 //! and the outcomes count runs again, by what became of them.
 
 use crate::batch::JobId;
-use crate::beat::policy::{Missed, Overlap};
+use serde::Serialize;
 use std::fmt;
 use std::time::SystemTime;
+
+/// What happens at a slot while the schedule's previous run has not
+/// finished (it is still waiting, running, or retrying).
+///
+/// ```
+/// use forkpool::{Overlap, Schedule};
+/// use std::time::Duration;
+/// let s = Schedule::every(Duration::from_secs(10)).overlap(Overlap::Replace);
+/// # let _ = s;
+/// assert_eq!(Overlap::default(), Overlap::Forbid);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// The slot is skipped (and counted in
+    /// [`ScheduleInfo::skips`](crate::ScheduleInfo::skips)): one run at a
+    /// time. The default.
+    #[default]
+    Forbid,
+    /// Runs may overlap: every slot starts a run.
+    Allow,
+    /// The unfinished run is cancelled (its worker killed and replaced if
+    /// it had started) and the new one starts.
+    Replace,
+}
+
+/// What happens to slots missed while the process could not run them:
+/// it was suspended, the machine slept, or the wall clock jumped
+/// forward. A slot is missed when a later slot comes due before it ran,
+/// or when it is seen more than the schedule's
+/// [grace](crate::Schedule::grace) after its time.
+///
+/// ```
+/// use forkpool::{Missed, Schedule};
+/// use std::time::Duration;
+/// let s = Schedule::every(Duration::from_secs(60)).missed(Missed::RunUpTo(3));
+/// # let _ = s;
+/// assert_eq!(Missed::default(), Missed::RunOnce);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missed {
+    /// However many slots were missed, run once now. The default.
+    #[default]
+    RunOnce,
+    /// Run nothing for missed slots: wait for the next slot. (A slot
+    /// seen within its grace still runs.)
+    Skip,
+    /// Run once per missed slot, up to this many runs (at least 1). With
+    /// [`Overlap::Forbid`] they run one after another.
+    RunUpTo(u32),
+}
 
 /// Identifies one schedule within its pool.
 ///
@@ -23,7 +79,8 @@ use std::time::SystemTime;
 /// assert_eq!(id.to_string(), format!("schedule-{}", id.as_u64()));
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
 pub struct ScheduleId(pub(crate) u64);
 
 impl ScheduleId {
@@ -40,7 +97,8 @@ impl fmt::Display for ScheduleId {
 }
 
 /// Whether a schedule is running its slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ScheduleState {
     /// Its slots run.
@@ -55,7 +113,8 @@ pub enum ScheduleState {
 }
 
 /// How a schedule's last finished run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RunOutcome {
     /// It returned a value (after any retries).
     Succeeded,
@@ -94,7 +153,7 @@ pub enum RunOutcome {
 /// assert!(info.last_run.is_some() && info.next_run.is_some());
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ScheduleInfo {
     /// Its id.
@@ -113,8 +172,10 @@ pub struct ScheduleInfo {
     pub state: ScheduleState,
     /// When its next slot is due (on the wall clock; for an interval, as
     /// the wall clock reads now); `None` unless active.
+    #[serde(serialize_with = "crate::metrics::json::opt_epoch_secs")]
     pub next_run: Option<SystemTime>,
     /// When its last run was started (submitted to the pool).
+    #[serde(serialize_with = "crate::metrics::json::opt_epoch_secs")]
     pub last_run: Option<SystemTime>,
     /// The job id of its last run.
     pub last_job: Option<JobId>,

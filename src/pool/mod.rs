@@ -363,7 +363,9 @@ impl Pool {
     /// # Ok(()) }
     /// ```
     pub fn inspect(&self) -> Inspection {
-        self.shared.snapshot()
+        let mut snap = self.shared.snapshot();
+        snap.schedules = self.schedules();
+        snap
     }
 
     /// Revokes job `id` wherever it is (Celery's `revoke`): a job that has

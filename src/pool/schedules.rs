@@ -1,8 +1,8 @@
 //! Periodic jobs on the pool: [`Pool::schedule`], and the calls that
 //! show, pause, resume and cancel schedules. Thin: `beat/` does the work.
 
-use crate::control::schedules::{ScheduleId, ScheduleInfo};
 use crate::beat::schedule::{Schedule, ScheduleError};
+use crate::control::schedules::{ScheduleId, ScheduleInfo};
 use crate::options::signature::Job;
 use crate::pool::Pool;
 use serde::Serialize;
