@@ -135,7 +135,13 @@ fn dispatch(n: usize, workers: usize, ranked: bool) -> Dispatch {
     std::thread::sleep(Duration::from_millis(100));
     let mut rng = Rng(0x5eed);
     let prios: Vec<i32> = (0..n)
-        .map(|_| if ranked { (rng.next() % 201) as i32 - 100 } else { 0 })
+        .map(|_| {
+            if ranked {
+                (rng.next() % 201) as i32 - 100
+            } else {
+                0
+            }
+        })
         .collect();
     let job = pool.job(numbered);
     let t = Instant::now();
@@ -224,7 +230,10 @@ fn main() {
     assert_eq!(exact1.worst_inversion, 0, "one worker: the exact order");
     let exact2 = dispatch(n, 2, true);
     report("random priorities", 2, &exact2);
-    assert!(exact2.worst_inversion <= 1, "two workers: at most one handed out ahead");
+    assert!(
+        exact2.worst_inversion <= 1,
+        "two workers: at most one handed out ahead"
+    );
     let plain = dispatch(n, 2, false);
     report("priority 0 (prefetch)", 2, &plain);
     println!(

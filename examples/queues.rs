@@ -69,7 +69,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while workers(&pool, "reports") < 1 && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    println!("reports queue: {} worker(s) before the burst", workers(&pool, "reports"));
+    println!(
+        "reports queue: {} worker(s) before the burst",
+        workers(&pool, "reports")
+    );
     let burst: Vec<_> = (1..=12)
         .map(|i| reports.submit(report, (format!("monthly-{i}"), epoch, 400)))
         .collect();

@@ -142,4 +142,5 @@ pub use options::results::JobStatus;
 pub use options::retry::{RetryOn, RetryPolicy};
 pub use options::signature::{Expiry, Job, NoError};
 pub use pool::{Pool, PoolBuilder, Queue, QueueRef};
+pub use transport::codec::{Codec, UnknownCodec};
 pub use worker::current::{report_progress, soft_time_limit_exceeded};

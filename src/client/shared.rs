@@ -27,7 +27,7 @@ use crate::error::{Error, JobError};
 use crate::metrics::stats::{Counters, QueueCounters};
 use crate::supervisor::{self, Command, Driver, Submitter, Whereabouts};
 use crate::sys::prefault::Prefault;
-use crate::transport::codec;
+use crate::transport::codec::Codec;
 use crate::transport::wire;
 use crate::worker::call::Call;
 use serde::Serialize;
@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Faulted-in buffers for the big byte strings of results (`prefault.rs`).
     pub(crate) prefault: Prefault,
+    /// How arguments and results become bytes (`PoolBuilder::codec`).
+    pub(crate) codec: Codec,
     /// Each queue's most workers as last resized, to keep resizes within
     /// the fork server's table.
     maxes: Mutex<Vec<usize>>,
@@ -64,6 +66,7 @@ impl Shared {
     pub(crate) fn start(
         config: PoolConfig,
         throttles: Arc<Throttles>,
+        codec: Codec,
     ) -> Result<Arc<Shared>, Error> {
         let config = Arc::new(config);
         let queues = config.queues.iter();
@@ -92,6 +95,7 @@ impl Shared {
             next_id: AtomicU64::new(1),
             thread: Mutex::new(Some(thread)),
             prefault,
+            codec,
             maxes: Mutex::new(maxes),
         }))
     }
@@ -134,7 +138,8 @@ impl Shared {
     pub(crate) fn encode_arg<A: Serialize>(&self, arg: &A) -> Result<Vec<u8>, JobError> {
         let mut items = Vec::new();
         let cap = self.config.max_message_size;
-        match wire::push_item(&mut items, |v| codec::encode_into(v, arg)) {
+        let codec = self.codec;
+        match wire::push_item(&mut items, |v| codec.encode_into(v, arg)) {
             Err(e) => Err(JobError::Codec(format!("argument: {e}"))),
             Ok(len) if len as u64 > cap => Err(JobError::TooLarge {
                 size: len as u64,
@@ -171,7 +176,7 @@ impl Shared {
     {
         let id = self.next_job_id();
         let slot = Arc::new(Slot::new(id));
-        let handle = JobHandle::new(slot.clone(), Arc::downgrade(self));
+        let handle = JobHandle::new(slot.clone(), Arc::downgrade(self), self.codec);
         if self.is_closed() {
             slot.resolve(Err(JobError::PoolClosed));
             return handle;

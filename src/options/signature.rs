@@ -25,7 +25,7 @@ use crate::options::rate::RateLimit;
 use crate::options::results::Store;
 use crate::options::retry::{RetryPolicy, RetrySink};
 use crate::sys::clock;
-use crate::transport::codec;
+use crate::transport::codec::Codec;
 use crate::transport::wire::{self, Tag};
 use crate::worker::call::Call;
 use serde::Serialize;
@@ -464,9 +464,10 @@ where
     /// ```
     pub fn on_success(mut self, f: impl Fn(&R) + Send + Sync + 'static) -> Self {
         let fallible = self.fallible;
+        let codec = self.shared.codec;
         let call: OnSuccess = Arc::new(move |body: &[u8]| {
             let value: R = if fallible {
-                match codec::decode::<Result<R, IgnoredAny>>(body) {
+                match codec.decode::<Result<R, IgnoredAny>>(body) {
                     Ok(Ok(v)) => v,
                     Ok(Err(_)) => {
                         return Err(JobError::Codec("success record holds an error".into()));
@@ -474,7 +475,9 @@ where
                     Err(e) => return Err(JobError::Codec(format!("result: {e}"))),
                 }
             } else {
-                codec::decode::<R>(body).map_err(|e| JobError::Codec(format!("result: {e}")))?
+                codec
+                    .decode::<R>(body)
+                    .map_err(|e| JobError::Codec(format!("result: {e}")))?
             };
             f(&value);
             Ok(())
@@ -556,10 +559,11 @@ where
     /// `Ok::<(), E>(())` for a fallible job.
     fn unit_record(&self) -> Vec<u8> {
         let mut body = Vec::new();
+        let codec: Codec = self.shared.codec;
         let encoded = if self.fallible {
-            codec::encode_into(&mut body, &Ok::<(), ()>(()))
+            codec.encode_into(&mut body, &Ok::<(), ()>(()))
         } else {
-            codec::encode_into(&mut body, &())
+            codec.encode_into(&mut body, &())
         };
         debug_assert!(encoded.is_ok());
         let mut rec = wire::header(Tag::Ok, body.len() as u32).to_vec();
@@ -699,7 +703,7 @@ where
         quiet: bool,
     ) -> JobHandle<R> {
         let slot = self.launch(&arg, Target::Handle, ticket, quiet);
-        JobHandle::new(slot, Arc::downgrade(&self.shared))
+        JobHandle::new(slot, Arc::downgrade(&self.shared), self.shared.codec)
     }
 }
 
@@ -730,10 +734,11 @@ where
     /// # Ok(()) }
     /// ```
     pub fn on_error(mut self, f: impl Fn(&Failure<E>) + Send + Sync + 'static) -> Self {
+        let codec = self.shared.codec;
         self.on_error = Some(Arc::new(move |failure| {
             let failure = match failure {
                 RawFailure::Job(e) => Failure::Job(e),
-                RawFailure::Returned(body) => match codec::decode::<Result<IgnoredAny, E>>(&body) {
+                RawFailure::Returned(body) => match codec.decode::<Result<IgnoredAny, E>>(&body) {
                     Ok(Err(e)) => Failure::Err(e),
                     Ok(Ok(_)) => Failure::Job(JobError::Codec("error record holds a value".into())),
                     Err(e) => Failure::Job(JobError::Codec(format!("error: {e}"))),
@@ -748,6 +753,6 @@ where
     /// `Ok(Err(e))` with the job's own error, or `Err(JobError)`.
     pub fn submit(&self, arg: A) -> JobHandle<Result<T, E>> {
         let slot = self.launch(&arg, Target::Handle, None, false);
-        JobHandle::new(slot, Arc::downgrade(&self.shared))
+        JobHandle::new(slot, Arc::downgrade(&self.shared), self.shared.codec)
     }
 }

@@ -31,6 +31,7 @@ use crate::options::results::JobStatus;
 use crate::options::signature::Job;
 use crate::options::{LayerSettings, Layers};
 use crate::supervisor::Command;
+use crate::transport::codec::Codec;
 use crate::worker::call::{Call, Func};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -71,10 +72,10 @@ impl Pool {
         PoolBuilder::default()
     }
 
-    fn start(config: PoolConfig, settings: LayerSettings) -> Result<Pool, Error> {
+    fn start(config: PoolConfig, settings: LayerSettings, codec: Codec) -> Result<Pool, Error> {
         let throttles = Arc::new(Throttles::default());
         let layers = Arc::new(Layers::new(settings, throttles.clone()));
-        let shared = Shared::start(config, throttles)?;
+        let shared = Shared::start(config, throttles, codec)?;
         Ok(Pool { shared, layers })
     }
 
@@ -195,12 +196,14 @@ impl Pool {
     {
         let queue = queue.unwrap_or_else(|| self.shared.config.route(f.ptr as usize));
         if self.layers.retry.is_some() {
-            let (call, ignoring) = (Call::new(f.ptr), Call::ignoring(f.ptr));
+            let codec = self.shared.codec;
+            let (call, ignoring) = (Call::new(f.ptr, codec), Call::ignoring(f.ptr, codec));
             let job = Job::new(&self.shared, &self.layers, f.name, call, ignoring, false);
             return job.on_queue(queue).submit_admitted(arg, ticket, quiet);
         }
-        let call = Call::new(f.ptr);
-        self.shared.submit_call(call, f.name, &arg, quiet, ticket, queue)
+        let call = Call::new(f.ptr, self.shared.codec);
+        self.shared
+            .submit_call(call, f.name, &arg, quiet, ticket, queue)
     }
 
     /// Runs `f(arg)` in a worker and waits for the result.
@@ -307,6 +310,12 @@ impl Pool {
         self.shared.shutdown(Command::Terminate);
     }
 
+    /// The codec the pool encodes arguments and results with
+    /// ([`PoolBuilder::codec`]).
+    pub fn codec(&self) -> Codec {
+        self.shared.codec
+    }
+
     /// A snapshot of the pool's counters.
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()
@@ -332,7 +341,8 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let f = Func::of(f);
-        let (call, ignoring) = (Call::new(f.ptr), Call::ignoring(f.ptr));
+        let codec = self.shared.codec;
+        let (call, ignoring) = (Call::new(f.ptr, codec), Call::ignoring(f.ptr, codec));
         Job::new(&self.shared, &self.layers, f.name, call, ignoring, false)
     }
 
@@ -363,7 +373,11 @@ impl Pool {
         E: Serialize + DeserializeOwned + Send + 'static,
     {
         let f = Func::of(f);
-        let (call, ignoring) = (Call::fallible(f.ptr), Call::fallible_ignoring(f.ptr));
+        let codec = self.shared.codec;
+        let (call, ignoring) = (
+            Call::fallible(f.ptr, codec),
+            Call::fallible_ignoring(f.ptr, codec),
+        );
         Job::new(&self.shared, &self.layers, f.name, call, ignoring, true)
     }
 
@@ -397,7 +411,7 @@ impl Pool {
     /// [`Job::ignore_result`](crate::Job::ignore_result). Asking for the
     /// wrong type gives [`JobError::Codec`] and leaves the result in place.
     pub fn take_result<R: DeserializeOwned>(&self, id: JobId) -> Option<Result<R, JobError>> {
-        self.layers.store.take(id)
+        self.layers.store.take(id, self.shared.codec)
     }
 
     /// Sets how fast jobs of function `f` may start, across all workers

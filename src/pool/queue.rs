@@ -242,7 +242,9 @@ impl QueueRef<'_> {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let f = Func::of(f);
-        self.pool.submit_job(f, arg, true, None, Some(self.index)).get()
+        self.pool
+            .submit_job(f, arg, true, None, Some(self.index))
+            .get()
     }
 
     /// Like [`Pool::map`], on this queue.

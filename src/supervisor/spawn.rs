@@ -233,13 +233,14 @@ impl Supervisor {
         for (q, (queue, stats)) in self.queues.iter().zip(&self.counters.queues).enumerate() {
             let (workers, busy) = match per_queue.get(q) {
                 Some(&counts) => counts,
-                None => self.conns.iter().filter(|c| c.queue == q && !c.standby).fold(
-                    (0, 0),
-                    |(w, b), c| {
+                None => self
+                    .conns
+                    .iter()
+                    .filter(|c| c.queue == q && !c.standby)
+                    .fold((0, 0), |(w, b), c| {
                         let alive = c.pid().is_some() && c.status.is_none() && !c.gone;
                         (w + u64::from(alive), b + u64::from(alive && c.busy()))
-                    },
-                ),
+                    }),
             };
             // Written only when they change: every step publishes them, and
             // a store dirties a line the caller's thread may step with next.
