@@ -12,7 +12,11 @@ use std::io;
 use std::time::Duration;
 
 /// Why one job did not produce a result.
+///
+/// With the `redis` feature it is also `Serialize + Deserialize`: a worker
+/// host stores it (as JSON) as the result of a job that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[cfg_attr(feature = "redis", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum JobError {
     /// The job's function panicked. The worker caught the panic and lives on.
@@ -80,6 +84,25 @@ pub enum JobError {
     #[error("no worker could be started: {message}")]
     WorkerStart {
         /// What went wrong when starting the last worker.
+        message: String,
+    },
+    /// A job sent through a broker was set aside in its dead-letter stream
+    /// instead of running (again): it was delivered as many times as the
+    /// broker allows and never finished, or a worker host could not run
+    /// it (an unknown job name, a type fingerprint or codec it does not
+    /// have, a malformed message). `reason` says which.
+    #[error("job was dead-lettered: {reason}")]
+    DeadLettered {
+        /// Why, as the worker host that set it aside wrote it.
+        reason: String,
+    },
+    /// The broker could not take the job or report its result (Redis
+    /// refused the submission, or the client was dropped before the
+    /// result arrived: the job may still run, and its result can be
+    /// looked up by id).
+    #[error("broker: {message}")]
+    Broker {
+        /// What went wrong.
         message: String,
     },
 }

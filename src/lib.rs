@@ -119,6 +119,8 @@
 #![allow(clippy::result_large_err)]
 
 mod batch;
+#[cfg(feature = "redis")]
+pub mod broker;
 mod client;
 mod config;
 mod error;
@@ -143,4 +145,12 @@ pub use options::retry::{RetryOn, RetryPolicy};
 pub use options::signature::{Expiry, Job, NoError};
 pub use pool::{Pool, PoolBuilder, Queue, QueueRef};
 pub use transport::codec::{Codec, UnknownCodec};
+
+/// What [`register!`] expands to; not a public API.
+#[cfg(feature = "redis")]
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::broker::names::Registration;
+    pub use inventory;
+}
 pub use worker::current::{report_progress, soft_time_limit_exceeded};

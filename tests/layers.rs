@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 /// Top to bottom. Equal ranks may not import each other either.
 const LAYERS: &[(&str, u32)] = &[
+    ("broker", 10),    // several hosts through Redis: client, worker host, job names
     ("pool", 9),       // the public facade: Pool, PoolBuilder
     ("options", 8),    // job options: Job, retries, callbacks, results, rate limits
     ("client", 7),     // the caller's side: Shared, JobHandle, map/imap

@@ -39,6 +39,7 @@ use std::time::Duration;
 /// assert!(!transient.contains(RetryOn::PANICKED));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "redis", derive(serde::Serialize, serde::Deserialize))]
 pub struct RetryOn(u8);
 
 impl RetryOn {
@@ -67,6 +68,7 @@ impl BitOr for RetryOn {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "redis", derive(serde::Serialize, serde::Deserialize))]
 enum Delay {
     Fixed(Duration),
     Exponential(Duration),
@@ -88,6 +90,7 @@ enum Delay {
 /// assert_eq!(policy.delay_for(5), Duration::from_secs(8));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "redis", derive(serde::Serialize, serde::Deserialize))]
 pub struct RetryPolicy {
     max_retries: u32,
     delay: Delay,
@@ -168,7 +171,9 @@ impl RetryPolicy {
         }
     }
 
-    fn delay_with_jitter(&self, retry: u32) -> Duration {
+    /// The delay before retry number `retry`, with jitter if the policy
+    /// has it.
+    pub(crate) fn delay_with_jitter(&self, retry: u32) -> Duration {
         let d = self.delay_for(retry);
         if !self.jitter || d.is_zero() {
             return d;
@@ -177,7 +182,8 @@ impl RetryPolicy {
         Duration::from_nanos(random() % ns.saturating_add(1))
     }
 
-    fn retries(&self, failure: RetryOn) -> bool {
+    /// Whether the policy retries this kind of failure.
+    pub(crate) fn retries(&self, failure: RetryOn) -> bool {
         self.on.contains(failure)
     }
 }
@@ -196,7 +202,7 @@ fn random() -> u64 {
 }
 
 /// What kind of failure an outcome of one job is, as far as retries go.
-fn classify(outcome: &Outcome) -> Option<RetryOn> {
+pub(crate) fn classify(outcome: &Outcome) -> Option<RetryOn> {
     match outcome {
         Outcome::Records { buf, .. } => match wire::records(buf).next()?.tag {
             Tag::Panic => Some(RetryOn::PANICKED),

@@ -316,6 +316,13 @@ impl Pool {
         self.shared.codec
     }
 
+    /// The core, for a layer above that submits batches of its own (a
+    /// broker's worker host).
+    #[cfg(feature = "redis")]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// A snapshot of the pool's counters.
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()

@@ -87,6 +87,25 @@ impl<A: 'static, R: 'static> Func<A, R> {
     }
 }
 
+#[cfg(feature = "redis")]
+impl<A: 'static, R: 'static> Func<A, R> {
+    /// The zero-sized function type `F` (a fn item or a closure that
+    /// captures nothing), without a value of it: for a job registered by
+    /// name, whose value is never at hand where its `Call` is built.
+    pub(crate) fn of_type<F>() -> Func<A, R>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+    {
+        const {
+            assert!(std::mem::size_of::<F>() == 0, "{}", NOT_A_JOB);
+        };
+        Func {
+            ptr: call_zero_sized::<F, A, R>,
+            name: std::any::type_name::<F>(),
+        }
+    }
+}
+
 /// Calls the zero-sized function `F` — in a worker, where no value of it
 /// was ever sent: one is made out of nothing.
 fn call_zero_sized<F, A, R>(arg: A) -> R

@@ -108,3 +108,6 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[cfg(feature = "redis")]
+pub mod server;
