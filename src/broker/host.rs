@@ -404,7 +404,8 @@ impl Host {
         // The pool is done: every job's sink has delivered (or the pool
         // was terminated, which delivers the rest). Dropping the loop drops
         // its sender; the pool's batches held the others.
-        let Loop { state, .. } = lp;
+        let state = lp.state.clone();
+        drop(lp);
         self.pool.join().ok();
         // Let the settle thread write what it has, for a while; then tell
         // it to stop waiting for Redis.
