@@ -181,6 +181,8 @@ pub struct HostOpts {
     pub max_deliveries: u32,
     pub queues: Vec<String>,
     pub grace: Duration,
+    /// The broker's `max_message_size` (default: the broker's default).
+    pub max_message: Option<u64>,
 }
 
 impl HostOpts {
@@ -193,6 +195,7 @@ impl HostOpts {
             max_deliveries: 5,
             queues: vec!["default".into()],
             grace: Duration::from_secs(10),
+            max_message: None,
         }
     }
 }
@@ -217,6 +220,10 @@ impl HostProc {
             .env("FP_MAX_DELIVERIES", o.max_deliveries.to_string())
             .env("FP_QUEUES", o.queues.join(","))
             .env("FP_GRACE_MS", o.grace.as_millis().to_string())
+            .env(
+                "FP_MAX_MESSAGE",
+                o.max_message.unwrap_or(64 << 20).to_string(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -281,6 +288,7 @@ pub fn host_main() {
         .unwrap()
         .visibility_timeout(ms("FP_VT_MS"))
         .max_deliveries(env("FP_MAX_DELIVERIES").parse().unwrap())
+        .max_message_size(env("FP_MAX_MESSAGE").parse().unwrap())
         .timeout(Duration::from_secs(2));
     let host = broker
         .host()
