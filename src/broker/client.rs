@@ -247,14 +247,17 @@ impl Client {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let _ = f;
-        let name = match registry().by_function(TypeId::of::<F>()) {
-            Some(e) => Ok(e.name.to_string()),
-            None => Err(format!(
-                "{} is not registered: add forkpool::register!(...) for it",
-                std::any::type_name::<F>()
-            )),
-        };
-        RemoteJob::new(self.clone(), name, shapes::job_fingerprint::<A, R>())
+        match registry().by_function(TypeId::of::<F>()) {
+            // Registered with these very types: its fingerprint is kept.
+            Some(e) => RemoteJob::new(self.clone(), Ok(e.name.to_string()), e.fingerprint()),
+            None => {
+                let why = format!(
+                    "{} is not registered: add forkpool::register!(...) for it",
+                    std::any::type_name::<F>()
+                );
+                RemoteJob::new(self.clone(), Err(why), 0)
+            }
+        }
     }
 
     /// A job of the fallible registered function `f`: its handle gives

@@ -169,6 +169,11 @@ impl Conn {
     }
 
     fn failed(&mut self, e: &RedisError) {
+        if interrupted(e) {
+            // A signal (SIGTERM to a host, say) cut a blocking read short:
+            // reconnect, but it is no news.
+            return;
+        }
         self.failures += 1;
         // One line when Redis goes away, then one per 20 failed attempts.
         if self.failures == 1 || self.failures.is_multiple_of(20) {
@@ -196,6 +201,17 @@ impl Conn {
             std::thread::sleep((end - now).min(Duration::from_millis(50)));
         }
     }
+}
+
+/// Whether `e` is a system call interrupted by a signal (a socket with a
+/// timeout is not restarted after a handler, `SA_RESTART` or not).
+fn interrupted(e: &RedisError) -> bool {
+    use std::error::Error as _;
+    let io = e
+        .source()
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted);
+    io || e.to_string().contains("os error 4)")
 }
 
 fn load_scripts(con: &mut redis::Connection) -> RedisResult<()> {

@@ -46,7 +46,7 @@ use super::lease::{Held, HostState, bump};
 use super::message::Envelope;
 use super::names::registry;
 use super::scripts::Scripts;
-use super::settle::{HostSink, Settle, Settler};
+use super::settle::{HostSink, Settle, Settler, Settling};
 use super::signals::Handlers;
 use super::{Broker, BrokerError};
 use crate::batch::{Batch, JobOpts};
@@ -54,7 +54,6 @@ use crate::client::shared::Shared;
 use crate::error::JobError;
 use crate::pool::{Pool, PoolBuilder};
 use crate::transport::wire;
-use crossbeam_channel::Sender;
 use redis::Value;
 use std::collections::HashSet;
 use std::fmt;
@@ -350,22 +349,23 @@ impl Host {
     /// runs are waited out.
     pub fn run(self) -> Result<HostReport, BrokerError> {
         let handlers = self.signals.then(Handlers::install);
-        let (tx, rx) = crossbeam_channel::unbounded();
         let stopping = Arc::new(AtomicBool::new(false));
         let quit = Arc::new(AtomicBool::new(false));
+        let settling = Arc::new(Settling::new(
+            self.state.clone(),
+            self.keys.clone(),
+            self.consumer.clone(),
+            stopping.clone(),
+            self.broker.max_message_size,
+        ));
         let settler = Settler {
-            state: self.state.clone(),
-            keys: self.keys.clone(),
-            me: self.consumer.clone(),
+            settling: settling.clone(),
             conn: Conn::new(
                 self.broker.client.clone(),
                 self.broker.timeout,
                 format!("host {} (settle)", self.consumer),
             ),
-            rx,
-            stopping: stopping.clone(),
             quit: quit.clone(),
-            max_result: self.broker.max_message_size,
         };
         let settle = std::thread::Builder::new()
             .name("forkpool-settle".into())
@@ -386,7 +386,7 @@ impl Host {
             shared,
             workers,
             state: self.state.clone(),
-            tx,
+            settling: settling.clone(),
             streams: Vec::new(),
             grouped: HashSet::new(),
             groups_of: 0,
@@ -399,16 +399,16 @@ impl Host {
             stopping,
             deadline: None,
             grace: self.grace,
+            dispatched: 0,
         };
         lp.run(&self.pool);
-        // The pool is done: every job's sink has delivered (or the pool
-        // was terminated, which delivers the rest). Dropping the loop drops
-        // its sender; the pool's batches held the others.
         let state = lp.state.clone();
         drop(lp);
+        // Every job's sink has delivered (or the pool was terminated, which
+        // delivers the rest): the settle thread writes what is left, for a
+        // while; then it is told to stop waiting for Redis.
         self.pool.join().ok();
-        // Let the settle thread write what it has, for a while; then tell
-        // it to stop waiting for Redis.
+        settling.end();
         let end = Instant::now() + self.broker.timeout * 2;
         while !state.held().is_empty() && Instant::now() < end {
             std::thread::sleep(Duration::from_millis(10));
@@ -453,7 +453,8 @@ struct Loop {
     shared: Arc<Shared>,
     workers: usize,
     state: Arc<HostState>,
-    tx: Sender<Settle>,
+    /// Finished jobs to settle (see `settle.rs`).
+    settling: Arc<Settling>,
     /// `(priority, stream)`, highest priority first.
     streams: Vec<(i32, Arc<str>)>,
     /// Streams whose consumer group exists (as of connection `groups_of`).
@@ -469,6 +470,8 @@ struct Loop {
     /// Set once a stop was asked: when the grace ends.
     deadline: Option<Instant>,
     grace: Duration,
+    /// Jobs handed to the local pool so far.
+    dispatched: u64,
 }
 
 impl Loop {
@@ -536,6 +539,8 @@ impl Loop {
                 }
             }
             if self.deadline.is_some() {
+                let go_on = self.go_on();
+                self.settling.flush(&mut self.conn, &go_on);
                 self.state.wait_below(1, TICK);
                 continue;
             }
@@ -568,9 +573,17 @@ impl Loop {
         if idle > 0 && now >= self.next_reclaim {
             self.next_reclaim =
                 now + (self.vt / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
-            self.reclaim(idle)?;
+            let before = self.dispatched;
+            let reclaimed = self.reclaim(idle);
+            if self.dispatched != before {
+                self.help();
+            }
+            reclaimed?;
         }
-        let idle = self.workers.saturating_sub(self.state.running());
+        let mut idle = self.workers.saturating_sub(self.state.running());
+        if idle == 0 {
+            idle = self.help();
+        }
         let next = self
             .next_promote
             .min(self.next_renew)
@@ -580,7 +593,35 @@ impl Loop {
             self.state.wait_below(self.workers, wait);
             return Ok(());
         }
-        self.read(idle, wait)
+        let before = self.dispatched;
+        let read = self.read(idle, wait);
+        if self.dispatched != before {
+            self.help();
+        }
+        read
+    }
+
+    /// Steps the local pool on this thread for a short while, as a caller
+    /// waiting for a local pool's job does: the jobs just taken go to
+    /// workers without waking the pool's supervisor thread, and a quick
+    /// job's answer is collected here too (two wake-ups fewer per job).
+    /// Leaves through `help_while`, which wakes the supervisor thread if it
+    /// must take over: the rule for a thread that steps the supervisor
+    /// (`supervisor/drive.rs`) before it blocks. Returns the idle workers.
+    fn help(&self) -> usize {
+        use crate::supervisor::Help;
+        let workers = self.workers;
+        let state = &self.state;
+        self.shared
+            .driver
+            .help_while(Duration::from_micros(200), &mut || {
+                if state.running() < workers {
+                    Help::Done
+                } else {
+                    Help::Idle
+                }
+            });
+        workers.saturating_sub(state.running())
     }
 
     /// Reads this host's queues' priority levels; makes sure each stream
@@ -725,6 +766,13 @@ impl Loop {
         block: Option<Duration>,
     ) -> Result<usize, BrokerError> {
         let go_on = self.go_on();
+        // What finished since the last read is settled in the same round
+        // trip (see `settle.rs`).
+        let prepared = self.settling.prepare(self.settling.take());
+        let block = match block {
+            Some(b) if self.settling.loop_blocks() => Some(b),
+            _ => None,
+        };
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(GROUP)
@@ -741,9 +789,29 @@ impl Loop {
         for _ in streams {
             cmd.arg(">");
         }
-        let reply = self.conn.run(&go_on, |con| cmd.query::<Value>(con));
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        if let Some(p) = &prepared {
+            pipe.add_command(p.cmd.clone());
+        }
+        pipe.add_command(cmd);
+        let replies = self.conn.run(&go_on, |con| pipe.query::<Vec<Value>>(con));
+        self.settling.loop_returns();
+        let mut replies = replies.unwrap_or_default();
+        let reply = replies.pop().unwrap_or(Value::Nil);
+        if let Some(p) = prepared {
+            match replies.pop().map(redis::from_redis_value::<Vec<i64>>) {
+                Some(Ok(flags)) => self.settling.settled(p, Ok(flags)),
+                // Not sent (the pipeline failed, the host is stopping) or
+                // refused (NOSCRIPT after a flush...): once more, alone.
+                _ => {
+                    let outcome = self.conn.run(&go_on, |con| p.cmd.query::<Vec<i64>>(con));
+                    self.settling.settled(p, outcome);
+                }
+            }
+        }
         let reply = match reply {
-            Err(BrokerError::Redis(m)) if m.contains("NOGROUP") => {
+            Value::ServerError(e) if e.code() == "NOGROUP" => {
                 // Redis lost the group (a restart without persistence, a
                 // flush): make them again; the next turn reads.
                 for s in streams {
@@ -752,7 +820,8 @@ impl Loop {
                 }
                 return Ok(0);
             }
-            other => other?,
+            Value::ServerError(e) => return Err(BrokerError::Redis(e.to_string())),
+            v => v,
         };
         let mut n = 0;
         for (stream, entries) in read_reply(reply) {
@@ -783,7 +852,7 @@ impl Loop {
             );
             return self.dead(stream, &e, why, true);
         };
-        let mine = (job.fingerprint)();
+        let mine = job.fingerprint();
         if env.fingerprint != mine {
             let why = format!(
                 "type fingerprint {:016x} is not this host's {mine:016x} for job {:?} \
@@ -833,21 +902,22 @@ impl Loop {
         });
         let refuse = |error: JobError| Settle::Refused { token, error };
         if let Some(message) = invalid {
-            let _ = self.tx.send(refuse(JobError::InvalidOptions { message }));
+            self.settling
+                .push(refuse(JobError::InvalidOptions { message }));
             return Ok(());
         }
         if let Err(message) = framed {
-            let _ = self.tx.send(refuse(JobError::Codec(message)));
+            self.settling.push(refuse(JobError::Codec(message)));
             return Ok(());
         }
         if expired {
-            let _ = self.tx.send(refuse(JobError::Expired));
+            self.settling.push(refuse(JobError::Expired));
             return Ok(());
         }
         if let Some(interval) = rate {
             let wait = self.rate_wait(name, interval)?;
             if wait > 0 {
-                let _ = self.tx.send(Settle::Later {
+                self.settling.push(Settle::Later {
                     token,
                     delay_ms: wait,
                 });
@@ -862,13 +932,15 @@ impl Loop {
         };
         let sink = Arc::new(HostSink {
             token,
-            tx: self.tx.clone(),
-            state: self.state.clone(),
+            settling: self.settling.clone(),
         });
         let mut batch = Batch::new(call, item, 1, 0, sink, opts, None);
         batch.name = name;
         self.state.started();
-        self.shared.submit(batch, false);
+        // Quietly: the loop steps the pool itself right after (`help`),
+        // and wakes the supervisor thread only if it must.
+        self.shared.submit(batch, true);
+        self.dispatched += 1;
         Ok(())
     }
 

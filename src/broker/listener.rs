@@ -5,7 +5,7 @@
 //! its name; the host that settles the job adds the result to it in the
 //! same script that stores and acknowledges it. This thread reads the
 //! stream with one blocking `XREAD` (up to 1024 results a round trip),
-//! resolves the handles, and deletes what it read.
+//! resolves the handles, and deletes what it read with the next `XREAD`.
 //!
 //! The stream expires a minute after the client stops renewing it (every
 //! 10 s here), so a client that died leaves nothing behind; hosts add to a
@@ -63,6 +63,7 @@ impl Listener {
         let mut last = "0-0".to_string();
         let mut renewed = Instant::now();
         let mut generation = self.conn.generation();
+        let mut read_ids: Vec<String> = Vec::new();
         while go_on() {
             if self.conn.generation() != generation || renewed.elapsed() >= RENEW_EVERY {
                 let reply = self.reply.clone();
@@ -76,24 +77,27 @@ impl Listener {
                 generation = self.conn.generation();
                 renewed = Instant::now();
             }
-            let read = self.conn.run(&go_on, |con| {
-                redis::cmd("XREAD")
-                    .arg("COUNT")
-                    .arg(1024)
-                    .arg("BLOCK")
-                    .arg(BLOCK.as_millis() as u64)
-                    .arg("STREAMS")
-                    .arg(&self.reply)
-                    .arg(&last)
-                    .query::<Value>(con)
-            });
+            // The entries read last time are deleted in the same round trip
+            // as the next read.
+            let mut pipe = redis::pipe();
+            if !read_ids.is_empty() {
+                pipe.cmd("XDEL").arg(&self.reply).arg(&read_ids).ignore();
+            }
+            pipe.cmd("XREAD")
+                .arg("COUNT")
+                .arg(1024)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.reply)
+                .arg(&last);
+            let read = self
+                .conn
+                .run(&go_on, |con| pipe.query::<(Value,)>(con).map(|(v,)| v));
             let Ok(read) = read else { continue };
-            let ids = self.deliver(read);
-            if let Some(id) = ids.last() {
+            read_ids = self.deliver(read);
+            if let Some(id) = read_ids.last() {
                 last = id.clone();
-                let _ = self.conn.run(&go_on, |con| {
-                    redis::cmd("XDEL").arg(&self.reply).arg(&ids).exec(con)
-                });
             }
         }
         // The client is gone: so is its reply stream.

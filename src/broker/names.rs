@@ -105,8 +105,10 @@ pub(crate) struct Entry {
     /// Builds the `Call` that runs the function with a codec (`true`:
     /// its value dropped in the worker).
     pub call: fn(Codec, bool) -> Call,
-    /// The job's type fingerprint (`shapes.rs`).
-    pub fingerprint: fn() -> u64,
+    /// Computes the job's type fingerprint (`shapes.rs`); see
+    /// [`Entry::fingerprint`], which keeps it.
+    fingerprint_of: fn() -> u64,
+    fingerprint: OnceLock<u64>,
     /// Whether the fingerprint covers both types' shapes (not only a name).
     pub traced: fn() -> bool,
     /// Checks that the argument and result round-trip through a codec.
@@ -137,7 +139,8 @@ impl Entry {
                     Call::new(f.ptr, codec)
                 }
             },
-            fingerprint: shapes::job_fingerprint::<A, R>,
+            fingerprint_of: shapes::job_fingerprint::<A, R>,
+            fingerprint: OnceLock::new(),
             traced: || shapes::shape::<A>().traced && shapes::shape::<R>().traced,
             round_trip: |codec| {
                 shapes::round_trip::<A>(codec)?;
@@ -169,7 +172,8 @@ impl Entry {
                     Call::fallible(f.ptr, codec)
                 }
             },
-            fingerprint: shapes::job_fingerprint::<A, Result<T, E>>,
+            fingerprint_of: shapes::job_fingerprint::<A, Result<T, E>>,
+            fingerprint: OnceLock::new(),
             traced: || shapes::shape::<A>().traced && shapes::shape::<Result<T, E>>().traced,
             round_trip: |codec| {
                 shapes::round_trip::<A>(codec)?;
@@ -178,6 +182,13 @@ impl Entry {
             file: "",
             line: 0,
         }
+    }
+}
+
+impl Entry {
+    /// The job's type fingerprint, computed once.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        *self.fingerprint.get_or_init(self.fingerprint_of)
     }
 }
 
@@ -307,7 +318,7 @@ pub fn registered() -> Vec<RegisteredJob> {
             argument: e.argument,
             result: e.result,
             fallible: e.fallible,
-            fingerprint: (e.fingerprint)(),
+            fingerprint: e.fingerprint(),
             shape_checked: (e.traced)(),
             location: format!("{}:{}", e.file, e.line),
         })

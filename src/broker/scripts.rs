@@ -203,51 +203,61 @@ return out
 /// rate limit holds back).
 ///
 /// KEYS: delayed, then per job: stream, res:<id>, reply stream (or any
-/// key, unused). ARGV: group, me, key base, then per job 16 values: kind,
-/// entry id, deliveries, value, ttl ms, notify (1/0), delay ms, the seven
-/// fields, job id, attempts. Returns 1 per job settled, 0 per job no
-/// longer this host's (its result dropped).
+/// key, unused). ARGV: group, me, key base, then per job: kind, entry id,
+/// deliveries, job id, attempts, and for `done` value, ttl ms, notify
+/// (1/0), for `again` delay ms and the seven fields. Returns 1 per job
+/// settled, 0 per job no longer this host's (its result dropped).
 const FINISH: &str = concat!(
     owns!(),
-    now_ms!(),
     r#"
 local G, ME, BASE = ARGV[1], ARGV[2], ARGV[3]
 local FIELDS = {'id', 'job', 'codec', 'fp', 'try', 'opt', 'arg'}
 local out = {}
 local n = (#KEYS - 1) / 3
+local a = 4
+local now = nil
 for j = 0, n - 1 do
   local stream, res, reply = KEYS[2 + 3 * j], KEYS[3 + 3 * j], KEYS[4 + 3 * j]
-  local a = 4 + 16 * j
-  if owns(stream, G, ARGV[a + 1], ME, tonumber(ARGV[a + 2])) then
-    redis.call('XACK', stream, G, ARGV[a + 1])
-    redis.call('XDEL', stream, ARGV[a + 1])
-    if ARGV[a] == 'done' then
-      local ttl = tonumber(ARGV[a + 4])
-      if ttl > 0 then redis.call('SET', res, ARGV[a + 3], 'PX', ttl) end
-      if ARGV[a + 5] == '1' and redis.call('EXISTS', reply) == 1 then
+  local kind, entry, id = ARGV[a], ARGV[a + 1], ARGV[a + 3]
+  local mine = owns(stream, G, entry, ME, tonumber(ARGV[a + 2]))
+  if mine then
+    redis.call('XACK', stream, G, entry)
+    redis.call('XDEL', stream, entry)
+  end
+  if kind == 'done' then
+    if mine then
+      local ttl = tonumber(ARGV[a + 6])
+      if ttl > 0 then redis.call('SET', res, ARGV[a + 5], 'PX', ttl) end
+      if ARGV[a + 7] == '1' and redis.call('EXISTS', reply) == 1 then
         redis.pcall('XADD', reply, 'MAXLEN', '~', 1000000, '*',
-          'id', ARGV[a + 14], 'v', ARGV[a + 3], 'a', ARGV[a + 15])
+          'id', id, 'v', ARGV[a + 5], 'a', ARGV[a + 4])
       end
-    else
+    end
+    a = a + 8
+  else
+    if mine then
       local f = {}
-      for i = 1, 7 do f[#f + 1] = FIELDS[i]; f[#f + 1] = ARGV[a + 6 + i] end
-      local delay = tonumber(ARGV[a + 6])
+      for i = 1, 7 do f[#f + 1] = FIELDS[i]; f[#f + 1] = ARGV[a + 5 + i] end
+      local delay = tonumber(ARGV[a + 5])
       if delay <= 0 then
         redis.call('XADD', stream, '*', unpack(f))
       else
-        local k = BASE .. 'job:' .. ARGV[a + 14]
+        if not now then
+          local t = redis.call('TIME')
+          now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        end
+        local k = BASE .. 'job:' .. id
         local ok = redis.pcall('HSET', k, '_s', stream, unpack(f))
         if type(ok) == 'table' and ok.err then
           redis.call('XADD', stream, '*', unpack(f))
         else
-          redis.call('ZADD', KEYS[1], now + delay, ARGV[a + 14])
+          redis.call('ZADD', KEYS[1], now + delay, id)
         end
       end
     end
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
+    a = a + 13
   end
+  out[#out + 1] = mine and 1 or 0
 end
 return out
 "#
