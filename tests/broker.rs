@@ -313,3 +313,80 @@ fn a_host_refuses_what_it_cannot_run_and_says_why() {
     // The host goes on.
     assert_eq!(client.apply(add, (1, 1)), Ok(2), "{}", host.log());
 }
+
+#[test]
+fn an_acl_user_and_password_are_accepted_and_a_wrong_one_refused() {
+    let redis = Redis::start_with(&["--user", "app", "on", ">s3cret", "~*", "&*", "+@all"]);
+    let url = format!("redis://app:s3cret@127.0.0.1:{}/", redis.port);
+    let mut o = HostOpts::new(&url);
+    o.workers = 1;
+    let host = HostProc::spawn(&o);
+    let client = Broker::new(&url).unwrap().client().unwrap();
+    assert_eq!(client.apply(add, (2, 2)), Ok(4), "{}", host.log());
+    let wrong = format!("redis://app:wrong@127.0.0.1:{}/", redis.port);
+    match Broker::new(&wrong).unwrap().client() {
+        Err(e) => assert!(e.to_string().contains("authentication failed"), "{e}"),
+        Ok(_) => panic!("a wrong password was accepted"),
+    }
+    assert!(!format!("{:?}", Broker::new(&wrong).unwrap()).contains("wrong@"));
+}
+
+#[test]
+fn two_hosts_built_in_one_process_with_one_name_are_distinct_consumers() {
+    let redis = Redis::start();
+    let b = broker(&redis);
+    let one = b.host().name("same").workers(1).handle_signals(false);
+    let two = b.host().name("same").workers(1).handle_signals(false);
+    let (one, two) = (one.build().unwrap(), two.build().unwrap());
+    assert_ne!(one.consumer(), two.consumer());
+    let pid = std::process::id().to_string();
+    for c in [one.consumer(), two.consumer()] {
+        let parts: Vec<&str> = c.split(':').collect();
+        assert_eq!(parts[..2], ["same", pid.as_str()], "{c}");
+    }
+    // A stopper ends a host that runs in a thread of its own.
+    let stop = one.stopper();
+    let t = std::thread::spawn(move || one.run());
+    stop.stop();
+    let report = t.join().unwrap().unwrap();
+    assert_eq!(report.ran, 0);
+}
+
+/// A job in JSON reads as JSON in Redis, and any host runs it (a host
+/// reads each job in the codec the job names).
+#[cfg(feature = "json")]
+#[test]
+fn a_json_job_is_readable_in_redis_and_runs() {
+    let redis = Redis::start();
+    let client = broker(&redis)
+        .codec(forkpool::Codec::Json)
+        .client()
+        .unwrap();
+    let h = client.submit(add, (2, 3));
+    client.flush().unwrap();
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("{forkpool}:q:default:0")
+        .arg("-")
+        .arg("+")
+        .query(&mut redis.cli())
+        .unwrap();
+    let fields = &entries[0].1;
+    let get = |k: &str| fields.iter().find(|(f, _)| f == k).unwrap().1.clone();
+    assert_eq!(
+        (get("codec").as_str(), get("arg").as_str()),
+        ("json", "[2,3]")
+    );
+    assert_eq!(get("job"), "broker::add");
+    let _host = HostProc::spawn(&HostOpts::new(&redis.url()));
+    assert_eq!(h.get(), Ok(5));
+    let id = client.job(echo).detach("é".into());
+    client.flush().unwrap();
+    assert!(common::wait_until(Duration::from_secs(20), || {
+        client.status(id).unwrap() == JobStatus::Succeeded
+    }));
+    let stored: Vec<u8> = redis::cmd("GET")
+        .arg(format!("{{forkpool}}:res:{}", id.as_u64()))
+        .query(&mut redis.cli())
+        .unwrap();
+    assert!(stored.ends_with("\"é\"".as_bytes()), "{stored:?}");
+}
