@@ -508,7 +508,7 @@ impl Loop {
             let now = Instant::now();
             let level = self.stop_level();
             if level >= 1 && self.deadline.is_none() {
-                self.deadline = Some(now + self.grace);
+                self.deadline = Some(super::after(self.grace));
                 self.stopping.store(true, Ordering::Release);
                 eprintln!(
                     "forkpool host {}: stopping ({} jobs running, grace {:?})",

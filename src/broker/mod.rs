@@ -315,8 +315,10 @@ impl Broker {
         if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
             return bad(format!("prefix {:?}: not empty, no braces", self.prefix));
         }
-        if self.visibility_timeout < Duration::from_millis(100) {
-            return bad("visibility_timeout must be at least 100 ms".into());
+        if !(Duration::from_millis(100)..=Duration::from_secs(7 * 24 * 3600))
+            .contains(&self.visibility_timeout)
+        {
+            return bad("visibility_timeout must be between 100 ms and 7 days".into());
         }
         if self.max_deliveries == 0 {
             return bad("max_deliveries must be at least 1".into());
@@ -327,8 +329,8 @@ impl Broker {
         if !(1024..=(512 << 20)).contains(&self.max_message_size) {
             return bad("max_message_size must be between 1 KiB and 512 MiB".into());
         }
-        if self.timeout.is_zero() {
-            return bad("timeout must be above zero".into());
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(3600) {
+            return bad("timeout must be above zero and at most an hour".into());
         }
         Ok(self.clone())
     }
@@ -351,6 +353,13 @@ pub(crate) fn random_u64() -> u64 {
     );
     h.write_u32(std::process::id());
     h.finish()
+}
+
+/// `d` from now, or far in the future if that does not fit an `Instant`.
+pub(crate) fn after(d: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Milliseconds since the Unix epoch, by this host's clock.

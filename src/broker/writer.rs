@@ -161,19 +161,19 @@ impl Writer {
                     .arg("NX");
                 owner.push(None);
             }
-            match j.start {
-                Start::Now => {
+            let delayed = match j.start {
+                Start::Now => None,
+                Start::Countdown(ms) => Some((ms.to_string(), String::new())),
+                Start::Eta(at) => Some((String::new(), at.to_string())),
+            };
+            match delayed {
+                None => {
                     let c = pipe.cmd("XADD").arg(&j.stream).arg("*");
                     for (k, v) in super::message::FIELDS.iter().zip(&j.fields) {
                         c.arg(*k).arg(v.as_slice());
                     }
                 }
-                Start::Countdown(_) | Start::Eta(_) => {
-                    let (countdown, eta) = match j.start {
-                        Start::Countdown(ms) => (ms.to_string(), String::new()),
-                        Start::Eta(at) => (String::new(), at.to_string()),
-                        Start::Now => unreachable!(),
-                    };
+                Some((countdown, eta)) => {
                     // EVAL, not EVALSHA: inside a pipeline a NOSCRIPT
                     // (after a SCRIPT FLUSH) could not be retried alone.
                     let c = pipe
