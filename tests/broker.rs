@@ -58,6 +58,11 @@ fn tagged((path, tag): (String, String)) -> String {
 }
 forkpool::register!(tagged);
 
+fn big(n: usize) -> String {
+    "x".repeat(n)
+}
+forkpool::register!(big);
+
 /// Not registered.
 fn stray(x: u32) -> u32 {
     x
@@ -389,4 +394,29 @@ fn a_json_job_is_readable_in_redis_and_runs() {
         .query(&mut redis.cli())
         .unwrap();
     assert!(stored.ends_with("\"é\"".as_bytes()), "{stored:?}");
+}
+
+#[test]
+fn messages_over_the_cap_fail_their_job_alone() {
+    let redis = Redis::start();
+    let mut o = HostOpts::new(&redis.url());
+    o.max_message = Some(4096);
+    o.workers = 1;
+    let host = HostProc::spawn(&o);
+    let client = broker(&redis).max_message_size(4096).client().unwrap();
+    // An argument over the cap never leaves the client.
+    let r = client.submit(echo, "y".repeat(5000)).get();
+    assert!(
+        matches!(r, Err(JobError::TooLarge { limit: 4096, .. })),
+        "{r:?}"
+    );
+    // A result over the cap fails its job on the host.
+    let r = client.submit(big, 10_000).get();
+    assert!(matches!(r, Err(JobError::TooLarge { .. })), "{r:?}");
+    assert_eq!(
+        client.apply(big, 3),
+        Ok("xxx".to_string()),
+        "{}",
+        host.log()
+    );
 }

@@ -101,7 +101,7 @@ use std::time::Duration;
 /// travel through a [`Broker`] to other hosts (local pools need no
 /// registration).
 ///
-/// ```
+/// ```standalone_crate
 /// use forkpool::register;
 ///
 /// fn resize(px: u32) -> u32 { px / 2 }

@@ -301,7 +301,7 @@ pub struct RegisteredJob {
 /// Every job this program registered with [`register!`](crate::register),
 /// by name (a name registered twice is listed once: [`check`] reports it).
 ///
-/// ```
+/// ```standalone_crate
 /// fn thumbnail(px: u32) -> u32 { px / 2 }
 /// forkpool::register!(thumbnail as "images.thumbnail");
 ///
@@ -330,7 +330,7 @@ pub fn registered() -> Vec<RegisteredJob> {
 /// under two names, and every job's argument and result round-trip
 /// through `codec`.
 ///
-/// ```
+/// ```standalone_crate
 /// # fn main() -> Result<(), forkpool::broker::RegistryError> {
 /// fn double(x: u64) -> u64 { 2 * x }
 /// forkpool::register!(double);
