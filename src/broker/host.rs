@@ -730,7 +730,7 @@ impl Loop {
             idle = idle.saturating_sub(entries.len());
             for e in entries {
                 bump(&self.state.counts.reclaimed);
-                self.take(&stream, e)?;
+                self.take(&stream, e);
             }
         }
         Ok(())
@@ -830,14 +830,24 @@ impl Loop {
             };
             for e in entries {
                 n += 1;
-                self.take(&stream, e)?;
+                self.take(&stream, e);
             }
         }
         Ok(n)
     }
 
-    /// Checks an entry and runs it, or settles or dead-letters it.
-    fn take(&mut self, stream: &Arc<str>, e: RawEntry) -> Result<(), BrokerError> {
+    /// Checks an entry and runs it, or settles or dead-letters it. A Redis
+    /// error on the way is reported; the entry is then either settled
+    /// later or left pending for a reclaim — never held without an end.
+    fn take(&mut self, stream: &Arc<str>, e: RawEntry) {
+        if let Err(err) = self.try_take(stream, e)
+            && !matches!(err, BrokerError::Stopped)
+        {
+            eprintln!("forkpool host {}: taking a job: {err}", self.me);
+        }
+    }
+
+    fn try_take(&mut self, stream: &Arc<str>, e: RawEntry) -> Result<(), BrokerError> {
         let env = match Envelope::parse(&e.fields, self.cap) {
             Ok(env) => env,
             Err(why) => {
@@ -915,7 +925,18 @@ impl Loop {
             return Ok(());
         }
         if let Some(interval) = rate {
-            let wait = self.rate_wait(name, interval)?;
+            // If the limiter cannot be asked, the job waits a second and
+            // asks again (it is held, so it must be settled one way).
+            let wait = match self.rate_wait(name, interval) {
+                Ok(w) => w,
+                Err(err) => {
+                    self.settling.push(Settle::Later {
+                        token,
+                        delay_ms: 1000,
+                    });
+                    return Err(err);
+                }
+            };
             if wait > 0 {
                 self.settling.push(Settle::Later {
                     token,
