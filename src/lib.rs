@@ -78,6 +78,14 @@
 //! }
 //! ```
 //!
+//! # Several hosts
+//!
+//! With the cargo feature `redis`, the `broker` module sends jobs through
+//! Redis to worker hosts on other machines, each running its own local
+//! pool: jobs registered by name with `register!`, the
+//! same `JobHandle`s, at-least-once delivery. The README's "Several hosts"
+//! shows it end to end.
+//!
 //! # How it works
 //!
 //! Building a pool forks a single-threaded *fork server* (zygote) from the
