@@ -113,6 +113,14 @@
 //!     pool.join()
 //! }
 //! ```
+
+//! # Several hosts
+//!
+//! With the cargo feature `redis`, the `broker` module sends jobs through
+//! Redis to worker hosts on other machines, each running its own local
+//! pool: jobs registered by name with `register!`, the
+//! same `JobHandle`s, at-least-once delivery. The README's "Several hosts"
+//! shows it end to end.
 //!
 //! # How it works
 //!
@@ -157,6 +165,9 @@
 mod batch;
 mod beat;
 mod canvas;
+
+#[cfg(feature = "redis")]
+pub mod broker;
 mod client;
 mod config;
 mod control;
@@ -201,4 +212,13 @@ pub use options::results::JobStatus;
 pub use options::retry::{RetryOn, RetryPolicy};
 pub use options::signature::{Expiry, Job, NoError};
 pub use pool::{Pool, PoolBuilder, Queue, QueueRef};
+pub use transport::codec::{Codec, UnknownCodec};
+
+/// What [`register!`] expands to; not a public API.
+#[cfg(feature = "redis")]
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::broker::names::Registration;
+    pub use inventory;
+}
 pub use worker::current::{report_progress, soft_time_limit_exceeded};

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 /// their options at its slots; a workflow moves results between them),
 /// the facade calls both, and neither needs the other.
 const LAYERS: &[(&str, u32)] = &[
+    ("broker", 12),    // several hosts through Redis: client, worker host, job names
     ("pool", 11),      // the public facade: Pool, PoolBuilder
     ("beat", 10),      // periodic jobs: schedules, their thread and clocks
     ("canvas", 10),    // workflows: signatures, chains, groups, chords, their coordinator

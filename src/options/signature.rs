@@ -30,7 +30,7 @@ use crate::options::rate::RateLimit;
 use crate::options::results::Store;
 use crate::options::retry::{RetryPolicy, RetrySink};
 use crate::sys::clock;
-use crate::transport::codec;
+use crate::transport::codec::Codec;
 use crate::transport::wire::{self, Tag};
 use crate::worker::call::Call;
 use crossbeam_channel::Sender;
@@ -492,9 +492,10 @@ where
     /// ```
     pub fn on_success(mut self, f: impl Fn(&R) + Send + Sync + 'static) -> Self {
         let fallible = self.fallible;
+        let codec = self.shared.codec;
         let call: OnSuccess = Arc::new(move |body: &[u8]| {
             let value: R = if fallible {
-                match codec::decode::<Result<R, IgnoredAny>>(body) {
+                match codec.decode::<Result<R, IgnoredAny>>(body) {
                     Ok(Ok(v)) => v,
                     Ok(Err(_)) => {
                         return Err(JobError::Codec("success record holds an error".into()));
@@ -502,7 +503,9 @@ where
                     Err(e) => return Err(JobError::Codec(format!("result: {e}"))),
                 }
             } else {
-                codec::decode::<R>(body).map_err(|e| JobError::Codec(format!("result: {e}")))?
+                codec
+                    .decode::<R>(body)
+                    .map_err(|e| JobError::Codec(format!("result: {e}")))?
             };
             f(&value);
             Ok(())
@@ -541,7 +544,11 @@ where
         }
         let ticket = self.shared.try_admit()?;
         let slot = self.launch(arg, Target::Nowhere, ticket, false, Some(done));
-        Ok(JobHandle::new(slot, Arc::downgrade(&self.shared)))
+        Ok(JobHandle::new(
+            slot,
+            Arc::downgrade(&self.shared),
+            self.shared.codec,
+        ))
     }
 
     /// Whether this job was made by the pool whose core is `shared`.
@@ -594,7 +601,7 @@ where
         } else {
             layers.callbacks.sender()
         };
-        let unit = strip.then(|| unit_record(self.fallible));
+        let unit = strip.then(|| unit_record(self.fallible, self.shared.codec));
         let told = shared_events(&self.shared).map(|bus| (bus, id, self.name));
         let keep: Finisher = match target {
             Target::Handle => Box::new(|outcome| outcome),
@@ -725,7 +732,7 @@ where
         quiet: bool,
     ) -> JobHandle<R> {
         let slot = self.launch(&arg, Target::Handle, ticket, quiet, None);
-        JobHandle::new(slot, Arc::downgrade(&self.shared))
+        JobHandle::new(slot, Arc::downgrade(&self.shared), self.shared.codec)
     }
 }
 
@@ -756,10 +763,11 @@ where
     /// # Ok(()) }
     /// ```
     pub fn on_error(mut self, f: impl Fn(&Failure<E>) + Send + Sync + 'static) -> Self {
+        let codec = self.shared.codec;
         self.on_error = Some(Arc::new(move |failure| {
             let failure = match failure {
                 RawFailure::Job(e) => Failure::Job(e),
-                RawFailure::Returned(body) => match codec::decode::<Result<IgnoredAny, E>>(&body) {
+                RawFailure::Returned(body) => match codec.decode::<Result<IgnoredAny, E>>(&body) {
                     Ok(Err(e)) => Failure::Err(e),
                     Ok(Ok(_)) => Failure::Job(JobError::Codec("error record holds a value".into())),
                     Err(e) => Failure::Job(JobError::Codec(format!("error: {e}"))),
@@ -774,7 +782,7 @@ where
     /// `Ok(Err(e))` with the job's own error, or `Err(JobError)`.
     pub fn submit(&self, arg: A) -> JobHandle<Result<T, E>> {
         let slot = self.launch(&arg, Target::Handle, None, false, None);
-        JobHandle::new(slot, Arc::downgrade(&self.shared))
+        JobHandle::new(slot, Arc::downgrade(&self.shared), self.shared.codec)
     }
 }
 
@@ -854,14 +862,14 @@ impl CoreOptions {
     }
 }
 
-/// The record a stripped success becomes: the encoding of `()`, or of
-/// `Ok::<(), E>(())` for a fallible job.
-fn unit_record(fallible: bool) -> Vec<u8> {
+/// The record a stripped success becomes: the encoding (in `codec`) of
+/// `()`, or of `Ok::<(), E>(())` for a fallible job.
+fn unit_record(fallible: bool, codec: Codec) -> Vec<u8> {
     let mut body = Vec::new();
     let encoded = if fallible {
-        codec::encode_into(&mut body, &Ok::<(), ()>(()))
+        codec.encode_into(&mut body, &Ok::<(), ()>(()))
     } else {
-        codec::encode_into(&mut body, &())
+        codec.encode_into(&mut body, &())
     };
     debug_assert!(encoded.is_ok());
     let mut rec = wire::header(Tag::Ok, body.len() as u32).to_vec();
@@ -1021,7 +1029,8 @@ where
             retry: self.retry.clone(),
             rate_limit: self.rate_limit,
             callbacks: self.callbacks(),
-            unit: (self.ignore && needs_body).then(|| unit_record(self.fallible).into()),
+            unit: (self.ignore && needs_body)
+                .then(|| unit_record(self.fallible, self.shared.codec).into()),
         }
     }
 

@@ -41,6 +41,7 @@ use crate::options::results::JobStatus;
 use crate::options::signature::Job;
 use crate::options::{LayerSettings, Layers};
 use crate::supervisor::Command;
+use crate::transport::codec::Codec;
 use crate::worker::call::{Call, Func};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -84,10 +85,10 @@ impl Pool {
         PoolBuilder::default()
     }
 
-    fn start(config: PoolConfig, settings: LayerSettings) -> Result<Pool, Error> {
+    fn start(config: PoolConfig, settings: LayerSettings, codec: Codec) -> Result<Pool, Error> {
         let throttles = Arc::new(Throttles::default());
         let layers = Arc::new(Layers::new(settings, throttles.clone()));
-        let shared = Shared::start(config, throttles)?;
+        let shared = Shared::start(config, throttles, codec)?;
         Ok(Pool {
             shared,
             layers,
@@ -212,11 +213,12 @@ impl Pool {
     {
         let queue = queue.unwrap_or_else(|| self.shared.config.route(f.ptr as usize));
         if self.layers.retry.is_some() {
-            let (call, ignoring) = (Call::new(f.ptr), Call::ignoring(f.ptr));
+            let codec = self.shared.codec;
+            let (call, ignoring) = (Call::new(f.ptr, codec), Call::ignoring(f.ptr, codec));
             let job = Job::new(&self.shared, &self.layers, f.name, call, ignoring, false);
             return job.on_queue(queue).submit_admitted(arg, ticket, quiet);
         }
-        let call = Call::new(f.ptr);
+        let call = Call::new(f.ptr, self.shared.codec);
         self.shared
             .submit_call(call, f.name, &arg, quiet, ticket, queue)
     }
@@ -326,6 +328,19 @@ impl Pool {
         self.beat.stop();
         self.shared.close();
         self.shared.shutdown(Command::Terminate);
+    }
+
+    /// The codec the pool encodes arguments and results with
+    /// ([`PoolBuilder::codec`]).
+    pub fn codec(&self) -> Codec {
+        self.shared.codec
+    }
+
+    /// The core, for a layer above that submits batches of its own (a
+    /// broker's worker host).
+    #[cfg(feature = "redis")]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// A snapshot of the pool's counters.
@@ -445,7 +460,8 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let f = Func::of(f);
-        let (call, ignoring) = (Call::new(f.ptr), Call::ignoring(f.ptr));
+        let codec = self.shared.codec;
+        let (call, ignoring) = (Call::new(f.ptr, codec), Call::ignoring(f.ptr, codec));
         Job::new(&self.shared, &self.layers, f.name, call, ignoring, false)
     }
 
@@ -476,7 +492,11 @@ impl Pool {
         E: Serialize + DeserializeOwned + Send + 'static,
     {
         let f = Func::of(f);
-        let (call, ignoring) = (Call::fallible(f.ptr), Call::fallible_ignoring(f.ptr));
+        let codec = self.shared.codec;
+        let (call, ignoring) = (
+            Call::fallible(f.ptr, codec),
+            Call::fallible_ignoring(f.ptr, codec),
+        );
         Job::new(&self.shared, &self.layers, f.name, call, ignoring, true)
     }
 
@@ -510,7 +530,7 @@ impl Pool {
     /// [`Job::ignore_result`](crate::Job::ignore_result). Asking for the
     /// wrong type gives [`JobError::Codec`] and leaves the result in place.
     pub fn take_result<R: DeserializeOwned>(&self, id: JobId) -> Option<Result<R, JobError>> {
-        self.layers.store.take(id)
+        self.layers.store.take(id, self.shared.codec)
     }
 
     // Workflows (`canvas/`).
