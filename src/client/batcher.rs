@@ -49,6 +49,10 @@ impl Sink for StreamSink {
     fn claim(&self) -> bool {
         !self.abandoned.load(Ordering::Relaxed)
     }
+
+    fn counts_declined(&self) -> bool {
+        false
+    }
 }
 
 pub(super) fn stream() -> (Arc<StreamSink>, Receiver<(u64, Outcome)>) {
