@@ -79,12 +79,12 @@ impl fmt::Debug for Client {
     }
 }
 
-pub(super) struct Inner {
+pub(crate) struct Inner {
     pub(super) broker: Broker,
     pub(super) keys: Keys,
     name: String,
     pub(super) reply: String,
-    control: Mutex<Conn>,
+    pub(super) control: Mutex<Conn>,
     /// The next id to give, and the end of the block taken.
     ids: Mutex<(u64, u64)>,
     pub(super) pending: Arc<Pending>,
@@ -97,7 +97,7 @@ pub(super) struct Inner {
     pub(super) rates: Mutex<HashMap<String, u64>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

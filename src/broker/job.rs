@@ -26,7 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Where a job's outcome goes.
@@ -237,7 +237,11 @@ where
     /// Submits the job; returns a handle to its result.
     pub fn submit(&self, arg: A) -> JobHandle<R> {
         let slot = self.launch(&arg, Target::Handle);
-        JobHandle::new(slot, Weak::new(), self.client.inner.broker.codec)
+        let remote = super::remote::Remote {
+            client: Arc::downgrade(&self.client.inner),
+            slot: slot.clone(),
+        };
+        JobHandle::remote(slot, self.client.inner.broker.codec, Arc::new(remote))
     }
 
     /// Submits the job; returns its id. Its result is kept in Redis for
@@ -326,8 +330,8 @@ where
             }
         };
         let slot = Arc::new(Slot::new(JobId(id)));
-        // Never "pending" in the local sense: a broker job cannot be
-        // cancelled from here, so `JobHandle::cancel` says false.
+        // Never "pending" in the local sense: `JobHandle::cancel` revokes
+        // it through the broker (`remote.rs`), never locally.
         crate::batch::Sink::claim(&*slot);
         let name = match &self.name {
             Ok(n) => n.clone(),

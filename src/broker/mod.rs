@@ -68,6 +68,9 @@
 //! | `settle.rs` | the host's thread that acknowledges finished jobs, in batches |
 //! | `dead.rs` | dead letters: reasons, and reading them back |
 //! | `signals.rs` | SIGTERM and SIGINT for a host |
+//! | `remote.rs` | what a broker job's handle asks of its client: cancel, progress |
+//! | `progress.rs` | progress across hosts: a host's sampling, [`Client::progress`] |
+//! | `revoke.rs` | [`Client::revoke`], [`Revocation`]: revokes recorded in Redis, and how hosts learn them |
 
 mod client;
 mod conn;
@@ -79,7 +82,10 @@ mod lease;
 mod listener;
 mod message;
 pub(crate) mod names;
+mod progress;
+mod remote;
 mod results;
+mod revoke;
 mod scripts;
 mod settle;
 mod shapes;
@@ -91,6 +97,7 @@ pub use dead::DeadLetter;
 pub use host::{Host, HostBuilder, HostReport, Stopper};
 pub use job::RemoteJob;
 pub use names::{Problem, RegisteredJob, RegistryError, check, registered};
+pub use revoke::Revocation;
 
 use crate::error::Error;
 use crate::transport::codec::Codec;

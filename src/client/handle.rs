@@ -45,6 +45,12 @@ pub(crate) trait Tracker: Send + Sync {
     /// Cancels every unfinished part and resolves the workflow as
     /// cancelled; false if it had already finished.
     fn cancel(&self) -> bool;
+
+    /// What [`JobHandle::progress`] says while the job is not ready: a
+    /// workflow's steps; a broker job's latest report (`broker/remote.rs`).
+    fn reported(&self) -> Option<Progress> {
+        Some(self.progress())
+    }
 }
 
 /// A submitted job: wait for it, poll it, await it, or cancel it.
@@ -98,6 +104,20 @@ impl<R: DeserializeOwned> JobHandle<R> {
             pool,
             tracker: Some(tracker),
             codec: Codec::Bincode,
+            _result: PhantomData,
+        }
+    }
+
+    /// The handle of a job submitted through a broker: cancelling and
+    /// progress go through `tracker` (`broker/remote.rs`); the result
+    /// arrives in `slot` from the client's listener.
+    #[cfg(feature = "redis")]
+    pub(crate) fn remote(slot: Arc<Slot>, codec: Codec, tracker: Arc<dyn Tracker>) -> Self {
+        JobHandle {
+            slot,
+            pool: Weak::new(),
+            tracker: Some(tracker),
+            codec,
             _result: PhantomData,
         }
     }
@@ -227,7 +247,7 @@ impl<R: DeserializeOwned> JobHandle<R> {
             return None;
         }
         if let Some(tracker) = &self.tracker {
-            return Some(tracker.progress());
+            return tracker.reported();
         }
         match self.pool.upgrade()?.inspect(self.slot.id) {
             Whereabouts::Running { progress } => progress,
