@@ -305,3 +305,100 @@ fn progress_reported_on_a_host_reaches_the_client() {
         .is_none()));
     assert_eq!(h.get(), Ok(7));
 }
+
+#[test]
+fn inspect_shows_every_live_host_and_the_broker() {
+    let redis = Redis::start();
+    let mut a = HostOpts::new(&redis.url());
+    a.name = "alpha".into();
+    a.workers = 1;
+    let mut b = a.clone();
+    b.name = "beta".into();
+    b.queues = vec!["default".into(), "slow".into()];
+    let alpha = HostProc::spawn(&a);
+    let mut beta = HostProc::spawn(&b);
+    let client = broker(&redis).client().unwrap();
+    let traces = Traces::new();
+
+    let names = |seen: &forkpool::broker::BrokerInspection| {
+        let mut n: Vec<String> = seen.hosts.iter().map(|h| h.host.clone()).collect();
+        n.sort();
+        n
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || names(
+            &client.inspect().unwrap()
+        ) == ["alpha", "beta"]),
+        "{:?}",
+        client.inspect()
+    );
+    // A job running on one of them shows, with its id and name.
+    let h = client.submit(sleepy, (traces.path("s"), 60_000));
+    assert!(wait_until(Duration::from_secs(20), || !traces
+        .lines("s")
+        .is_empty()));
+    let pid: u32 = traces.lines("s")[0].parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            client.inspect().unwrap().hosts.iter().any(|host| {
+                host.active.iter().any(|j| {
+                    j.id == Some(h.id().as_u64())
+                        && j.worker_pid == pid
+                        && j.name.contains("sleepy")
+                })
+            })
+        }),
+        "{:?}",
+        client.inspect()
+    );
+    let seen = client.inspect().unwrap();
+    for host in &seen.hosts {
+        let want = if host.host == "alpha" { &alpha } else { &beta };
+        assert_eq!(host.pid, want.pid() as u32);
+        assert_eq!(host.workers, 1);
+        assert!(host.consumer.starts_with(&format!("{}:", host.host)));
+        assert!(!host.worker_processes.is_empty(), "{host:?}");
+        assert!(host.worker_processes.iter().all(|w| w.pid != 0));
+    }
+    assert_eq!(
+        seen.hosts.iter().find(|h| h.host == "beta").unwrap().queues,
+        ["default", "slow"]
+    );
+
+    // The broker's view: jobs no host takes wait; delayed ones are counted.
+    for i in 0..3 {
+        client.job(add).queue("nobody").priority(2).spawn((i, i));
+    }
+    client
+        .job(add)
+        .countdown(Duration::from_secs(60))
+        .spawn((1, 1));
+    client.flush().unwrap();
+    let seen = client.inspect().unwrap();
+    let nobody = seen
+        .streams
+        .iter()
+        .find(|s| s.queue == "nobody" && s.priority == 2)
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    assert_eq!((nobody.waiting, nobody.held), (3, 0));
+    let default = seen
+        .streams
+        .iter()
+        .find(|s| s.queue == "default" && s.priority == 0)
+        .unwrap();
+    assert_eq!((default.waiting, default.held), (0, 1), "the sleepy job");
+    assert_eq!(seen.delayed, 1);
+    assert_eq!(seen.dead_letters, 0);
+
+    // A host killed outright drops out by itself.
+    beta.signal(libc::SIGKILL);
+    beta.wait_exit(Duration::from_secs(10));
+    assert!(
+        wait_until(Duration::from_secs(15), || names(
+            &client.inspect().unwrap()
+        ) == ["alpha"]),
+        "{:?}",
+        client.inspect()
+    );
+    assert!(h.cancel());
+}

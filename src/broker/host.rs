@@ -41,6 +41,7 @@
 
 use super::conn::Conn;
 use super::dead::{Burial, bury};
+use super::inspect::Publisher;
 use super::keys::{GROUP, Keys, check_queue};
 use super::lease::{Held, HostState, bump};
 use super::message::Envelope;
@@ -376,6 +377,7 @@ impl Host {
             .map_err(|e| BrokerError::Pool(e.into()))?;
         let shared = self.pool.shared().clone();
         let workers = shared.config.queues[0].max_workers;
+        let publisher = Publisher::new(&self.keys, &self.consumer, &self.queues, workers);
         let now = Instant::now();
         let mut lp = Loop {
             vt: self.broker.visibility_timeout,
@@ -399,6 +401,7 @@ impl Host {
             next_refresh: now,
             next_control: now,
             sampler: Sampler::new(),
+            publisher,
             stop: self.stop.level.clone(),
             handlers,
             stopping,
@@ -407,6 +410,7 @@ impl Host {
             dispatched: 0,
         };
         lp.run(&self.pool);
+        lp.publisher.withdraw(&mut lp.conn);
         let state = lp.state.clone();
         drop(lp);
         // Every job's sink has delivered (or the pool was terminated, which
@@ -474,6 +478,8 @@ struct Loop {
     next_control: Instant,
     /// Progress sampling (`progress.rs`).
     sampler: Sampler,
+    /// The host's snapshot, for `Client::inspect` (`inspect.rs`).
+    publisher: Publisher,
     stop: Arc<AtomicU8>,
     handlers: Option<Handlers>,
     stopping: Arc<AtomicBool>,
@@ -546,6 +552,19 @@ impl Loop {
                 let go_on = self.go_on();
                 if let Err(e) = self.state.renew(&mut self.conn, &go_on, &self.me) {
                     self.trouble("renewing leases", &e);
+                }
+            }
+            if now >= self.publisher.next {
+                let go_on = self.go_on();
+                let stopping = self.deadline.is_some();
+                if let Err(e) = self.publisher.publish(
+                    &self.shared,
+                    &self.state,
+                    stopping,
+                    &mut self.conn,
+                    &go_on,
+                ) {
+                    self.trouble("publishing its snapshot", &e);
                 }
             }
             if now >= self.next_control
@@ -669,7 +688,8 @@ impl Loop {
             .min(self.next_renew)
             .min(self.next_refresh)
             .min(self.next_control)
-            .min(self.sampler.next);
+            .min(self.sampler.next)
+            .min(self.publisher.next);
         let wait = next.saturating_duration_since(Instant::now()).min(TICK);
         if idle == 0 {
             self.state.wait_below(self.workers, wait);

@@ -70,12 +70,14 @@
 //! | `signals.rs` | SIGTERM and SIGINT for a host |
 //! | `remote.rs` | what a broker job's handle asks of its client: cancel, progress |
 //! | `progress.rs` | progress across hosts: a host's sampling, [`Client::progress`] |
+//! | `inspect.rs` | [`Client::inspect`]: the snapshots live hosts publish, and the broker's view |
 //! | `revoke.rs` | [`Client::revoke`], [`Revocation`]: revokes recorded in Redis, and how hosts learn them |
 
 mod client;
 mod conn;
 mod dead;
 mod host;
+mod inspect;
 mod job;
 mod keys;
 mod lease;
@@ -95,6 +97,7 @@ mod writer;
 pub use client::Client;
 pub use dead::DeadLetter;
 pub use host::{Host, HostBuilder, HostReport, Stopper};
+pub use inspect::{BrokerInspection, HostCounts, HostJob, HostSnapshot, HostWorker, StreamView};
 pub use job::RemoteJob;
 pub use names::{Problem, RegisteredJob, RegistryError, check, registered};
 pub use revoke::Revocation;
