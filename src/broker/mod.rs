@@ -68,11 +68,13 @@
 //! | `settle.rs` | the host's thread that acknowledges finished jobs, in batches |
 //! | `dead.rs` | dead letters: reasons, and reading them back |
 //! | `signals.rs` | SIGTERM and SIGINT for a host |
+//! | `callbacks.rs` | `on_success` / `on_error` of a [`RemoteJob`], run in the submitting process |
 //! | `remote.rs` | what a broker job's handle asks of its client: cancel, progress |
 //! | `progress.rs` | progress across hosts: a host's sampling, [`Client::progress`] |
 //! | `inspect.rs` | [`Client::inspect`]: the snapshots live hosts publish, and the broker's view |
 //! | `revoke.rs` | [`Client::revoke`], [`Revocation`]: revokes recorded in Redis, and how hosts learn them |
 
+mod callbacks;
 mod client;
 mod conn;
 mod dead;
