@@ -239,7 +239,9 @@ impl<R: DeserializeOwned> JobHandle<R> {
 
     /// The latest progress the running job reported with
     /// [`report_progress`](crate::report_progress); `None` while it waits,
-    /// before its first report, and once it is finished. For a workflow:
+    /// before its first report, and once it is finished. A job run by a
+    /// broker's host reports through Redis (sampled every 100 ms; each
+    /// call is a round trip). For a workflow:
     /// its steps finished out of its steps in all (a group's members and a
     /// chord's body count one step each).
     pub fn progress(&self) -> Option<Progress> {
@@ -263,6 +265,11 @@ impl<R: DeserializeOwned> JobHandle<R> {
     /// For a workflow, every part not yet finished is cancelled this way,
     /// and no further step starts; group members that a worker had already
     /// taken in a batch run on, their results dropped.
+    ///
+    /// For a job submitted through a broker (feature `redis`), this is
+    /// `Client::revoke(id, true)` on whichever host it is, and `get` gives
+    /// `Err(JobError::Revoked)`; false when it was over or could not be
+    /// found.
     pub fn cancel(&self) -> bool {
         if let Some(tracker) = &self.tracker {
             return tracker.cancel();
