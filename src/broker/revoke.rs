@@ -168,10 +168,11 @@ impl Client {
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = Broker::new("redis://127.0.0.1:6379/")?.client()?;
     /// let later = client.job(report).countdown(Duration::from_secs(60)).submit(7);
+    /// let id = later.id();
     /// client.flush()?;
-    /// assert_eq!(client.revoke(later.id(), false)?, Revocation::BeforeStart(Stage::Scheduled));
+    /// assert_eq!(client.revoke(id, false)?, Revocation::BeforeStart(Stage::Scheduled));
     /// assert_eq!(later.get(), Err(JobError::Revoked));
-    /// assert_eq!(client.revoke(later.id(), false)?, Revocation::NotFound);
+    /// assert_eq!(client.revoke(id, false)?, Revocation::NotFound);
     /// # Ok(()) }
     /// ```
     pub fn revoke(&self, id: JobId, terminate: bool) -> Result<Revocation, BrokerError> {
