@@ -26,6 +26,13 @@
 //!    over jobs whose lease lapsed elsewhere (`RECLAIM`, as many as it has
 //!    idle workers); every 100 ms — or when the next one is due — it moves
 //!    due jobs from the delayed set to their streams (`PROMOTE`).
+//! 5. **Hear what clients ask.** Every read of jobs reads the `revokes`
+//!    stream in the same pipeline, after the jobs, and the loop checks
+//!    each job against the revokes before running it; a job it holds that
+//!    is revoked is revoked in the local pool (`revoke.rs`; while no read
+//!    happens, the loop reads revokes every 100 ms). Every 100 ms it
+//!    writes its jobs' new progress reports (`progress.rs`); every second,
+//!    its snapshot for `Client::inspect` (`inspect.rs`).
 //!
 //! Stopping ([`Stopper::stop`], SIGTERM or SIGINT): it reads nothing more
 //! and lets running jobs finish, for up to the shutdown grace; then it
