@@ -95,6 +95,8 @@ pub(super) struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Rate limits set with `set_rate_limit`, by job name (µs).
     pub(super) rates: Mutex<HashMap<String, u64>>,
+    /// Periodic jobs (`beat.rs`), stopped first when the client goes.
+    pub(super) beat: super::beat::Beat,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -178,6 +180,7 @@ impl Client {
                 stop,
                 threads: Mutex::new(vec![w, l]),
                 rates: Mutex::default(),
+                beat: Default::default(),
             }),
         })
     }
@@ -450,6 +453,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.beat.stop();
         // Write what is queued: wait for Redis at most the broker's timeout.
         *lock(&self.deadline) = Some(Instant::now() + self.broker.timeout);
         self.closing.store(true, Ordering::Release);

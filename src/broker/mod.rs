@@ -68,7 +68,9 @@
 //! | `settle.rs` | the host's thread that acknowledges finished jobs, in batches |
 //! | `dead.rs` | dead letters: reasons, and reading them back |
 //! | `signals.rs` | SIGTERM and SIGINT for a host |
+//! | `beat.rs` | periodic jobs across hosts: [`Client::schedule`], one run per slot among all clients |
 
+mod beat;
 mod client;
 mod conn;
 mod dead;

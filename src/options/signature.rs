@@ -93,7 +93,7 @@ enum Target {
 pub(crate) type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// A job's final outcome in brief, for a [`Done`].
-fn ended(outcome: &Result<Vec<u8>, JobError>) -> Result<(), String> {
+pub(crate) fn ended(outcome: &Result<Vec<u8>, JobError>) -> Result<(), String> {
     match outcome {
         Err(e) => Err(e.to_string()),
         Ok(buf) => match wire::records(buf).next() {
