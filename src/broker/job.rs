@@ -158,6 +158,11 @@ where
         (self.name.clone(), self.fingerprint, self.expires)
     }
 
+    /// The client it submits through.
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Starts no sooner than `delay` after Redis receives it. It waits in
     /// Redis's delayed set, not in a host, however long.
     pub fn countdown(mut self, delay: Duration) -> Self {

@@ -69,6 +69,7 @@
 //! | `dead.rs` | dead letters: reasons, and reading them back |
 //! | `signals.rs` | SIGTERM and SIGINT for a host |
 //! | `beat.rs` | periodic jobs across hosts: [`Client::schedule`], one run per slot among all clients |
+//! | `workflow.rs` | workflows through the broker: [`RemoteJob::sig`], [`Client::group`], their coordinator |
 
 mod beat;
 mod client;
@@ -86,6 +87,7 @@ mod scripts;
 mod settle;
 mod shapes;
 mod signals;
+mod workflow;
 mod writer;
 
 pub use client::Client;

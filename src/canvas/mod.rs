@@ -47,11 +47,11 @@
 //! | `assemble.rs` | a group's result from its members' encoded results |
 
 mod args;
-mod assemble;
-mod flow;
+pub(crate) mod assemble;
+pub(crate) mod flow;
 mod group;
-mod launch;
-mod node;
+pub(crate) mod launch;
+pub(crate) mod node;
 mod parts;
 mod segment;
 mod signature;
