@@ -213,11 +213,23 @@ impl Slots {
                         _ => return slot,
                     }
                 }
-                // Too many to walk: the newest slot is found from now.
-                let back = now.saturating_sub(1);
-                self.next_after(back.saturating_sub(1))
-                    .filter(|&s| s <= now)
-                    .unwrap_or(slot)
+                // Too many to walk (a per-second expression idle for
+                // days): look back from now in doubling windows for a slot,
+                // and walk from there.
+                let mut back = 1_000u64;
+                loop {
+                    let from = now.saturating_sub(back);
+                    if let Some(mut s) = self.next_after(from).filter(|&s| s <= now) {
+                        while let Some(n) = self.next_after(s).filter(|&n| n <= now) {
+                            s = n;
+                        }
+                        return s.max(slot);
+                    }
+                    if from == 0 {
+                        return slot;
+                    }
+                    back = back.saturating_mul(2);
+                }
             }
         }
     }
@@ -1153,6 +1165,17 @@ mod tests {
         assert_eq!(s.count_and_tail(0, 60_000, 2), (6, vec![50_000, 60_000]));
         assert_eq!(s.newest_upto(10_000, 65_000), 60_000);
         assert_eq!(s.next_after(60_000), Some(70_000));
+    }
+
+    #[cfg(feature = "cron")]
+    #[test]
+    fn the_newest_of_too_many_cron_slots_is_found_from_now() {
+        let s = Slots {
+            timing: Schedule::cron("* * * * * *", "UTC").unwrap().timing,
+        };
+        // 200,000 one-second slots since the first: more than are walked.
+        assert_eq!(s.newest_upto(1_000, 200_000_500), 200_000_000);
+        assert_eq!(s.newest_upto(1_000, 5_500), 5_000);
     }
 
     #[test]
