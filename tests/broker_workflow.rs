@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::server::{HostOpts, HostProc, Redis, my_host_pid};
+use common::server::{HostOpts, HostProc, Redis, Traces, append, my_host_pid};
 use forkpool::broker::{Broker, Client};
 use forkpool::{JobError, Pool};
 use std::collections::BTreeSet;
@@ -56,6 +56,12 @@ fn count_ok(results: Vec<Result<u32, JobError>>) -> usize {
     results.iter().filter(|r| r.is_ok()).count()
 }
 forkpool::register!(count_ok);
+
+/// Leaves a line in a file.
+fn mark(path: String) {
+    append(&path, "ran");
+}
+forkpool::register!(mark);
 
 /// Not registered.
 fn stray(x: u32) -> u32 {
@@ -225,4 +231,27 @@ fn what_cannot_go_through_a_broker_is_refused_at_submission() {
         .submit();
     assert!(bad.wait_timeout(quick));
     assert!(matches!(bad.get(), Err(JobError::InvalidOptions { .. })));
+}
+
+#[test]
+fn a_cancelled_workflow_sends_nothing_more() {
+    let redis = Redis::start();
+    let _h = host(&redis.url(), "one");
+    let c = client(&redis.url());
+    let traces = Traces::new();
+    // A 600 ms step, then a step that leaves a trace.
+    let wf = c
+        .job(where_am_i)
+        .sig(600)
+        .then(c.job(mark).sig(traces.path("after")));
+    let h = wf.submit();
+    assert!(h.cancel(), "cancelled before it finished");
+    assert!(!h.cancel(), "once");
+    assert_eq!(h.get(), Err(JobError::Cancelled));
+    // The first step runs out on its host; the second is never sent.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(traces.lines("after").is_empty(), "a step ran after cancel");
+    // The same workflow, not cancelled, does run its second step.
+    assert_eq!(wf.submit().get(), Ok(()));
+    assert_eq!(traces.lines("after"), vec!["ran"]);
 }
