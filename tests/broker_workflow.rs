@@ -9,7 +9,7 @@ mod common;
 
 use common::server::{HostOpts, HostProc, Redis, Traces, append, my_host_pid};
 use forkpool::broker::{Broker, Client};
-use forkpool::{JobError, Pool};
+use forkpool::{JobError, JobStatus, Pool};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -254,4 +254,28 @@ fn a_cancelled_workflow_sends_nothing_more() {
     // The same workflow, not cancelled, does run its second step.
     assert_eq!(wf.submit().get(), Ok(()));
     assert_eq!(traces.lines("after"), vec!["ran"]);
+}
+
+#[test]
+fn a_detached_workflow_s_result_is_kept_by_id() {
+    let redis = Redis::start();
+    let c = client(&redis.url());
+    let chord = c
+        .group([1, 2].map(|x| c.job(inc).sig(x)))
+        .chord(c.job(plain_sum));
+    let id = chord.detach();
+    // Pending from any process while no host runs it.
+    let other = client(&redis.url());
+    assert_eq!(other.status(id).unwrap(), JobStatus::Pending);
+    let _h = host(&redis.url(), "one");
+    assert!(common::wait_until(LONG, || other.status(id).unwrap() == JobStatus::Succeeded));
+    assert_eq!(other.take_result::<u32>(id).unwrap(), Some(Ok(5)));
+    assert_eq!(other.status(id).unwrap(), JobStatus::Unknown, "taken");
+
+    let failing = c.job(boom).sig(13).then(c.job(inc)).detach();
+    assert!(common::wait_until(LONG, || other.status(failing).unwrap() == JobStatus::Failed));
+    match other.take_result::<u32>(failing).unwrap() {
+        Some(Err(JobError::StepFailed { step: 0, .. })) => {}
+        other => panic!("{other:?}"),
+    }
 }

@@ -84,7 +84,7 @@ pub(super) struct Inner {
     pub(super) keys: Keys,
     name: String,
     pub(super) reply: String,
-    control: Mutex<Conn>,
+    pub(super) control: Mutex<Conn>,
     /// The next id to give, and the end of the block taken.
     ids: Mutex<(u64, u64)>,
     pub(super) pending: Arc<Pending>,

@@ -49,12 +49,15 @@
 //!   cannot be withdrawn), their results dropped.
 //! - **Callbacks** on a workflow or a group run on the client's results
 //!   thread (keep them quick), since a client has no callback thread.
-//! - **`detach`** (results by id) is not there yet for workflows through a
-//!   broker: the workflow resolves at once to `InvalidOptions`.
+//! - **`detach`** keeps the workflow's result by id in Redis (`res:<id>`,
+//!   `P` while it runs), written by the submitting process when the
+//!   workflow resolves, so [`Client::status`] and [`Client::take_result`]
+//!   work from any process — once the submitter has written it.
 
 use super::client::{Client, Inner};
 use super::job::{RemoteJob, Target as JobTarget};
 use super::message::{Envelope, Opts};
+use super::results;
 use super::writer::{OutJob, Outgoing, Start};
 use crate::batch::JobId;
 use crate::batch::progress::Progress;
@@ -208,8 +211,23 @@ impl Remote for Client {
         let id = inner.next_id();
         let root = Arc::new(Slot::new(JobId(*id.as_ref().unwrap_or(&0))));
         crate::batch::Sink::claim(&*root);
-        if target == Target::Nowhere {
-            root.set_finisher(Box::new(|_| Err(JobError::Cancelled)));
+        match target {
+            Target::Handle => {}
+            Target::Nowhere => root.set_finisher(Box::new(|_| Err(JobError::Cancelled))),
+            Target::Store => {
+                let client = Arc::downgrade(inner);
+                let id = root.id.0;
+                root.set_finisher(Box::new(move |outcome| {
+                    if let Some(inner) = client.upgrade() {
+                        let value = match &outcome {
+                            Ok(record) => results::from_record(record),
+                            Err(e) => results::from_error(e),
+                        };
+                        keep(&inner, id, Some(&value));
+                    }
+                    outcome
+                }));
+            }
         }
         let mut parts = Vec::new();
         let built = build(node, None, &mut parts);
@@ -234,11 +252,11 @@ impl Remote for Client {
                     inner.broker.codec.name()
                 ),
             }),
-            _ if target == Target::Store => Some(JobError::InvalidOptions {
-                message: "a workflow through a broker cannot be detached yet: submit it for \
-                          a handle"
-                    .into(),
-            }),
+            (Ok(id), _) if target == Target::Store && !keep(inner, id, None) => {
+                Some(JobError::Broker {
+                    message: "Redis did not take the workflow's pending mark".into(),
+                })
+            }
             _ => None,
         };
         match refused {
@@ -250,6 +268,30 @@ impl Remote for Client {
         }
         (root, flow)
     }
+}
+
+/// Writes a detached workflow's result key: `value` (a stored result), or
+/// `P` while it runs, for the broker's `result_expires`. False if Redis
+/// could not be reached. Runs on the thread that resolves the workflow
+/// (the client's results thread, usually): one command, bounded by the
+/// broker's timeout.
+fn keep(inner: &Inner, id: u64, value: Option<&[u8]>) -> bool {
+    let key = inner.keys.result(id);
+    let ttl = super::client::ttl_ms(inner.broker.result_expires);
+    let value = value.unwrap_or(b"P");
+    inner
+        .control
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .run_once(|con| {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl)
+                .exec(con)
+        })
+        .is_ok()
 }
 
 /// Flattens `node` into `parts` (its parent given); its part's number.
