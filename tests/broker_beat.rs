@@ -205,8 +205,9 @@ fn a_restart_catches_up_as_the_policy_says_not_per_slot() {
     assert!(wait_until(Duration::from_secs(20), || info(&second).runs >= 3));
     let after = info(&second);
     assert!(
-        (6..=12).contains(&after.misses),
-        "about ten slots were missed, three of them run: {after:?}"
+        (6..=20).contains(&after.misses),
+        "ten slots or more (a loaded machine starts the client late) were missed, \
+         three of them run: {after:?}"
     );
     assert!(
         wait_until(Duration::from_secs(20), || {
