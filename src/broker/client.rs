@@ -95,7 +95,7 @@ pub(super) struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Rate limits set with `set_rate_limit`, by job name (µs).
     pub(super) rates: Mutex<HashMap<String, u64>>,
-    /// Periodic jobs (`beat.rs`), stopped first when the client goes.
+    /// Periodic jobs (`beat/`), stopped first when the client goes.
     pub(super) beat: super::beat::Beat,
 }
 

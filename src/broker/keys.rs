@@ -16,7 +16,7 @@
 //! | `dead` | stream | dead letters, with their reason |
 //! | `rl:<job name>` | string | the global rate limiter of a job name |
 //! | `ids` | string | the counter job ids are taken from |
-//! | `beat:<name>` | hash | a schedule's newest claimed slot and run (`beat.rs` builds it) |
+//! | `beat:<name>` | hash | a schedule's newest claimed slot and run (`beat/` builds it) |
 
 use super::BrokerError;
 

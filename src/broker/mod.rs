@@ -68,7 +68,7 @@
 //! | `settle.rs` | the host's thread that acknowledges finished jobs, in batches |
 //! | `dead.rs` | dead letters: reasons, and reading them back |
 //! | `signals.rs` | SIGTERM and SIGINT for a host |
-//! | `beat.rs` | periodic jobs across hosts: [`Client::schedule`], one run per slot among all clients |
+//! | `beat/` | periodic jobs across hosts: [`Client::schedule`], one run per slot among all clients |
 //! | `workflow.rs` | workflows through the broker: [`RemoteJob::sig`], [`Client::group`], their coordinator |
 
 mod beat;
