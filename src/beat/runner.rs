@@ -64,14 +64,14 @@ where
 
 /// How a schedule's finished runs ended; written by the runs' finishers.
 #[derive(Debug, Default)]
-struct Outcomes {
-    succeeded: AtomicU64,
-    failed: AtomicU64,
-    last: Mutex<Option<RunOutcome>>,
+pub(crate) struct Outcomes {
+    pub(crate) succeeded: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) last: Mutex<Option<RunOutcome>>,
 }
 
 impl Outcomes {
-    fn record(&self, result: Result<(), String>) {
+    pub(crate) fn record(&self, result: Result<(), String>) {
         let outcome = match result {
             Ok(()) => {
                 self.succeeded.fetch_add(1, Ordering::Relaxed);
@@ -88,12 +88,12 @@ impl Outcomes {
 
 /// What became of a schedule's slots.
 #[derive(Debug, Default, Clone, Copy)]
-struct Tally {
-    runs: u64,
-    skips: u64,
-    misses: u64,
-    refused: u64,
-    replaced: u64,
+pub(crate) struct Tally {
+    pub(crate) runs: u64,
+    pub(crate) skips: u64,
+    pub(crate) misses: u64,
+    pub(crate) refused: u64,
+    pub(crate) replaced: u64,
 }
 
 /// One schedule.

@@ -79,6 +79,12 @@ pub enum ScheduleError {
     /// The scheduler's thread or its timers could not be started.
     #[error("the scheduler could not start: {0}")]
     Start(String),
+    /// The schedule cannot run through a broker as given (feature
+    /// `redis`): its job's function is not registered, its name is not a
+    /// valid schedule name or is taken in this client, or it asks for what
+    /// only a local pool can do ([`Overlap::Replace`], which cancels runs).
+    #[error("the schedule cannot run through the broker: {0}")]
+    Broker(String),
 }
 
 /// How a schedule's slots are placed in time.

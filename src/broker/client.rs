@@ -98,6 +98,8 @@ pub(crate) struct Inner {
     pub(super) rates: Mutex<HashMap<String, u64>>,
     /// The thread jobs' callbacks run on (`callbacks.rs`).
     pub(super) callbacks: Callbacks,
+    /// Periodic jobs (`beat/`), stopped first when the client goes.
+    pub(super) beat: super::beat::Beat,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -182,6 +184,7 @@ impl Client {
                 threads: Mutex::new(vec![w, l]),
                 rates: Mutex::default(),
                 callbacks: Callbacks::default(),
+                beat: Default::default(),
             }),
         })
     }
@@ -454,6 +457,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.beat.stop();
         // Write what is queued: wait for Redis at most the broker's timeout.
         *lock(&self.deadline) = Some(Instant::now() + self.broker.timeout);
         self.closing.store(true, Ordering::Release);

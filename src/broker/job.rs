@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime};
 
 /// Where a job's outcome goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
+pub(super) enum Target {
     Handle,
     Store,
     Nowhere,
@@ -158,6 +158,18 @@ where
         self.name.as_deref().ok()
     }
 
+    /// The registered name, or why there is none; the type fingerprint;
+    /// the expiry as given (for a schedule, which keeps these without the
+    /// client).
+    pub(super) fn parts(&self) -> (Result<String, String>, u64, Option<Expiry>) {
+        (self.name.clone(), self.fingerprint, self.expires)
+    }
+
+    /// The client it submits through.
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Starts no sooner than `delay` after Redis receives it. It waits in
     /// Redis's delayed set, not in a host, however long.
     pub fn countdown(mut self, delay: Duration) -> Self {
@@ -271,7 +283,7 @@ where
         self.launch(&arg, Target::Nowhere).id
     }
 
-    fn opts(&self, target: Target) -> Result<(Opts, Start), JobError> {
+    pub(super) fn opts(&self, target: Target) -> Result<(Opts, Start), JobError> {
         let invalid = |message: String| Err(JobError::InvalidOptions { message });
         if let Err(e) = check_queue(&self.queue) {
             return invalid(e.to_string());

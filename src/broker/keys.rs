@@ -20,6 +20,7 @@
 //! | `revokes` | stream | every revoke, in order: what hosts read to learn them (`revoke.rs`) |
 //! | `pg:<id>` | string | the latest progress of running job `id`, `done/total` (`progress.rs`) |
 //! | `host:<consumer>` | string | a live host's snapshot, JSON, expiring unless refreshed (`inspect.rs`) |
+//! | `beat:<name>` | hash | a schedule's newest claimed slot and run (`beat/` builds it) |
 
 use super::BrokerError;
 

@@ -73,7 +73,10 @@
 //! | `progress.rs` | progress across hosts: a host's sampling, [`Client::progress`] |
 //! | `inspect.rs` | [`Client::inspect`]: the snapshots live hosts publish, and the broker's view |
 //! | `revoke.rs` | [`Client::revoke`], [`Revocation`]: revokes recorded in Redis, and how hosts learn them |
+//! | `beat/` | periodic jobs across hosts: [`Client::schedule`], one run per slot among all clients |
+//! | `workflow.rs` | workflows through the broker: [`RemoteJob::sig`], [`Client::group`], their coordinator |
 
+mod beat;
 mod callbacks;
 mod client;
 mod conn;
@@ -94,6 +97,7 @@ mod scripts;
 mod settle;
 mod shapes;
 mod signals;
+mod workflow;
 mod writer;
 
 pub use client::Client;

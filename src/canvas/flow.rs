@@ -797,7 +797,7 @@ fn singles(base: u32, outcome: &Outcome) -> Vec<(u32, Outcome)> {
 
 /// A job's outcome as a workflow value: its result as an item (a fallible
 /// job's `Err` is a value too), or its failure.
-fn item_of(outcome: Result<Vec<u8>, JobError>) -> Result<Vec<u8>, JobError> {
+pub(crate) fn item_of(outcome: Result<Vec<u8>, JobError>) -> Result<Vec<u8>, JobError> {
     let mut buf = outcome?;
     let Some(rec) = wire::records(&buf).next() else {
         return Err(JobError::Codec("empty result record".into()));
@@ -813,14 +813,14 @@ fn item_of(outcome: Result<Vec<u8>, JobError>) -> Result<Vec<u8>, JobError> {
 
 /// A workflow value as a job's record, for a handle: in place, the tag
 /// byte inserted after the length (a big group's result is not copied).
-fn into_record(result: Result<Vec<u8>, JobError>) -> Result<Vec<u8>, JobError> {
+pub(crate) fn into_record(result: Result<Vec<u8>, JobError>) -> Result<Vec<u8>, JobError> {
     let mut item = result?;
     item.insert(LEN, Tag::Ok as u8);
     Ok(item)
 }
 
 /// A copy of a workflow value as a job's record, for callbacks.
-fn record_of(result: &Result<Vec<u8>, JobError>) -> Result<Vec<u8>, JobError> {
+pub(crate) fn record_of(result: &Result<Vec<u8>, JobError>) -> Result<Vec<u8>, JobError> {
     let item = result.as_ref().map_err(Clone::clone)?;
     let mut rec = Vec::with_capacity(item.len() + 1);
     rec.extend_from_slice(&item[..LEN]);
@@ -830,7 +830,7 @@ fn record_of(result: &Result<Vec<u8>, JobError>) -> Result<Vec<u8>, JobError> {
 }
 
 /// The item of `()`: an empty chain's result.
-fn unit_item() -> Vec<u8> {
+pub(crate) fn unit_item() -> Vec<u8> {
     vec![0; LEN]
 }
 

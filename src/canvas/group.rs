@@ -296,12 +296,12 @@ impl<R, P: Policy> Group<R, P> {
     /// Submits the group and returns only its id (see
     /// [`Workflow::detach`]).
     pub fn detach(&self) -> JobId {
-        self.home.submit(&self.node(), Target::Store, false).0.id
+        self.home.submit_id(&self.node(), Target::Store)
     }
 
     /// Submits the group and forgets it; its callbacks still run.
     pub fn spawn(&self) -> JobId {
-        self.home.submit(&self.node(), Target::Nowhere, false).0.id
+        self.home.submit_id(&self.node(), Target::Nowhere)
     }
 }
 

@@ -1,6 +1,13 @@
 //! Submitting what the canvas builds, on the caller's thread: a workflow
 //! becomes a [`Flow`] with a slot of its own, a lone signature a job.
 //!
+//! Where a workflow runs is its [`Home`]: a pool (its supervisor's feed,
+//! and the coordinator of `flow.rs`), or — cargo feature `redis` — the
+//! hosts behind a broker's client, which implements [`Remote`] with a
+//! coordinator of its own (`broker/workflow.rs`). The typed builders do
+//! not care which: a step is a [`Spec`](crate::options::signature::Spec)
+//! either way, and a pool refuses a step that belongs to a broker.
+//!
 //! A workflow's slot is the one its [`JobHandle`] waits on (or the result
 //! store keeps, for a detached workflow); the workflow's own callbacks are
 //! its finisher, as a job's are. The workflow's first jobs take places in
@@ -11,8 +18,12 @@
 use crate::batch::slot::{Finisher, Slot};
 use crate::batch::{Batch, JobId};
 use crate::canvas::flow::Flow;
+#[cfg(feature = "redis")]
+use crate::canvas::node::Kind;
 use crate::canvas::node::{Arg, Leaf, Node};
 use crate::client::handle::JobHandle;
+#[cfg(feature = "redis")]
+use crate::client::handle::Tracker;
 use crate::client::shared::Shared;
 use crate::error::JobError;
 use crate::options::Layers;
@@ -22,9 +33,99 @@ use crate::transport::codec::Codec;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
+/// Where a workflow is submitted: a pool, or the hosts behind a broker.
+#[derive(Clone)]
+pub(crate) enum Home {
+    Pool(Local),
+    #[cfg(feature = "redis")]
+    Remote(Arc<dyn Remote>),
+}
+
+/// Where a workflow's steps go when it is submitted through a broker: the
+/// broker's client, whose coordinator lives in the submitting process
+/// (`broker/workflow.rs`).
+#[cfg(feature = "redis")]
+pub(crate) trait Remote: Send + Sync {
+    /// Submits workflow `node`: its slot (resolved once, as a pool's
+    /// workflow's is) and what follows its progress and cancels it.
+    fn submit(&self, node: &Node, target: Target) -> (Arc<Slot>, Arc<dyn Tracker>);
+}
+
+/// Why a pool refuses a step: it was built from a broker's job.
+fn remote_step() -> JobError {
+    JobError::InvalidOptions {
+        message: "a step of a broker's job (Client::job) in a pool's workflow: submit the \
+                  workflow through the client, or build the step with Pool::job"
+            .into(),
+    }
+}
+
+impl Home {
+    pub(crate) fn new(shared: &Arc<Shared>, layers: &Arc<Layers>) -> Home {
+        Home::Pool(Local::new(shared, layers))
+    }
+
+    /// Submits workflow `node` for a handle.
+    pub(crate) fn handle<R: DeserializeOwned>(&self, node: &Node) -> JobHandle<R> {
+        match self {
+            Home::Pool(local) => local.handle(node),
+            #[cfg(feature = "redis")]
+            Home::Remote(remote) => {
+                let (slot, tracker) = remote.submit(node, Target::Handle);
+                JobHandle::tracked(slot, std::sync::Weak::new(), tracker)
+            }
+        }
+    }
+
+    /// Runs workflow `node` and waits for it.
+    pub(crate) fn apply<R: DeserializeOwned>(&self, node: &Node) -> Result<R, JobError> {
+        match self {
+            Home::Pool(local) => local.apply(node),
+            #[cfg(feature = "redis")]
+            Home::Remote(_) => self.handle(node).get(),
+        }
+    }
+
+    /// Submits workflow `node` for `target` (not a handle): its id.
+    pub(crate) fn submit_id(&self, node: &Node, target: Target) -> JobId {
+        match self {
+            Home::Pool(local) => local.submit(node, target, false).0.id,
+            #[cfg(feature = "redis")]
+            Home::Remote(remote) => remote.submit(node, target).0.id,
+        }
+    }
+
+    /// Submits a lone signature for a handle. `quiet`: the caller waits
+    /// at once (see [`Local::submit_job`]).
+    pub(crate) fn job_handle<R: DeserializeOwned>(&self, leaf: &Leaf, quiet: bool) -> JobHandle<R> {
+        match self {
+            Home::Pool(local) => {
+                let slot = local.submit_job(leaf, Target::Handle, quiet);
+                JobHandle::new(slot, Arc::downgrade(&local.shared), Codec::Bincode)
+            }
+            #[cfg(feature = "redis")]
+            Home::Remote(_) => self.handle(&Node::new(Kind::Step(leaf.clone()))),
+        }
+    }
+
+    /// Submits a lone signature for `target` (not a handle): its id.
+    pub(crate) fn job_id(&self, leaf: &Leaf, target: Target) -> JobId {
+        match self {
+            Home::Pool(local) => local.submit_job(leaf, target, false).id,
+            #[cfg(feature = "redis")]
+            Home::Remote(remote) => {
+                remote
+                    .submit(&Node::new(Kind::Step(leaf.clone())), target)
+                    .0
+                    .id
+            }
+        }
+    }
+}
+
 /// The pool a workflow is submitted to: its core and its options' state.
 #[derive(Clone)]
-pub(crate) struct Home {
+pub(crate) struct Local {
     pub(crate) shared: Arc<Shared>,
     pub(crate) layers: Arc<Layers>,
 }
@@ -40,9 +141,9 @@ pub(crate) enum Target {
     Nowhere,
 }
 
-impl Home {
-    pub(crate) fn new(shared: &Arc<Shared>, layers: &Arc<Layers>) -> Home {
-        Home {
+impl Local {
+    fn new(shared: &Arc<Shared>, layers: &Arc<Layers>) -> Local {
+        Local {
             shared: shared.clone(),
             layers: layers.clone(),
         }
@@ -89,11 +190,17 @@ impl Home {
             root.resolve(Err(error));
             return (root, flow);
         }
+        let mut remote = false;
         node.for_each_spec(&mut |spec| {
             if let Some(limit) = spec.rate_limit {
                 layers.rates.set(spec.call.func, Some(limit));
             }
+            remote |= spec.remote.is_some();
         });
+        if remote {
+            root.resolve(Err(remote_step()));
+            return (root, flow);
+        }
         match shared.admit(first_jobs) {
             Ok(ticket) => flow.start(ticket, attended),
             Err(_) => {
@@ -162,6 +269,10 @@ impl Home {
         }
         if let Some(error) = self.codec_refused() {
             slot.resolve(Err(error));
+            return slot;
+        }
+        if spec.remote.is_some() {
+            shared.refuse(&slot, remote_step());
             return slot;
         }
         let item = match &leaf.arg {

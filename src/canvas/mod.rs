@@ -39,7 +39,7 @@
 //! | `workflow.rs` | [`Workflow`], and what composes: [`Step`], [`IntoWorkflow`] |
 //! | `group.rs` | [`Group`], the policies [`FailFast`] and [`CollectAll`], tuples ([`Members`]) |
 //! | `node.rs` | the erased tree every workflow is, as built |
-//! | `launch.rs` | submitting: a workflow's own slot, callbacks, queue places; a lone signature as a job |
+//! | `launch.rs` | where a workflow goes (`Home`: a pool, or a broker's client through `Remote`); submitting to a pool: a workflow's own slot, callbacks, queue places; a lone signature as a job |
 //! | `flow.rs` | the coordinator: a running workflow and the events that move it |
 //! | `parts.rs` | a running workflow's parts, and how a built tree becomes them |
 //! | `segment.rs` | group members sent in batches, and their sinks |
@@ -47,11 +47,11 @@
 //! | `assemble.rs` | a group's result from its members' encoded results |
 
 mod args;
-mod assemble;
-mod flow;
+pub(crate) mod assemble;
+pub(crate) mod flow;
 mod group;
-mod launch;
-mod node;
+pub(crate) mod launch;
+pub(crate) mod node;
 mod parts;
 mod segment;
 mod signature;

@@ -19,7 +19,6 @@ use crate::canvas::workflow::{IntoWorkflow, Step, Workflow};
 use crate::client::handle::JobHandle;
 use crate::error::JobError;
 use crate::options::signature::{Job, NoError, Spec};
-use crate::transport::codec::Codec;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -85,6 +84,17 @@ impl<R> IntoWorkflow for Signature<R> {
 }
 
 impl<R> Signature<R> {
+    /// A signature of the step `leaf`, submitted to `home` (a broker's
+    /// client makes them: `broker/workflow.rs`).
+    #[cfg(feature = "redis")]
+    pub(crate) fn from_parts(home: Home, leaf: Leaf) -> Signature<R> {
+        Signature {
+            home,
+            leaf,
+            _result: PhantomData,
+        }
+    }
+
     pub(crate) fn home(&self) -> &Home {
         &self.home
     }
@@ -129,8 +139,7 @@ impl<R> Signature<R> {
     where
         R: DeserializeOwned,
     {
-        let slot = self.home.submit_job(&self.leaf, Target::Handle, false);
-        JobHandle::new(slot, Arc::downgrade(&self.home.shared), Codec::Bincode)
+        self.home.job_handle(&self.leaf, false)
     }
 
     /// Runs the job and waits for its result, as
@@ -139,18 +148,17 @@ impl<R> Signature<R> {
     where
         R: DeserializeOwned,
     {
-        let slot = self.home.submit_job(&self.leaf, Target::Handle, true);
-        JobHandle::<R>::new(slot, Arc::downgrade(&self.home.shared), Codec::Bincode).get()
+        self.home.job_handle::<R>(&self.leaf, true).get()
     }
 
     /// Submits the job and returns only its id (see [`Job::detach`]).
     pub fn detach(&self) -> JobId {
-        self.home.submit_job(&self.leaf, Target::Store, false).id
+        self.home.job_id(&self.leaf, Target::Store)
     }
 
     /// Submits the job and forgets it (see [`Job::spawn`]).
     pub fn spawn(&self) -> JobId {
-        self.home.submit_job(&self.leaf, Target::Nowhere, false).id
+        self.home.job_id(&self.leaf, Target::Nowhere)
     }
 }
 

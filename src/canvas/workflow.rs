@@ -314,11 +314,11 @@ impl<R> Workflow<R> {
     /// as progress, then `Succeeded` or `Failed`) and
     /// [`Pool::take_result`](crate::Pool::take_result).
     pub fn detach(&self) -> JobId {
-        self.home.submit(&self.node, Target::Store, false).0.id
+        self.home.submit_id(&self.node, Target::Store)
     }
 
     /// Submits the workflow and forgets it; its callbacks still run.
     pub fn spawn(&self) -> JobId {
-        self.home.submit(&self.node, Target::Nowhere, false).0.id
+        self.home.submit_id(&self.node, Target::Nowhere)
     }
 }

@@ -93,7 +93,7 @@ enum Target {
 pub(crate) type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// A job's final outcome in brief, for a [`Done`].
-fn ended(outcome: &Result<Vec<u8>, JobError>) -> Result<(), String> {
+pub(crate) fn ended(outcome: &Result<Vec<u8>, JobError>) -> Result<(), String> {
     match outcome {
         Err(e) => Err(e.to_string()),
         Ok(buf) => match wire::records(buf).next() {
@@ -791,7 +791,7 @@ where
 /// (a countdown or an expiry given as a duration counts from then). A
 /// `Job` and a workflow step (`canvas/`) resolve them the same way. Options
 /// the supervisor will carry per job (a queue, a priority) belong here.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct CoreOptions {
     start: Option<Start>,
     expires: Option<Expiry>,
@@ -922,6 +922,10 @@ pub(crate) struct Spec {
     /// For `ignore_result` with a success callback: the result travels
     /// back for the callback only, and a success is then this record.
     pub(crate) unit: Option<Arc<[u8]>>,
+    /// A step that goes through a broker (`broker/workflow.rs`) keeps its
+    /// registered name and options here; `None` for a pool's job. A local
+    /// workflow refuses a step that has it (`canvas/launch.rs`).
+    pub(crate) remote: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl fmt::Debug for Spec {
@@ -955,6 +959,7 @@ impl PartialEq for Spec {
             && same(&self.callbacks.on_success, &other.callbacks.on_success)
             && same(&self.callbacks.on_error, &other.callbacks.on_error)
             && self.unit.is_some() == other.unit.is_some()
+            && same(&self.remote, &other.remote)
     }
 }
 
@@ -1031,6 +1036,7 @@ where
             callbacks: self.callbacks(),
             unit: (self.ignore && needs_body)
                 .then(|| unit_record(self.fallible, self.shared.codec).into()),
+            remote: None,
         }
     }
 
