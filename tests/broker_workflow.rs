@@ -63,6 +63,11 @@ fn mark(path: String) {
 }
 forkpool::register!(mark);
 
+fn count_units(units: Vec<()>) -> usize {
+    units.len()
+}
+forkpool::register!(count_units);
+
 /// Not registered.
 fn stray(x: u32) -> u32 {
     x
@@ -248,12 +253,40 @@ fn a_cancelled_workflow_sends_nothing_more() {
     assert!(h.cancel(), "cancelled before it finished");
     assert!(!h.cancel(), "once");
     assert_eq!(h.get(), Err(JobError::Cancelled));
-    // The first step runs out on its host; the second is never sent.
+    // The first step is revoked (its worker killed if it had started);
+    // the second is never sent.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(traces.lines("after").is_empty(), "a step ran after cancel");
     // The same workflow, not cancelled, does run its second step.
     assert_eq!(wf.submit().get(), Ok(()));
     assert_eq!(traces.lines("after"), vec!["ran"]);
+}
+
+#[test]
+fn a_cancelled_workflow_s_queued_steps_are_revoked() {
+    let redis = Redis::start();
+    let c = client(&redis.url());
+    let traces = Traces::new();
+    // Members queued in Redis while no host runs: cancelling revokes them.
+    let chord = c
+        .group((0..4).map(|i| c.job(mark).sig(traces.path(&format!("m{i}")))))
+        .chord(c.job(count_units));
+    let h = chord.submit();
+    c.flush().unwrap();
+    assert!(h.cancel());
+    assert_eq!(h.get(), Err(JobError::Cancelled));
+    let _h = host(&redis.url(), "one");
+    // A job sent after them runs: the host has read past the members.
+    let probe = traces.path("probe");
+    assert_eq!(c.job(mark).sig(probe).submit().get(), Ok(()));
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..4 {
+        assert!(
+            traces.lines(&format!("m{i}")).is_empty(),
+            "member {i} ran after its workflow was cancelled"
+        );
+    }
+    assert_eq!(traces.lines("probe"), vec!["ran"]);
 }
 
 #[test]
@@ -278,4 +311,35 @@ fn a_detached_workflow_s_result_is_kept_by_id() {
         Some(Err(JobError::StepFailed { step: 0, .. })) => {}
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_step_s_own_callbacks_are_told_its_outcome_once() {
+    let redis = Redis::start();
+    let _h = host(&redis.url(), "one");
+    let c = client(&redis.url());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let (ok, err) = (tx.clone(), tx);
+    let wf = c
+        .job(inc)
+        .on_success(move |v: &u32| ok.send(format!("ok {v}")).unwrap())
+        .sig(12)
+        .then(
+            c.job(boom)
+                .on_error(move |e: &JobError| err.send(format!("err {e}")).unwrap()),
+        );
+    assert!(matches!(
+        wf.submit().get(),
+        Err(JobError::StepFailed { step: 1, .. })
+    ));
+    let mut told: Vec<String> = (0..2)
+        .map(|_| rx.recv_timeout(LONG).expect("a callback"))
+        .collect();
+    told.sort();
+    assert_eq!(told[1], "ok 13");
+    assert!(told[0].starts_with("err "), "{told:?}");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "told once"
+    );
 }

@@ -58,7 +58,13 @@ impl RemoteCallbacks {
         })
     }
 
-    fn notify(&self, outcome: &Result<Vec<u8>, JobError>, runner: Option<&Sender<Task>>) {
+    /// Tells the callbacks `outcome` (a result record, or the job's
+    /// error), on `runner` if there is one.
+    pub(crate) fn notify(
+        &self,
+        outcome: &Result<Vec<u8>, JobError>,
+        runner: Option<&Sender<Task>>,
+    ) {
         let error = match outcome {
             Err(e) => e.clone(),
             Ok(buf) => match wire::records(buf).next() {

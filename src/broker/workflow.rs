@@ -44,16 +44,18 @@
 //!   120 MB message), chord bodies fired by polling (`chord_unlock`) and
 //!   nothing that knows the whole workflow's state; here no message holds
 //!   more than one step, and the handle knows everything.
-//! - **Cancelling** resolves the handle `Cancelled` and sends nothing
-//!   more; steps already queued or running on a host go on (a broker job
-//!   cannot be withdrawn), their results dropped.
-//! - **Callbacks** on a workflow or a group run on the client's results
-//!   thread (keep them quick), since a client has no callback thread.
+//! - **Cancelling** resolves the handle `Cancelled`, sends nothing more,
+//!   and revokes the steps sent and not over (`Client::revoke` with
+//!   `terminate`: a queued step never runs, a running one's worker is
+//!   killed, as a pool's workflow does).
+//! - **Callbacks** on a workflow, a group or a step's own `RemoteJob` run
+//!   on the client's callback thread (`callbacks.rs`), as a job's do.
 //! - **`detach`** keeps the workflow's result by id in Redis (`res:<id>`,
 //!   `P` while it runs), written by the submitting process when the
 //!   workflow resolves, so [`Client::status`] and [`Client::take_result`]
 //!   work from any process — once the submitter has written it.
 
+use super::callbacks::RemoteCallbacks;
 use super::client::{Client, Inner};
 use super::job::{RemoteJob, Target as JobTarget};
 use super::message::{Envelope, Opts};
@@ -94,6 +96,9 @@ pub(super) struct RemoteStep {
     /// client, or why they cannot work.
     opts: Result<(Opts, Start), JobError>,
     expiry: Option<Expiry>,
+    /// The job's own `on_success` / `on_error`, told each run's outcome on
+    /// the client's callback thread, as for a job submitted alone.
+    callbacks: RemoteCallbacks,
 }
 
 /// The function a broker step's `Spec` names for the pool's sake. Never
@@ -115,6 +120,7 @@ where
             fingerprint,
             opts: self.opts(JobTarget::Handle),
             expiry,
+            callbacks: self.callbacks.clone(),
         };
         Spec {
             call: Call::new(runs_on_hosts as fn(()), Codec::Bincode),
@@ -239,6 +245,7 @@ impl Remote for Client {
             state: Mutex::new(State {
                 parts,
                 finished: false,
+                sent: Sent::default(),
             }),
         });
         let refused = match (id, built) {
@@ -410,6 +417,34 @@ enum PartKind {
 struct State {
     parts: Vec<Part>,
     finished: bool,
+    /// The steps sent, not all of them over: what `cancel` revokes.
+    sent: Sent,
+}
+
+/// The slots of the steps a workflow sent, pruned of those over as it
+/// grows (amortized: a group of 10,000 members is pruned a few times, not
+/// per member).
+#[derive(Default)]
+struct Sent {
+    slots: Vec<Arc<Slot>>,
+    prune_at: usize,
+}
+
+impl Sent {
+    fn push(&mut self, slot: Arc<Slot>) {
+        if self.slots.len() >= self.prune_at {
+            self.slots.retain(|s| !s.is_ready());
+            self.prune_at = (2 * self.slots.len()).max(64);
+        }
+        self.slots.push(slot);
+    }
+
+    /// The steps not over yet.
+    fn take_unfinished(&mut self) -> Vec<Arc<Slot>> {
+        let mut slots = std::mem::take(&mut self.slots);
+        slots.retain(|s| !s.is_ready());
+        slots
+    }
 }
 
 /// One workflow submitted through a broker: its coordinator.
@@ -486,7 +521,12 @@ impl Flow {
                 Later::Resolve(outcome) => {
                     self.root.resolve(outcome);
                 }
-                Later::Notify(callbacks, outcome) => callbacks.notify(&outcome, None),
+                Later::Notify(callbacks, outcome) => {
+                    // On the client's callback thread, never the results
+                    // thread (here, if the client is gone).
+                    let runner = self.client.upgrade().and_then(|i| i.callbacks.sender());
+                    callbacks.notify(&outcome, runner.as_ref());
+                }
             }
         }
     }
@@ -544,11 +584,25 @@ impl Flow {
         let slot = Arc::new(Slot::new(JobId(id)));
         crate::batch::Sink::claim(&*slot);
         let flow = self.clone();
+        let callbacks = (!step.callbacks.is_empty())
+            .then(|| (step.callbacks.clone(), inner.callbacks.sender()));
         slot.set_finisher(Box::new(move |outcome| {
+            if let Some((callbacks, runner)) = callbacks {
+                callbacks.notify(&outcome, runner.as_ref());
+            }
             flow.handle(Event::Job { part, outcome });
             // The outcome went on to the workflow; nobody reads this slot.
             Err(JobError::Cancelled)
         }));
+        {
+            // Under the lock `cancel` takes: a step sent after the
+            // workflow ended is not sent; one sent before is revoked.
+            let mut st = self.lock();
+            if st.finished {
+                return;
+            }
+            st.sent.push(slot.clone());
+        }
         inner.wait_for(&slot);
         let job = OutJob {
             id,
@@ -577,18 +631,31 @@ impl Tracker for Flow {
         }
     }
 
-    /// Sends nothing more and resolves the workflow `Cancelled`; steps
-    /// already queued or running on a host go on, their results dropped.
+    /// Sends nothing more, revokes the steps sent and not over (with
+    /// `terminate`, as a pool's workflow kills its running step), and
+    /// resolves the workflow `Cancelled`.
     fn cancel(&self) -> bool {
-        {
+        let out = {
             let mut st = self.lock();
             if st.finished {
                 return false;
             }
             st.finished = true;
             st.parts = Vec::new();
-        }
+            st.sent.take_unfinished()
+        };
         self.root.resolve(Err(JobError::Cancelled));
+        if let (false, Some(inner)) = (out.is_empty(), self.client.upgrade()) {
+            let client = Client { inner };
+            // A step still in the writer is put in Redis first; one whose
+            // launch is under way has its id, and a revoke of an id given
+            // out holds for when the job arrives (hosts check before
+            // running). Their outcomes reach a finished flow: ignored.
+            let _ = client.flush();
+            for slot in out {
+                let _ = client.revoke_here(slot.id, true);
+            }
+        }
         true
     }
 }
