@@ -35,6 +35,11 @@ pub(crate) struct RingCtl {
     /// Set by the producer when it waits for space; the consumer clears it
     /// and rings the producer's doorbell.
     pub producer_waiting: Line<AtomicU32>,
+    /// Where the producer last went back to the ring's start: its bytes
+    /// stop at this position and go on at the next multiple of the ring's
+    /// size (0: never). Written by the producer, before it publishes a
+    /// position past it (see `ring.rs`).
+    pub wrap: Line<AtomicU64>,
 }
 
 /// The state bits of a status word: the low two bits, beside a 62-bit
@@ -372,7 +377,11 @@ pub(crate) struct StatusPage {
 const _: () = assert!(std::mem::size_of::<StatusPage>() <= PAGE);
 // tests/hostile.rs forges a worker's result-ring write position at this
 // offset (a test outside the crate cannot name the field): keep them in step.
-const _: () = assert!(std::mem::offset_of!(StatusPage, to_supervisor) == 960);
+const _: () = assert!(std::mem::offset_of!(StatusPage, to_supervisor) == 1024);
+// tests/hostile.rs forges the result ring's wrap position too.
+const _: () = assert!(
+    std::mem::offset_of!(StatusPage, to_supervisor) + std::mem::offset_of!(RingCtl, wrap) == 1280
+);
 
 #[cfg(test)]
 mod tests {

@@ -58,6 +58,12 @@ impl Worker {
         if h.seq0 != self.next_seq || h.cancel_slot as usize >= self.page.cancel.len() {
             exit(EXIT_PROTOCOL);
         }
+        // The batch's records go back to the outbox's start if the last
+        // batch's worth of room is free there, so that the ring touches
+        // only the pages it holds at once (see `transport::ring`).
+        let need = self.answer_bytes.clamp(4096, self.outbox.size() / 2);
+        self.outbox.wrap_to_start(need);
+        let start = self.outbox.position();
         let mut batch = Running {
             // SAFETY: the trampoline address comes from Call::new in the
             // caller, of which this process is a fork.
@@ -98,6 +104,7 @@ impl Worker {
             }
         }
         current::set_timed_item(0);
+        self.answer_bytes = (self.outbox.position() - start) as usize;
         batch.frame
     }
 

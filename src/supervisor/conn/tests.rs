@@ -309,7 +309,7 @@ impl TestWorker {
     }
 
     /// Bytes published to the inbox and not yet read.
-    fn unread(&self) -> usize {
+    fn unread(&mut self) -> usize {
         self.inbox.available().unwrap()
     }
 
