@@ -264,6 +264,41 @@ pub(crate) struct WorkerStatus {
     /// The CPU the worker last ran on, as it started to wait for work (see
     /// `crate::sys::spin`).
     pub cpu: AtomicU32,
+    /// How long the worker spent on its last batch of several items (see
+    /// [`BatchTime`]).
+    pub batch_time: BatchTime,
+}
+
+/// How long a worker spent on its last batch of several items, from
+/// starting the first to answering the last: written before the last
+/// answer is committed, so a supervisor that has read that answer reads
+/// this too. The time excludes waiting to be woken and waiting in the
+/// ring, which the supervisor cannot tell apart; `map` sizes its batches
+/// from it. Untrusted, like all the worker writes: it only ever steers
+/// batch sizes.
+#[derive(Default)]
+pub(crate) struct BatchTime(AtomicU64);
+
+impl BatchTime {
+    /// Bits of the batch's first sequence number kept, above the time.
+    const SEQ_BITS: u32 = 24;
+    const NS_BITS: u32 = 64 - Self::SEQ_BITS;
+
+    /// Worker: the batch whose first item is `seq0` took `ns`.
+    pub(crate) fn set(&self, seq0: u64, ns: u64) {
+        let ns = ns.min((1 << Self::NS_BITS) - 1);
+        self.0.store(seq0 << Self::NS_BITS | ns, Ordering::Relaxed);
+    }
+
+    /// Supervisor: the time of the batch whose first item is `seq0`, if
+    /// that is the batch the word speaks of (never zero: a word never
+    /// written says nothing).
+    pub(crate) fn get(&self, seq0: u64) -> Option<u64> {
+        let word = self.0.load(Ordering::Relaxed);
+        let mask = (1u64 << Self::SEQ_BITS) - 1;
+        let ns = word & ((1 << Self::NS_BITS) - 1);
+        (word >> Self::NS_BITS == seq0 & mask && ns > 0).then_some(ns)
+    }
 }
 
 /// The latest progress a job reported (`forkpool::report_progress`): plain
@@ -386,6 +421,21 @@ const _: () = assert!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_time_is_read_only_for_its_batch() {
+        let t = BatchTime::default();
+        assert_eq!(t.get(0), None, "nothing written says nothing");
+        t.set(5, 1234);
+        assert_eq!(t.get(5), Some(1234));
+        assert_eq!(t.get(6), None);
+        t.set(1 << 30 | 7, u64::MAX);
+        assert_eq!(
+            t.get(7),
+            Some((1 << 40) - 1),
+            "sequence numbers wrap, times saturate"
+        );
+    }
 
     #[test]
     fn progress_is_read_whole_and_per_item() {

@@ -46,6 +46,10 @@ struct Running<'a> {
     /// argument is decoded (`None` once released, or for a frame that was
     /// copied out of the ring).
     frame: Option<usize>,
+    /// When a batch of several items started (precise clock), to tell the
+    /// supervisor how long it took (`WorkerStatus::batch_time`); 0 for a
+    /// single item.
+    started: u64,
 }
 
 impl Worker {
@@ -73,6 +77,7 @@ impl Worker {
             left: h.count,
             current: None,
             frame,
+            started: if h.count > 1 { clock::precise_ns() } else { 0 },
         };
         // The whole batch runs under one unwind guard (cheaper than one per
         // item); when an item panics, it is answered and the loop resumes
@@ -254,6 +259,11 @@ impl BatchRun<'_, '_> {
                 }
             } else {
                 w.record(Tag::Skipped, &[]);
+            }
+            if batch.left == 1 && batch.started != 0 {
+                // Before the last answer is committed (see `BatchTime`).
+                let took = clock::precise_ns().saturating_sub(batch.started);
+                status.batch_time.set(h.seq0, took);
             }
             w.finish(seq, h.flags);
             batch.left -= 1;

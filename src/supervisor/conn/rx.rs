@@ -63,10 +63,24 @@ impl Conn {
         if let Some(why) = broken {
             self.violate(why);
         }
+        self.tell_batch_time();
         // Items handed back were never run: they count against no task limit.
         let back = std::mem::take(&mut self.book.handed_back);
         if let Some(t) = &mut self.tasks_left {
             *t += back;
+        }
+    }
+
+    /// Tells the sink of the last batch of several items answered in full
+    /// how long its worker says it took (see `BatchTime`): per item, an
+    /// estimate that, unlike the supervisor's own clock, excludes waiting
+    /// to be woken.
+    fn tell_batch_time(&mut self) {
+        let Some((seq0, count, sink)) = self.book.finished.take() else {
+            return;
+        };
+        if let Some(ns) = self.page().worker.batch_time.get(seq0) {
+            sink.timed(ns / u64::from(count), u64::from(count));
         }
     }
 
