@@ -108,6 +108,25 @@ pub enum JobError {
     /// produced.
     #[error("{0}")]
     MembersFailed(Box<GroupFailure>),
+    /// A job sent through a broker was set aside in its dead-letter stream
+    /// instead of running (again): it was delivered as many times as the
+    /// broker allows and never finished, or a worker host could not run
+    /// it (an unknown job name, a type fingerprint or codec it does not
+    /// have, a malformed message). `reason` says which.
+    #[error("job was dead-lettered: {reason}")]
+    DeadLettered {
+        /// Why, as the worker host that set it aside wrote it.
+        reason: String,
+    },
+    /// The broker could not take the job or report its result (Redis
+    /// refused the submission, or the client was dropped before the
+    /// result arrived: the job may still run, and its result can be
+    /// looked up by id).
+    #[error("broker: {message}")]
+    Broker {
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// The members of a group (or a chord) that failed, and the results of

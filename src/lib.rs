@@ -113,6 +113,14 @@
 //!     pool.join()
 //! }
 //! ```
+
+//! # Several hosts
+//!
+//! With the cargo feature `redis`, the `broker` module sends jobs through
+//! Redis to worker hosts on other machines, each running its own local
+//! pool: jobs registered by name with `register!`, the
+//! same `JobHandle`s, at-least-once delivery. The README's "Several hosts"
+//! shows it end to end.
 //!
 //! # How it works
 //!
@@ -155,7 +163,11 @@
 #![allow(clippy::result_large_err)]
 
 mod batch;
+mod beat;
 mod canvas;
+
+#[cfg(feature = "redis")]
+pub mod broker;
 mod client;
 mod config;
 mod control;
@@ -170,6 +182,11 @@ mod worker;
 
 pub use batch::progress::Progress;
 pub use batch::{JobId, ParseJobIdError};
+pub use control::schedules::{
+    Missed, Overlap, RunOutcome, ScheduleId, ScheduleInfo, ScheduleState,
+};
+
+pub use beat::schedule::{Schedule, ScheduleError};
 pub use canvas::{
     CollectAll, FailFast, Group, IntoWorkflow, Members, Policy, Signature, Step, Workflow,
 };
@@ -195,4 +212,13 @@ pub use options::results::JobStatus;
 pub use options::retry::{RetryOn, RetryPolicy};
 pub use options::signature::{Expiry, Job, NoError};
 pub use pool::{Pool, PoolBuilder, Queue, QueueRef};
+pub use transport::codec::{Codec, UnknownCodec};
+
+/// What [`register!`] expands to; not a public API.
+#[cfg(feature = "redis")]
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::broker::names::Registration;
+    pub use inventory;
+}
 pub use worker::current::{report_progress, soft_time_limit_exceeded};

@@ -16,8 +16,15 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Top to bottom. Equal ranks may not import each other either.
+///
+/// `beat` and `canvas` sit side by side between `pool` and `options`: each
+/// is a producer built on `options::Job` (a schedule submits jobs with
+/// their options at its slots; a workflow moves results between them),
+/// the facade calls both, and neither needs the other.
 const LAYERS: &[(&str, u32)] = &[
+    ("broker", 12),    // several hosts through Redis: client, worker host, job names
     ("pool", 11),      // the public facade: Pool, PoolBuilder
+    ("beat", 10),      // periodic jobs: schedules, their thread and clocks
     ("canvas", 10),    // workflows: signatures, chains, groups, chords, their coordinator
     ("options", 9),    // job options: Job, retries, callbacks, results, rate limits
     ("client", 8),     // the caller's side: Shared, JobHandle, map/imap

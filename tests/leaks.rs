@@ -1,11 +1,11 @@
 //! Nothing outlives a pool: no child process, no zombie, no descriptor, no
-//! thread.
+//! thread (the scheduler's included).
 //! This file holds a single test because it counts process-wide resources.
 
 mod common;
 
 use common::{children_of, descendants, open_fds, wait_until};
-use forkpool::{JobError, Pool};
+use forkpool::{JobError, Pool, Schedule};
 use std::time::Duration;
 
 fn double(x: u64) -> u64 {
@@ -63,6 +63,11 @@ fn fifty_pools_leave_no_process_and_no_descriptor_behind() {
             let big = || (0..4).map(|_| serde_bytes::ByteBuf::from(vec![1u8; 300 << 10]));
             assert_eq!(pool.map(echo, big()).unwrap().len(), 4);
             assert_eq!(pool.map(echo, big()).unwrap().len(), 4);
+        }
+        if i % 4 == 3 {
+            // A schedule starts the scheduler's thread and its timers.
+            let every = Schedule::every(Duration::from_millis(5));
+            pool.schedule(every, pool.job(double), i).unwrap();
         }
         let _busy = pool.submit(double, 1);
         assert!(

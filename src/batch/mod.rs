@@ -39,6 +39,24 @@ impl JobId {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+
+    /// The id whose number is `n`, as [`as_u64`](Self::as_u64) gave it:
+    /// for an id kept outside the program (in a URL, a database) and read
+    /// back. A broker's ids are unique across all its clients, so any of
+    /// them can look a job up by its id.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = forkpool::Pool::new(1)?;
+    /// let id = pool.job(|x: u32| x + 1).detach(1);
+    /// let kept = id.as_u64().to_string();               // sent to a browser...
+    /// let back = forkpool::JobId::from_u64(kept.parse().unwrap());
+    /// assert_eq!(back, id);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_u64(n: u64) -> JobId {
+        JobId(n)
+    }
 }
 
 impl fmt::Display for JobId {

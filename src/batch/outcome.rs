@@ -7,7 +7,7 @@
 
 use crate::error::JobError;
 use crate::sys::prefault::Spares;
-use crate::transport::codec;
+use crate::transport::codec::Codec;
 use crate::transport::wire::{Record, Tag};
 use serde::de::DeserializeOwned;
 
@@ -36,10 +36,14 @@ pub(crate) fn outcome(rec: Record<'_>) -> Result<&[u8], JobError> {
 }
 
 /// Decodes a job's result from the bytes of its record.
-/// `spares` is the pool's stock of faulted-in buffers, for big byte strings.
+/// `spares` is the pool's stock of faulted-in buffers, for big byte strings;
+/// `codec`, the one the job's result was encoded with.
 pub(crate) fn decode_result<R: DeserializeOwned>(
     rec: Record<'_>,
     spares: Option<&Spares>,
+    codec: Codec,
 ) -> Result<R, JobError> {
-    codec::decode_with(outcome(rec)?, spares).map_err(|e| JobError::Codec(format!("result: {e}")))
+    codec
+        .decode_with(outcome(rec)?, spares)
+        .map_err(|e| JobError::Codec(format!("result: {e}")))
 }

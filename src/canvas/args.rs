@@ -17,7 +17,8 @@
 //! alone, as a `map` item does.
 
 use crate::error::JobError;
-use crate::transport::{codec, wire};
+use crate::transport::codec::Codec;
+use crate::transport::wire;
 use serde::Serialize;
 use std::sync::Mutex;
 
@@ -68,7 +69,7 @@ impl<A: Serialize + Send> Args for Typed<A> {
             if count > 0 && out.len() >= bytes {
                 break;
             }
-            let refused = match wire::push_item(out, |v| codec::encode_into(v, arg)) {
+            let refused = match wire::push_item(out, |v| Codec::Bincode.encode_into(v, arg)) {
                 Ok(len) if len as u64 <= cap => None,
                 Ok(len) => {
                     out.truncate(out.len() - len - 4);
@@ -211,7 +212,7 @@ mod tests {
 
     fn items(out: &[u8]) -> Vec<u32> {
         wire::Items::new(out)
-            .map(|i| codec::decode::<u32>(i).unwrap())
+            .map(|i| Codec::Bincode.decode::<u32>(i).unwrap())
             .collect()
     }
 

@@ -30,6 +30,7 @@ use crate::canvas::node::{Policy, Shape};
 use crate::error::{GroupFailure, JobError};
 use crate::sys::hugepage;
 use crate::transport::codec;
+use crate::transport::codec::Codec;
 use crate::transport::wire;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -322,11 +323,13 @@ impl Assembly {
             }
             (Policy::CollectAll, Err(e)) => {
                 self.out.extend_from_slice(&codec::RESULT_ERR);
-                if let Err(why) = codec::encode_into(&mut self.out, &e) {
+                if let Err(why) = Codec::Bincode.encode_into(&mut self.out, &e) {
                     // Cannot happen (a JobError always encodes); keep the
                     // layout whole with an error that does.
                     let e = JobError::Codec(why);
-                    codec::encode_into(&mut self.out, &e).expect("a codec error encodes");
+                    Codec::Bincode
+                        .encode_into(&mut self.out, &e)
+                        .expect("a codec error encodes");
                 }
             }
         }
@@ -638,7 +641,7 @@ mod tests {
 
     fn enc<T: Serialize>(v: &T) -> Vec<u8> {
         let mut out = Vec::new();
-        codec::encode_into(&mut out, v).unwrap();
+        Codec::Bincode.encode_into(&mut out, v).unwrap();
         out
     }
 
@@ -662,7 +665,7 @@ mod tests {
         let item = result.unwrap();
         let len = u32::from_le_bytes(item[..4].try_into().unwrap()) as usize;
         assert_eq!(len, item.len() - 4, "the length prefix");
-        codec::decode(&item[4..]).unwrap()
+        Codec::Bincode.decode(&item[4..]).unwrap()
     }
 
     /// Deliveries out of order, single members among them, and a member
@@ -715,7 +718,7 @@ mod tests {
         assert_eq!(f.failed(), [(2, JobError::Expired)]);
         let ok: Vec<(usize, u64)> = f
             .encoded_successes()
-            .map(|(i, b)| (i, codec::decode(b).unwrap()))
+            .map(|(i, b)| (i, Codec::Bincode.decode(b).unwrap()))
             .collect();
         assert_eq!(ok, [(0, 0), (1, 10), (3, 30), (4, 40), (5, 50)]);
 
@@ -755,7 +758,7 @@ mod tests {
         assert!(matches!(f.failed()[0].1, JobError::Panicked { .. }));
         let ok: Vec<(usize, u8)> = f
             .encoded_successes()
-            .map(|(i, b)| (i, codec::decode(b).unwrap()))
+            .map(|(i, b)| (i, Codec::Bincode.decode(b).unwrap()))
             .collect();
         assert_eq!(ok, [(0, 1), (4, 5)]);
 
@@ -771,7 +774,7 @@ mod tests {
         };
         let ok: Vec<(usize, u64)> = f
             .encoded_successes()
-            .map(|(i, b)| (i, codec::decode(b).unwrap()))
+            .map(|(i, b)| (i, Codec::Bincode.decode(b).unwrap()))
             .collect();
         assert_eq!(ok, [(0, 10), (1, 11), (3, 13), (4, 14), (5, 15)]);
     }

@@ -11,7 +11,7 @@ use crate::canvas::workflow::{IntoWorkflow, Step, Workflow};
 use crate::client::handle::JobHandle;
 use crate::error::{GroupFailure, JobError};
 use crate::options::callbacks::{OnError, OnSuccess, RawFailure};
-use crate::transport::codec;
+use crate::transport::codec::Codec;
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::marker::PhantomData;
@@ -257,8 +257,9 @@ impl<R, P: Policy> Group<R, P> {
         P::Member<R>: DeserializeOwned,
     {
         let on_success: OnSuccess = Arc::new(move |body: &[u8]| {
-            let value: Vec<P::Member<R>> =
-                codec::decode(body).map_err(|e| JobError::Codec(format!("result: {e}")))?;
+            let value: Vec<P::Member<R>> = Codec::Bincode
+                .decode(body)
+                .map_err(|e| JobError::Codec(format!("result: {e}")))?;
             f(&value);
             Ok(())
         });
@@ -354,7 +355,8 @@ impl GroupFailure {
     pub fn succeeded<R: DeserializeOwned>(&self) -> Result<Vec<(usize, R)>, JobError> {
         self.encoded_successes()
             .map(|(index, bytes)| {
-                codec::decode(bytes)
+                Codec::Bincode
+                    .decode(bytes)
                     .map(|value| (index, value))
                     .map_err(|e| JobError::Codec(format!("member {index}: {e}")))
             })
@@ -368,6 +370,10 @@ impl GroupFailure {
             return Some(Err(error.clone()));
         }
         let (_, bytes) = self.encoded_successes().find(|(i, _)| *i == index)?;
-        Some(codec::decode(bytes).map_err(|e| JobError::Codec(format!("member {index}: {e}"))))
+        Some(
+            Codec::Bincode
+                .decode(bytes)
+                .map_err(|e| JobError::Codec(format!("member {index}: {e}"))),
+        )
     }
 }

@@ -18,6 +18,7 @@ use crate::error::JobError;
 use crate::options::Layers;
 use crate::options::callbacks;
 use crate::options::results::Store;
+use crate::transport::codec::Codec;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
@@ -84,6 +85,10 @@ impl Home {
             root.resolve(Err(JobError::PoolClosed));
             return (root, flow);
         }
+        if let Some(error) = self.codec_refused() {
+            root.resolve(Err(error));
+            return (root, flow);
+        }
         node.for_each_spec(&mut |spec| {
             if let Some(limit) = spec.rate_limit {
                 layers.rates.set(spec.call.func, Some(limit));
@@ -96,6 +101,19 @@ impl Home {
             }
         }
         (root, flow)
+    }
+
+    /// Why this pool cannot run workflows, if it cannot: they assemble
+    /// values from their parts' encodings in bincode's layout (see
+    /// `transport/codec.rs`), so a pool with another codec refuses them.
+    fn codec_refused(&self) -> Option<JobError> {
+        let codec = self.shared.codec;
+        (codec != Codec::Bincode).then(|| JobError::InvalidOptions {
+            message: format!(
+                "workflows and signatures need the bincode codec; this pool uses {}",
+                codec.name()
+            ),
+        })
     }
 
     /// Submits workflow `node` for a handle.
@@ -140,6 +158,10 @@ impl Home {
         }
         if shared.is_closed() {
             slot.resolve(Err(JobError::PoolClosed));
+            return slot;
+        }
+        if let Some(error) = self.codec_refused() {
+            slot.resolve(Err(error));
             return slot;
         }
         let item = match &leaf.arg {

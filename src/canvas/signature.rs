@@ -19,6 +19,7 @@ use crate::canvas::workflow::{IntoWorkflow, Step, Workflow};
 use crate::client::handle::JobHandle;
 use crate::error::JobError;
 use crate::options::signature::{Job, NoError, Spec};
+use crate::transport::codec::Codec;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -129,7 +130,7 @@ impl<R> Signature<R> {
         R: DeserializeOwned,
     {
         let slot = self.home.submit_job(&self.leaf, Target::Handle, false);
-        JobHandle::new(slot, Arc::downgrade(&self.home.shared))
+        JobHandle::new(slot, Arc::downgrade(&self.home.shared), Codec::Bincode)
     }
 
     /// Runs the job and waits for its result, as
@@ -139,7 +140,7 @@ impl<R> Signature<R> {
         R: DeserializeOwned,
     {
         let slot = self.home.submit_job(&self.leaf, Target::Handle, true);
-        JobHandle::<R>::new(slot, Arc::downgrade(&self.home.shared)).get()
+        JobHandle::<R>::new(slot, Arc::downgrade(&self.home.shared), Codec::Bincode).get()
     }
 
     /// Submits the job and returns only its id (see [`Job::detach`]).

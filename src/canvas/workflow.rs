@@ -15,7 +15,7 @@ use crate::client::handle::JobHandle;
 use crate::error::JobError;
 use crate::options::callbacks::{OnError, OnSuccess, RawFailure};
 use crate::options::signature::{Job, NoError};
-use crate::transport::codec;
+use crate::transport::codec::Codec;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -261,8 +261,9 @@ impl<R> Workflow<R> {
         R: DeserializeOwned,
     {
         let on_success: OnSuccess = Arc::new(move |body: &[u8]| {
-            let value: R =
-                codec::decode(body).map_err(|e| JobError::Codec(format!("result: {e}")))?;
+            let value: R = Codec::Bincode
+                .decode(body)
+                .map_err(|e| JobError::Codec(format!("result: {e}")))?;
             f(&value);
             Ok(())
         });

@@ -14,7 +14,7 @@ use crate::batch::{Batch, JobOpts, Outcome, Sink};
 use crate::client::shared::Shared;
 use crate::error::JobError;
 use crate::sys::prefault::Spares;
-use crate::transport::codec;
+use crate::transport::codec::Codec;
 use crate::transport::wire;
 use crate::worker::call::Call;
 use crossbeam_channel::{Receiver, Sender};
@@ -99,6 +99,8 @@ pub(super) struct Batcher {
     pub(super) base: u64,
     /// Big argument buffers come from and go back to the pool's stocks.
     pub(super) spares: Spares,
+    /// The pool's codec: how items are encoded.
+    pub(super) codec: Codec,
     /// Bytes of the last batch, the size expected of the next.
     pub(super) last_bytes: usize,
     /// Items of the batches taken so far, and their bytes.
@@ -128,6 +130,7 @@ impl Batcher {
             count: 0,
             base: 0,
             spares: shared.prefault.spares().clone(),
+            codec: shared.codec,
             last_bytes: 0,
             pushed_items: 0,
             pushed_bytes: 0,
@@ -153,7 +156,8 @@ impl Batcher {
             }
         }
         debug_assert_eq!(self.base + u64::from(self.count), index);
-        let len = wire::push_item(&mut self.items, |v| codec::encode_into(v, item))
+        let codec = self.codec;
+        let len = wire::push_item(&mut self.items, |v| codec.encode_into(v, item))
             .map_err(|e| JobError::Codec(format!("argument: {e}")))?;
         if len as u64 > self.cap {
             self.items.truncate(self.items.len() - len - 4);
@@ -221,12 +225,13 @@ pub(super) fn unpack<R: DeserializeOwned>(
     base: u64,
     outcome: Outcome,
     spares: Option<&Spares>,
+    codec: Codec,
     mut each: impl FnMut(u64, Result<R, JobError>),
 ) -> u64 {
     match outcome {
         Outcome::Records { count, buf } => {
             for (i, rec) in wire::records(&buf).enumerate() {
-                each(base + i as u64, decode_result(rec, spares));
+                each(base + i as u64, decode_result(rec, spares, codec));
             }
             if let Some(spares) = spares {
                 spares.give(buf);

@@ -20,6 +20,7 @@ use crate::client::shared::Shared;
 use crate::error::JobError;
 use crate::supervisor::{Help, Whereabouts};
 use crate::sys::prefault::{self, Spares};
+use crate::transport::codec::Codec;
 use crate::transport::wire;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -63,6 +64,8 @@ pub struct JobHandle<R> {
     pool: Weak<Shared>,
     /// Set for a workflow's handle.
     tracker: Option<Arc<dyn Tracker>>,
+    /// How the result is encoded.
+    codec: Codec,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -77,21 +80,24 @@ impl<R> fmt::Debug for JobHandle<R> {
 }
 
 impl<R: DeserializeOwned> JobHandle<R> {
-    pub(crate) fn new(slot: Arc<Slot>, pool: Weak<Shared>) -> Self {
+    pub(crate) fn new(slot: Arc<Slot>, pool: Weak<Shared>, codec: Codec) -> Self {
         JobHandle {
             slot,
             pool,
             tracker: None,
+            codec,
             _result: PhantomData,
         }
     }
 
-    /// The handle of a workflow whose outcome lands in `slot`.
+    /// The handle of a workflow whose outcome lands in `slot` (workflows
+    /// run on bincode pools only: see `transport/codec.rs`).
     pub(crate) fn tracked(slot: Arc<Slot>, pool: Weak<Shared>, tracker: Arc<dyn Tracker>) -> Self {
         JobHandle {
             slot,
             pool,
             tracker: Some(tracker),
+            codec: Codec::Bincode,
             _result: PhantomData,
         }
     }
@@ -132,12 +138,20 @@ impl<R: DeserializeOwned> JobHandle<R> {
         // pool's stock of faulted-in buffers.
         let big = raw.as_ref().is_ok_and(|b| b.len() >= prefault::MIN);
         let pool = if big { self.pool.upgrade() } else { None };
-        Self::decode(raw, pool.as_deref().map(|p| p.prefault.spares()))
+        Self::decode(
+            raw,
+            pool.as_deref().map(|p| p.prefault.spares()),
+            self.codec,
+        )
     }
 
-    fn decode(raw: Result<Vec<u8>, JobError>, spares: Option<&Spares>) -> Result<R, JobError> {
+    fn decode(
+        raw: Result<Vec<u8>, JobError>,
+        spares: Option<&Spares>,
+        codec: Codec,
+    ) -> Result<R, JobError> {
         let raw = raw?;
-        let result = Self::decode_record(&raw, spares);
+        let result = Self::decode_record(&raw, spares, codec);
         if let Some(spares) = spares {
             spares.give(raw);
         }
@@ -145,9 +159,13 @@ impl<R: DeserializeOwned> JobHandle<R> {
     }
 
     /// Decodes the result from a job's record buffer.
-    pub(crate) fn decode_record(buf: &[u8], spares: Option<&Spares>) -> Result<R, JobError> {
+    pub(crate) fn decode_record(
+        buf: &[u8],
+        spares: Option<&Spares>,
+        codec: Codec,
+    ) -> Result<R, JobError> {
         match wire::records(buf).next() {
-            Some(rec) => decode_result(rec, spares),
+            Some(rec) => decode_result(rec, spares, codec),
             None => Err(JobError::Codec("empty result record".into())),
         }
     }
@@ -250,7 +268,7 @@ impl<R: DeserializeOwned> Future for JobHandle<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.slot.take_or_wake(cx.waker()) {
-            Some(raw) => Poll::Ready(Self::decode(raw, None)),
+            Some(raw) => Poll::Ready(Self::decode(raw, None, self.codec)),
             None => Poll::Pending,
         }
     }

@@ -79,7 +79,14 @@ where
         let window = Self::window_for(workers, chunk);
         let auto_chunk = config.chunk_size.is_none();
         let (sink, rx) = stream();
-        let batcher = Batcher::new(&shared, Call::new(f.ptr), f.name, sink, chunk, queue);
+        let batcher = Batcher::new(
+            &shared,
+            Call::new(f.ptr, shared.codec),
+            f.name,
+            sink,
+            chunk,
+            queue,
+        );
         let closed = shared.is_closed();
         let (lo, hi) = input.size_hint();
         let bar = Bar::new(progress_bar, (hi == Some(lo)).then_some(lo as u64));
@@ -203,6 +210,7 @@ where
                 base,
                 outcome,
                 Some(self.shared.prefault.spares()),
+                self.shared.codec,
                 |i, r| got.push((i, r)),
             );
             self.bar.inc(n);

@@ -20,7 +20,7 @@ use crate::error::{Error, JobError};
 use crate::supervisor::Help;
 use crate::sys::hugepage;
 use crate::sys::prefault::{self, Spares};
-use crate::transport::codec;
+use crate::transport::codec::Codec;
 use crate::transport::wire;
 use crate::worker::call::{Call, Func};
 use crossbeam_channel::Receiver;
@@ -88,8 +88,15 @@ where
     let auto = shared.config.chunk_size.is_none();
     let guided = auto && hi == Some(lo);
     let (sink, rx) = stream();
-    let mut batcher = Batcher::new(shared, Call::new(f.ptr), f.name, sink, chunk, queue);
-    let mut out = Collector::with_capacity(estimate, Some(shared.prefault.spares()));
+    let mut batcher = Batcher::new(
+        shared,
+        Call::new(f.ptr, shared.codec),
+        f.name,
+        sink,
+        chunk,
+        queue,
+    );
+    let mut out = Collector::with_capacity(estimate, Some(shared.prefault.spares()), shared.codec);
     let bar = Bar::new(progress_bar, (hi == Some(lo)).then_some(lo as u64));
     let mut total = 0u64;
     // The calling thread hands its batches to workers and takes their
@@ -248,6 +255,8 @@ fn collect_until<R: DeserializeOwned>(
 struct Collector<'p, R> {
     /// The pool's stock of faulted-in buffers, for big byte strings.
     spares: Option<&'p Spares>,
+    /// The pool's codec: how results are encoded.
+    codec: Codec,
     slots: Vec<MaybeUninit<R>>,
     filled: Vec<u64>,
     first_err: Option<(u64, JobError)>,
@@ -255,7 +264,7 @@ struct Collector<'p, R> {
 }
 
 impl<'p, R> Collector<'p, R> {
-    fn with_capacity(n: usize, spares: Option<&'p Spares>) -> Self {
+    fn with_capacity(n: usize, spares: Option<&'p Spares>, codec: Codec) -> Self {
         // A size hint is only a hint: never reserve more than 1 GiB on its
         // word (`slots` grows as results arrive anyway).
         let n = n.min((1 << 30) / std::mem::size_of::<R>().max(1));
@@ -263,6 +272,7 @@ impl<'p, R> Collector<'p, R> {
         hugepage::advise(&slots);
         Collector {
             spares,
+            codec,
             slots,
             filled: Vec::new(),
             first_err: None,
@@ -350,11 +360,17 @@ impl<'p, R> Collector<'p, R> {
 impl<R: DeserializeOwned> Collector<'_, R> {
     fn accept(&mut self, base: u64, outcome: Outcome) {
         let Outcome::Records { count, buf } = outcome else {
-            self.resolved += unpack(base, outcome, self.spares, |i, r: Result<R, JobError>| {
-                if let Err(e) = r {
-                    self.fail(i, e)
-                }
-            });
+            self.resolved += unpack(
+                base,
+                outcome,
+                self.spares,
+                self.codec,
+                |i, r: Result<R, JobError>| {
+                    if let Err(e) = r {
+                        self.fail(i, e)
+                    }
+                },
+            );
             return;
         };
         // The hot loop of `map`: decode each record straight into its slot.
@@ -374,7 +390,7 @@ impl<R: DeserializeOwned> Collector<'_, R> {
         let mut holes = Vec::new();
         let mut i = first;
         while i < end {
-            let Some((decoded, used)) = next_result::<R>(rest, self.spares) else {
+            let Some((decoded, used)) = next_result::<R>(rest, self.spares, self.codec) else {
                 break;
             };
             rest = &rest[used..];
@@ -419,6 +435,7 @@ fn mask(n: usize) -> u64 {
 fn next_result<R: DeserializeOwned>(
     rest: &[u8],
     spares: Option<&Spares>,
+    codec: Codec,
 ) -> Option<(Result<R, JobError>, usize)> {
     let h = rest.get(..wire::HEADER)?;
     let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
@@ -427,14 +444,14 @@ fn next_result<R: DeserializeOwned>(
         // Only a big result can hold a string big enough for the stocks;
         // small ones keep the plain decode.
         let decoded = if body.len() >= prefault::MIN {
-            codec::decode_with::<R>(body, spares)
+            codec.decode_with::<R>(body, spares)
         } else {
-            codec::decode::<R>(body)
+            codec.decode::<R>(body)
         };
         decoded.map_err(|e| JobError::Codec(format!("result: {e}")))
     } else {
         match wire::records(&rest[..wire::HEADER + len]).next() {
-            Some(rec) => decode_result::<R>(rec, spares),
+            Some(rec) => decode_result::<R>(rec, spares, codec),
             None => Err(JobError::Codec("malformed record".into())),
         }
     };
@@ -506,7 +523,7 @@ mod tests {
     /// The bitmap sweeps agree with bit-by-bit checks on unaligned ranges.
     #[test]
     fn range_sweeps_match_single_bits() {
-        let mut c = Collector::<u64>::with_capacity(300, None);
+        let mut c = Collector::<u64>::with_capacity(300, None, Codec::Bincode);
         c.filled.resize(5, 0);
         c.fill_range(3, 70);
         c.fill_range(130, 131);

@@ -36,7 +36,7 @@ use crate::metrics::stats::{Counters, QueueCounters};
 use crate::supervisor::{self, Command, Driver, Submitter, Whereabouts};
 use crate::sys::prefault::Prefault;
 use crate::sys::proc;
-use crate::transport::codec;
+use crate::transport::codec::Codec;
 use crate::transport::wire;
 use crate::worker::call::Call;
 use serde::Serialize;
@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Faulted-in buffers for the big byte strings of results (`prefault.rs`).
     pub(crate) prefault: Prefault,
+    /// How arguments and results become bytes (`PoolBuilder::codec`).
+    pub(crate) codec: Codec,
     /// Each queue's most workers as last resized, to keep resizes within
     /// the fork server's table.
     maxes: Mutex<Vec<usize>>,
@@ -76,6 +78,7 @@ impl Shared {
     pub(crate) fn start(
         config: PoolConfig,
         throttles: Arc<Throttles>,
+        codec: Codec,
     ) -> Result<Arc<Shared>, Error> {
         let config = Arc::new(config);
         let queues = config.queues.iter();
@@ -106,6 +109,7 @@ impl Shared {
             next_id: Arc::new(AtomicU64::new(1)),
             thread: Mutex::new(Some(thread)),
             prefault,
+            codec,
             maxes: Mutex::new(maxes),
             events,
         }))
@@ -166,7 +170,8 @@ impl Shared {
     pub(crate) fn encode_arg<A: Serialize>(&self, arg: &A) -> Result<Vec<u8>, JobError> {
         let mut items = Vec::new();
         let cap = self.config.max_message_size;
-        match wire::push_item(&mut items, |v| codec::encode_into(v, arg)) {
+        let codec = self.codec;
+        match wire::push_item(&mut items, |v| codec.encode_into(v, arg)) {
             Err(e) => Err(JobError::Codec(format!("argument: {e}"))),
             Ok(len) if len as u64 > cap => Err(JobError::TooLarge {
                 size: len as u64,
@@ -210,7 +215,7 @@ impl Shared {
                 outcome
             }));
         }
-        let handle = JobHandle::new(slot.clone(), Arc::downgrade(self));
+        let handle = JobHandle::new(slot.clone(), Arc::downgrade(self), self.codec);
         if self.is_closed() {
             slot.resolve(Err(JobError::PoolClosed));
             return handle;

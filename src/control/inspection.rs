@@ -20,6 +20,7 @@
 
 use crate::batch::JobId;
 use crate::batch::progress::Progress;
+use crate::control::schedules::ScheduleInfo;
 use crate::metrics::tally::JobStats;
 use serde::Serialize;
 use std::time::{Duration, SystemTime};
@@ -54,6 +55,9 @@ pub struct Inspection {
     pub workers: Vec<WorkerView>,
     /// Each function's statistics, in the order the pool first saw them.
     pub functions: Vec<FunctionStats>,
+    /// Every periodic schedule: next and last run, counts of runs, skips
+    /// and misses ([`Pool::schedule`](crate::Pool::schedule)).
+    pub schedules: Vec<ScheduleInfo>,
 }
 
 impl Inspection {

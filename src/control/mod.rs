@@ -17,3 +17,4 @@ pub(crate) mod inspection;
 #[cfg(feature = "prometheus")]
 pub(crate) mod prometheus;
 pub(crate) mod revoke;
+pub(crate) mod schedules;

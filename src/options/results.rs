@@ -25,6 +25,7 @@ use crate::client::handle::{JobHandle, Tracker};
 use crate::client::shared::Shared;
 use crate::error::JobError;
 use crate::supervisor::Whereabouts;
+use crate::transport::codec::Codec;
 use crate::transport::wire::{self, Tag};
 use serde::de::DeserializeOwned;
 use std::collections::{HashMap, VecDeque};
@@ -186,14 +187,18 @@ impl Store {
 
     /// Takes `id`'s result, if finished and of type `R`. A result that does
     /// not decode as `R` stays in the store.
-    pub(crate) fn take<R: DeserializeOwned>(&self, id: JobId) -> Option<Result<R, JobError>> {
+    pub(crate) fn take<R: DeserializeOwned>(
+        &self,
+        id: JobId,
+        codec: Codec,
+    ) -> Option<Result<R, JobError>> {
         let mut inner = self.lock();
         let Entry::Done(outcome) = inner.jobs.get(&id)? else {
             return None;
         };
         let decoded = match outcome {
             Err(e) => Err(e.clone()),
-            Ok(buf) => JobHandle::<R>::decode_record(buf, None),
+            Ok(buf) => JobHandle::<R>::decode_record(buf, None, codec),
         };
         if !matches!(decoded, Err(JobError::Codec(_))) {
             inner.jobs.remove(&id);
@@ -228,16 +233,22 @@ mod tests {
         let slot = Arc::new(Slot::new(JobId(1)));
         store.insert(slot);
         assert!(matches!(store.lookup(JobId(1)), Lookup::Waiting(_, None)));
-        assert!(store.take::<u32>(JobId(1)).is_none(), "not finished");
+        assert!(
+            store.take::<u32>(JobId(1), Codec::Bincode).is_none(),
+            "not finished"
+        );
         let finish = Store::finisher(&store, JobId(1));
         let _ = finish(ok(&7u32.to_le_bytes()));
         assert!(matches!(store.lookup(JobId(1)), Lookup::Done(true)));
         assert!(matches!(
-            store.take::<String>(JobId(1)),
+            store.take::<String>(JobId(1), Codec::Bincode),
             Some(Err(JobError::Codec(_)))
         ));
-        assert_eq!(store.take::<u32>(JobId(1)), Some(Ok(7)));
-        assert!(store.take::<u32>(JobId(1)).is_none(), "taken");
+        assert_eq!(store.take::<u32>(JobId(1), Codec::Bincode), Some(Ok(7)));
+        assert!(
+            store.take::<u32>(JobId(1), Codec::Bincode).is_none(),
+            "taken"
+        );
         assert!(matches!(store.lookup(JobId(1)), Lookup::Unknown));
     }
 

@@ -41,6 +41,7 @@ use std::time::Duration;
 /// assert!(!transient.contains(RetryOn::PANICKED));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "redis", derive(serde::Serialize, serde::Deserialize))]
 pub struct RetryOn(u8);
 
 impl RetryOn {
@@ -69,6 +70,7 @@ impl BitOr for RetryOn {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "redis", derive(serde::Serialize, serde::Deserialize))]
 enum Delay {
     Fixed(Duration),
     Exponential(Duration),
@@ -90,6 +92,7 @@ enum Delay {
 /// assert_eq!(policy.delay_for(5), Duration::from_secs(8));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "redis", derive(serde::Serialize, serde::Deserialize))]
 pub struct RetryPolicy {
     max_retries: u32,
     delay: Delay,
@@ -170,7 +173,9 @@ impl RetryPolicy {
         }
     }
 
-    fn delay_with_jitter(&self, retry: u32) -> Duration {
+    /// The delay before retry number `retry`, with jitter if the policy
+    /// has it.
+    pub(crate) fn delay_with_jitter(&self, retry: u32) -> Duration {
         let d = self.delay_for(retry);
         if !self.jitter || d.is_zero() {
             return d;

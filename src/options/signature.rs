@@ -13,7 +13,8 @@
 //! slot, behind a retry sink if it has a policy), and a finisher on the
 //! slot that runs the callbacks and keeps, stores or drops the outcome.
 
-use crate::batch::gate::Ticket;
+use crate::batch::gate::{Refused, Ticket};
+use crate::batch::outcome;
 use crate::batch::slot::{Finisher, Slot};
 use crate::batch::{Batch, JobId, JobOpts, Sink};
 use crate::client::handle::JobHandle;
@@ -29,7 +30,7 @@ use crate::options::rate::RateLimit;
 use crate::options::results::Store;
 use crate::options::retry::{RetryPolicy, RetrySink};
 use crate::sys::clock;
-use crate::transport::codec;
+use crate::transport::codec::Codec;
 use crate::transport::wire::{self, Tag};
 use crate::worker::call::Call;
 use crossbeam_channel::Sender;
@@ -82,6 +83,28 @@ enum Target {
     Store,
     /// Nowhere (fire and forget).
     Nowhere,
+}
+
+/// Told once a job's outcome is final (after its retries and callbacks
+/// were queued): `Ok(())` if it succeeded, else why not, in words. It
+/// runs on the resolving thread (often the supervisor's): it must be
+/// quick and must not block. For producers above this layer (the
+/// scheduler) that follow their jobs without holding their results.
+pub(crate) type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// A job's final outcome in brief, for a [`Done`].
+fn ended(outcome: &Result<Vec<u8>, JobError>) -> Result<(), String> {
+    match outcome {
+        Err(e) => Err(e.to_string()),
+        Ok(buf) => match wire::records(buf).next() {
+            Some(rec) if rec.tag == Tag::Ok => Ok(()),
+            Some(rec) if rec.tag == Tag::Err => Err("the job returned an error".into()),
+            Some(rec) => Err(outcome::outcome(rec)
+                .err()
+                .map_or_else(|| "unexpected record".into(), |e| e.to_string())),
+            None => Err("empty result record".into()),
+        },
+    }
 }
 
 /// A success callback and whether it needs the job's real result (it was
@@ -469,9 +492,10 @@ where
     /// ```
     pub fn on_success(mut self, f: impl Fn(&R) + Send + Sync + 'static) -> Self {
         let fallible = self.fallible;
+        let codec = self.shared.codec;
         let call: OnSuccess = Arc::new(move |body: &[u8]| {
             let value: R = if fallible {
-                match codec::decode::<Result<R, IgnoredAny>>(body) {
+                match codec.decode::<Result<R, IgnoredAny>>(body) {
                     Ok(Ok(v)) => v,
                     Ok(Err(_)) => {
                         return Err(JobError::Codec("success record holds an error".into()));
@@ -479,7 +503,9 @@ where
                     Err(e) => return Err(JobError::Codec(format!("result: {e}"))),
                 }
             } else {
-                codec::decode::<R>(body).map_err(|e| JobError::Codec(format!("result: {e}")))?
+                codec
+                    .decode::<R>(body)
+                    .map_err(|e| JobError::Codec(format!("result: {e}")))?
             };
             f(&value);
             Ok(())
@@ -496,14 +522,47 @@ where
     /// once it finishes) for [`Pool::status`](crate::Pool::status) and [`Pool::take_result`](crate::Pool::take_result) —
     /// how a web handler hands work off and a later request collects it.
     pub fn detach(&self, arg: A) -> JobId {
-        self.launch(&arg, Target::Store, None, false).id
+        self.launch(&arg, Target::Store, None, false, None).id
     }
 
     /// Submits the job and forgets it: its value is dropped in the worker
     /// (as with [`ignore_result`](Self::ignore_result)) and nothing is
     /// kept. Its callbacks still run, and the pool's stats count it.
     pub fn spawn(&self, arg: A) -> JobId {
-        self.launch(&arg, Target::Nowhere, None, false).id
+        self.launch(&arg, Target::Nowhere, None, false, None).id
+    }
+
+    /// Submits the job as [`spawn`](Self::spawn) does, but never blocks:
+    /// refused when the pool is closed or its bounded queue is full. `done`
+    /// is told when the job's outcome is final; the handle (which never
+    /// gives a value: the result is dropped) tells whether it is over and
+    /// cancels it. For a producer inside the pool — the scheduler's thread
+    /// — which must not wait for room.
+    pub(crate) fn try_spawn_watched(&self, arg: &A, done: Done) -> Result<JobHandle<()>, Refused> {
+        if self.shared.is_closed() {
+            return Err(Refused::Closed);
+        }
+        let ticket = self.shared.try_admit()?;
+        let slot = self.launch(arg, Target::Nowhere, ticket, false, Some(done));
+        Ok(JobHandle::new(
+            slot,
+            Arc::downgrade(&self.shared),
+            self.shared.codec,
+        ))
+    }
+
+    /// Whether this job was made by the pool whose core is `shared`.
+    pub(crate) fn belongs_to(&self, shared: &Arc<Shared>) -> bool {
+        Arc::ptr_eq(&self.shared, shared)
+    }
+
+    /// Why this job could never run with `arg`, if it could not: options
+    /// that do not go together, a queue the pool does not have, an
+    /// argument that does not encode or is too large. What every
+    /// submission would find, found once ahead (for a schedule).
+    pub(crate) fn check(&self, arg: &A) -> Result<(), JobError> {
+        self.job_opts()?;
+        self.shared.encode_arg(arg).map(drop)
     }
 
     /// Turns the options into the core's.
@@ -534,7 +593,7 @@ where
 
     /// What runs when the job's outcome is final: callbacks, then keep it
     /// (for a handle), store it, or drop it.
-    fn finisher(&self, id: JobId, target: Target, strip: bool) -> Finisher {
+    fn finisher(&self, id: JobId, target: Target, strip: bool, done: Option<Done>) -> Finisher {
         let layers = &self.layers;
         let cbs = self.callbacks();
         let runner = if cbs.is_empty() {
@@ -542,7 +601,7 @@ where
         } else {
             layers.callbacks.sender()
         };
-        let unit = strip.then(|| unit_record(self.fallible));
+        let unit = strip.then(|| unit_record(self.fallible, self.shared.codec));
         let told = shared_events(&self.shared).map(|bus| (bus, id, self.name));
         let keep: Finisher = match target {
             Target::Handle => Box::new(|outcome| outcome),
@@ -550,18 +609,34 @@ where
             // Nobody will read it.
             Target::Nowhere => Box::new(|_| Err(JobError::Cancelled)),
         };
+        // A producer following the job (the scheduler) is told last.
+        let keep: Finisher = match done {
+            None => keep,
+            Some(done) => Box::new(move |outcome| {
+                done(ended(&outcome));
+                keep(outcome)
+            }),
+        };
         finisher(cbs, runner, unit, keep, told)
     }
 
     /// Submits one job; returns its slot. `ticket`: places in the bounded
-    /// queue the caller already holds; `quiet`: the caller helps right away.
-    fn launch(&self, arg: &A, target: Target, ticket: Option<Ticket>, quiet: bool) -> Arc<Slot> {
+    /// queue the caller already holds; `quiet`: the caller helps right away;
+    /// `done`: told when the outcome is final.
+    fn launch(
+        &self,
+        arg: &A,
+        target: Target,
+        ticket: Option<Ticket>,
+        quiet: bool,
+        done: Option<Done>,
+    ) -> Arc<Slot> {
         let shared = &self.shared;
         let id = shared.next_job_id();
         let slot = Arc::new(Slot::new(id));
         let ignore = self.ignore || target == Target::Nowhere;
         let needs_body = self.on_success.as_ref().is_some_and(|s| s.needs_body);
-        slot.set_finisher(self.finisher(id, target, ignore && needs_body));
+        slot.set_finisher(self.finisher(id, target, ignore && needs_body, done));
         if target == Target::Store {
             self.layers.store.insert(slot.clone());
         }
@@ -656,8 +731,8 @@ where
         ticket: Option<Ticket>,
         quiet: bool,
     ) -> JobHandle<R> {
-        let slot = self.launch(&arg, Target::Handle, ticket, quiet);
-        JobHandle::new(slot, Arc::downgrade(&self.shared))
+        let slot = self.launch(&arg, Target::Handle, ticket, quiet, None);
+        JobHandle::new(slot, Arc::downgrade(&self.shared), self.shared.codec)
     }
 }
 
@@ -688,10 +763,11 @@ where
     /// # Ok(()) }
     /// ```
     pub fn on_error(mut self, f: impl Fn(&Failure<E>) + Send + Sync + 'static) -> Self {
+        let codec = self.shared.codec;
         self.on_error = Some(Arc::new(move |failure| {
             let failure = match failure {
                 RawFailure::Job(e) => Failure::Job(e),
-                RawFailure::Returned(body) => match codec::decode::<Result<IgnoredAny, E>>(&body) {
+                RawFailure::Returned(body) => match codec.decode::<Result<IgnoredAny, E>>(&body) {
                     Ok(Err(e)) => Failure::Err(e),
                     Ok(Ok(_)) => Failure::Job(JobError::Codec("error record holds a value".into())),
                     Err(e) => Failure::Job(JobError::Codec(format!("error: {e}"))),
@@ -705,8 +781,8 @@ where
     /// Submits the job; returns a handle to its result: `Ok(Ok(value))`,
     /// `Ok(Err(e))` with the job's own error, or `Err(JobError)`.
     pub fn submit(&self, arg: A) -> JobHandle<Result<T, E>> {
-        let slot = self.launch(&arg, Target::Handle, None, false);
-        JobHandle::new(slot, Arc::downgrade(&self.shared))
+        let slot = self.launch(&arg, Target::Handle, None, false, None);
+        JobHandle::new(slot, Arc::downgrade(&self.shared), self.shared.codec)
     }
 }
 
@@ -786,14 +862,14 @@ impl CoreOptions {
     }
 }
 
-/// The record a stripped success becomes: the encoding of `()`, or of
-/// `Ok::<(), E>(())` for a fallible job.
-fn unit_record(fallible: bool) -> Vec<u8> {
+/// The record a stripped success becomes: the encoding (in `codec`) of
+/// `()`, or of `Ok::<(), E>(())` for a fallible job.
+fn unit_record(fallible: bool, codec: Codec) -> Vec<u8> {
     let mut body = Vec::new();
     let encoded = if fallible {
-        codec::encode_into(&mut body, &Ok::<(), ()>(()))
+        codec.encode_into(&mut body, &Ok::<(), ()>(()))
     } else {
-        codec::encode_into(&mut body, &())
+        codec.encode_into(&mut body, &())
     };
     debug_assert!(encoded.is_ok());
     let mut rec = wire::header(Tag::Ok, body.len() as u32).to_vec();
@@ -953,7 +1029,8 @@ where
             retry: self.retry.clone(),
             rate_limit: self.rate_limit,
             callbacks: self.callbacks(),
-            unit: (self.ignore && needs_body).then(|| unit_record(self.fallible).into()),
+            unit: (self.ignore && needs_body)
+                .then(|| unit_record(self.fallible, self.shared.codec).into()),
         }
     }
 

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::options::LayerSettings;
 use crate::options::rate::RateLimit;
 use crate::options::retry::RetryPolicy;
+use crate::transport::codec::Codec;
 use crate::transport::shm;
 use crate::transport::wire;
 use crate::worker::call::Func;
@@ -48,6 +49,7 @@ pub struct PoolBuilder {
     layers: LayerSettings,
     queue_capacity: Option<u64>,
     standby: Option<bool>,
+    codec: Codec,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -62,6 +64,7 @@ impl fmt::Debug for PoolBuilder {
             .field("layers", &self.layers)
             .field("queue_capacity", &self.queue_capacity)
             .field("standby", &self.standby)
+            .field("codec", &self.codec)
             .finish()
     }
 }
@@ -78,6 +81,7 @@ impl Default for PoolBuilder {
             layers: LayerSettings::default(),
             queue_capacity: None,
             standby: None,
+            codec: Codec::default(),
         }
     }
 }
@@ -306,12 +310,33 @@ impl PoolBuilder {
         self
     }
 
+    /// How arguments and results become bytes. Default:
+    /// [`Codec::Bincode`] (bincode 1.3, the fastest between forks of one
+    /// program); [`Codec::available`] lists what the crate's features
+    /// compiled in (`postcard`, `json`, `msgpack`). A value the codec
+    /// cannot encode or decode fails its job alone with
+    /// [`JobError::Codec`](crate::JobError::Codec).
+    ///
+    /// ```
+    /// use forkpool::{Codec, Pool};
+    /// # fn main() -> Result<(), forkpool::Error> {
+    /// let pool = Pool::builder().workers(1).codec(Codec::Bincode).build()?;
+    /// assert_eq!(pool.codec(), Codec::Bincode);
+    /// assert_eq!(pool.apply(|s: String| s.len(), "four".into()), Ok(4));
+    /// # Ok(()) }
+    /// ```
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
     /// Forks the fork server and starts the pool.
     pub fn build(mut self) -> Result<Pool, Error> {
         let layers = std::mem::take(&mut self.layers);
         layers.validate()?;
+        let codec = self.codec;
         let config = self.validate()?;
-        Pool::start(config, layers)
+        Pool::start(config, layers, codec)
     }
 
     fn validate(self) -> Result<PoolConfig, Error> {

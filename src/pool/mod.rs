@@ -2,8 +2,9 @@
 //!
 //! Every public method of both types is in this folder; each one is thin
 //! and calls down — into `client/` for submitting, `map` and handles, into
-//! `options/` for jobs with options, results by id and rate limits, and
-//! into `canvas/` for workflows.
+//! `options/` for jobs with options, results by id and rate limits, into
+//! `canvas/` for workflows, and into `beat/` for periodic jobs
+//! (`schedules.rs`).
 //! No other module names `Pool` or `PoolBuilder`.
 //!
 //! A `Pool` is a cheap handle (clone it, share it across threads); the last
@@ -15,6 +16,7 @@ mod builder;
 #[cfg(feature = "prometheus")]
 mod metrics;
 mod queue;
+mod schedules;
 
 pub use builder::PoolBuilder;
 pub use queue::{Queue, QueueRef};
@@ -22,6 +24,7 @@ pub use queue::{Queue, QueueRef};
 use crate::batch::JobId;
 use crate::batch::gate::{Refused, Ticket};
 use crate::batch::throttle::Throttles;
+use crate::beat::Beat;
 use crate::canvas::{self, Group, Home, IntoWorkflow, Members, Workflow};
 use crate::client::handle::JobHandle;
 use crate::client::imap::{Imap, ImapUnordered};
@@ -38,6 +41,7 @@ use crate::options::results::JobStatus;
 use crate::options::signature::Job;
 use crate::options::{LayerSettings, Layers};
 use crate::supervisor::Command;
+use crate::transport::codec::Codec;
 use crate::worker::call::{Call, Func};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -56,6 +60,9 @@ pub struct Pool {
     /// The job options' state: results by id, callbacks, rate limits,
     /// the default retry policy (`options/mod.rs`).
     layers: Arc<Layers>,
+    /// The scheduler of periodic jobs (`beat/mod.rs`): held by the pool's
+    /// handles only, so the last one stops it.
+    beat: Arc<Beat>,
 }
 
 impl fmt::Debug for Pool {
@@ -78,11 +85,15 @@ impl Pool {
         PoolBuilder::default()
     }
 
-    fn start(config: PoolConfig, settings: LayerSettings) -> Result<Pool, Error> {
+    fn start(config: PoolConfig, settings: LayerSettings, codec: Codec) -> Result<Pool, Error> {
         let throttles = Arc::new(Throttles::default());
         let layers = Arc::new(Layers::new(settings, throttles.clone()));
-        let shared = Shared::start(config, throttles)?;
-        Ok(Pool { shared, layers })
+        let shared = Shared::start(config, throttles, codec)?;
+        Ok(Pool {
+            shared,
+            layers,
+            beat: Arc::default(),
+        })
     }
 
     /// The most workers the pool runs at once, all queues together, as it
@@ -202,11 +213,12 @@ impl Pool {
     {
         let queue = queue.unwrap_or_else(|| self.shared.config.route(f.ptr as usize));
         if self.layers.retry.is_some() {
-            let (call, ignoring) = (Call::new(f.ptr), Call::ignoring(f.ptr));
+            let codec = self.shared.codec;
+            let (call, ignoring) = (Call::new(f.ptr, codec), Call::ignoring(f.ptr, codec));
             let job = Job::new(&self.shared, &self.layers, f.name, call, ignoring, false);
             return job.on_queue(queue).submit_admitted(arg, ticket, quiet);
         }
-        let call = Call::new(f.ptr);
+        let call = Call::new(f.ptr, self.shared.codec);
         self.shared
             .submit_call(call, f.name, &arg, quiet, ticket, queue)
     }
@@ -282,8 +294,10 @@ impl Pool {
     }
 
     /// Stops accepting jobs. Jobs already submitted still run; submitting
-    /// afterwards gives [`JobError::PoolClosed`].
+    /// afterwards gives [`JobError::PoolClosed`]. Schedules stop (see
+    /// [`Pool::schedule`]).
     pub fn close(&self) {
+        self.beat.stop();
         self.shared.close();
         let _ = self.shared.submitter.send(Command::Close);
     }
@@ -311,8 +325,22 @@ impl Pool {
     /// [`JobError::Cancelled`]; nothing waits. Dropping the last handle of a
     /// pool does the same.
     pub fn terminate(self) {
+        self.beat.stop();
         self.shared.close();
         self.shared.shutdown(Command::Terminate);
+    }
+
+    /// The codec the pool encodes arguments and results with
+    /// ([`PoolBuilder::codec`]).
+    pub fn codec(&self) -> Codec {
+        self.shared.codec
+    }
+
+    /// The core, for a layer above that submits batches of its own (a
+    /// broker's worker host).
+    #[cfg(feature = "redis")]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// A snapshot of the pool's counters.
@@ -350,7 +378,9 @@ impl Pool {
     /// # Ok(()) }
     /// ```
     pub fn inspect(&self) -> Inspection {
-        self.shared.snapshot()
+        let mut snap = self.shared.snapshot();
+        snap.schedules = self.schedules();
+        snap
     }
 
     /// Revokes job `id` wherever it is (Celery's `revoke`): a job that has
@@ -430,7 +460,8 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let f = Func::of(f);
-        let (call, ignoring) = (Call::new(f.ptr), Call::ignoring(f.ptr));
+        let codec = self.shared.codec;
+        let (call, ignoring) = (Call::new(f.ptr, codec), Call::ignoring(f.ptr, codec));
         Job::new(&self.shared, &self.layers, f.name, call, ignoring, false)
     }
 
@@ -461,7 +492,11 @@ impl Pool {
         E: Serialize + DeserializeOwned + Send + 'static,
     {
         let f = Func::of(f);
-        let (call, ignoring) = (Call::fallible(f.ptr), Call::fallible_ignoring(f.ptr));
+        let codec = self.shared.codec;
+        let (call, ignoring) = (
+            Call::fallible(f.ptr, codec),
+            Call::fallible_ignoring(f.ptr, codec),
+        );
         Job::new(&self.shared, &self.layers, f.name, call, ignoring, true)
     }
 
@@ -495,7 +530,7 @@ impl Pool {
     /// [`Job::ignore_result`](crate::Job::ignore_result). Asking for the
     /// wrong type gives [`JobError::Codec`] and leaves the result in place.
     pub fn take_result<R: DeserializeOwned>(&self, id: JobId) -> Option<Result<R, JobError>> {
-        self.layers.store.take(id)
+        self.layers.store.take(id, self.shared.codec)
     }
 
     // Workflows (`canvas/`).

@@ -108,6 +108,8 @@ impl Supervisor {
                 .into_iter()
                 .map(|(name, stats)| FunctionStats { name, stats })
                 .collect(),
+            // The pool adds them: the scheduler is above the supervisor.
+            schedules: Vec::new(),
         }
     }
 

@@ -177,7 +177,7 @@ mod tests {
             x
         }
         Batch::new(
-            Call::new(f),
+            Call::new(f, crate::transport::codec::Codec::Bincode),
             vec![1, 0, 0, 0, 7],
             1,
             id,

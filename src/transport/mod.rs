@@ -21,7 +21,7 @@
 //! | `status.rs` | the status page: which item runs, cancel slots, ring positions, progress |
 //! | `ring.rs` | the SPSC byte ring and its sleep/wake handshakes |
 //! | `bell.rs` | doorbell pipes |
-//! | `codec.rs` | serde encoding (bincode 1.3), decoding into faulted-in buffers |
+//! | `codec.rs` | serde encoding, one [`Codec`](codec::Codec) per pool (bincode 1.3 by default; postcard, JSON, MessagePack behind features), decoding into faulted-in buffers |
 
 pub(crate) mod bell;
 pub(crate) mod codec;

@@ -66,7 +66,7 @@ pub(crate) enum Tag {
 
 impl Tag {
     #[inline]
-    fn from_u8(b: u8) -> Option<Tag> {
+    pub(crate) fn from_u8(b: u8) -> Option<Tag> {
         Some(match b {
             0x01 => Tag::Batch,
             0x02 => Tag::Exit,

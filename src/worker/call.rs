@@ -14,13 +14,14 @@
 //! a job that crosses to another host needs a name instead.
 //!
 //! The caller builds a [`Call`] (with one of its constructors, which pair
-//! each function with the shim of its own types); the worker turns it back
-//! into a shim with [`Call::shim`]. This file belongs to the worker side:
+//! each function with the shim of its own types and of the pool's codec:
+//! one shim per format, so the per-item loop never branches on it); the
+//! worker turns it back into a shim with [`Call::shim`]. This file belongs to the worker side:
 //! it knows nothing of pools, handles or the supervisor.
 
 use super::batch_run::{BatchRun, Release};
 use super::out::Out;
-use crate::transport::codec;
+use crate::transport::codec::{Bincode, Codec, Format};
 use crate::transport::wire::Tag;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -86,6 +87,25 @@ impl<A: 'static, R: 'static> Func<A, R> {
     }
 }
 
+#[cfg(feature = "redis")]
+impl<A: 'static, R: 'static> Func<A, R> {
+    /// The zero-sized function type `F` (a fn item or a closure that
+    /// captures nothing), without a value of it: for a job registered by
+    /// name, whose value is never at hand where its `Call` is built.
+    pub(crate) fn of_type<F>() -> Func<A, R>
+    where
+        F: Fn(A) -> R + Copy + Send + 'static,
+    {
+        const {
+            assert!(std::mem::size_of::<F>() == 0, "{}", NOT_A_JOB);
+        };
+        Func {
+            ptr: call_zero_sized::<F, A, R>,
+            name: std::any::type_name::<F>(),
+        }
+    }
+}
+
 /// Calls the zero-sized function `F` — in a worker, where no value of it
 /// was ever sent: one is made out of nothing.
 fn call_zero_sized<F, A, R>(arg: A) -> R
@@ -102,6 +122,22 @@ where
     f(arg)
 }
 
+/// The batch shim `$shim` (a generic fn path whose last generic parameter
+/// is left off) instantiated for the format of `$codec`.
+macro_rules! per_format {
+    ($codec:expr, $shim:ident::<$($t:ty),*>) => {
+        match $codec {
+            Codec::Bincode => $shim::<$($t,)* Bincode>,
+            #[cfg(feature = "postcard")]
+            Codec::Postcard => $shim::<$($t,)* crate::transport::codec::Postcard>,
+            #[cfg(feature = "json")]
+            Codec::Json => $shim::<$($t,)* crate::transport::codec::Json>,
+            #[cfg(feature = "msgpack")]
+            Codec::MessagePack => $shim::<$($t,)* crate::transport::codec::MessagePack>,
+        }
+    };
+}
+
 /// A job's function as two addresses valid in every worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Call {
@@ -110,12 +146,12 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    pub(crate) fn new<A, R>(f: fn(A) -> R) -> Call
+    pub(crate) fn new<A, R>(f: fn(A) -> R, codec: Codec) -> Call
     where
         A: DeserializeOwned,
         R: Serialize,
     {
-        let shim: RawCall = batch::<A, R>;
+        let shim: RawCall = per_format!(codec, batch::<A, R>);
         Call {
             trampoline: shim as usize,
             func: f as usize,
@@ -140,7 +176,7 @@ impl Call {
 /// `func` must be the address of an `fn(A) -> R`, as stored by [`Call::new`]
 /// next to this very instantiation.
 #[inline(always)]
-unsafe fn trampoline<A, R>(
+unsafe fn trampoline<A, R, C: Format>(
     func: usize,
     arg: &[u8],
     out: &mut Out<'_>,
@@ -153,19 +189,19 @@ where
     // SAFETY: Call::new stores `f as usize` beside `trampoline::<A, R>`, so
     // `func` is a valid `fn(A) -> R` of the same image.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
-    let Some(arg) = decode_arg::<A>(arg, out, decoded) else {
+    let Some(arg) = decode_arg::<A, C>(arg, out, decoded) else {
         return Tag::Codec;
     };
-    encode_outcome(out, &f(arg), Tag::Ok)
+    encode_outcome::<_, C>(out, &f(arg), Tag::Ok)
 }
 
 impl Call {
-    /// A job whose result is dropped in the worker: its `Ok` record is empty.
-    pub(crate) fn ignoring<A, R>(f: fn(A) -> R) -> Call
+    /// A job whose result is dropped in the worker: its `Ok` record holds `()`.
+    pub(crate) fn ignoring<A, R>(f: fn(A) -> R, codec: Codec) -> Call
     where
         A: DeserializeOwned,
     {
-        let shim: RawCall = batch_ignoring::<A, R>;
+        let shim: RawCall = per_format!(codec, batch_ignoring::<A, R>);
         Call {
             trampoline: shim as usize,
             func: f as usize,
@@ -174,13 +210,13 @@ impl Call {
 
     /// A fallible job: the whole `Result` is encoded, and an `Err` is
     /// recorded under [`Tag::Err`] so the supervisor sees a failure.
-    pub(crate) fn fallible<A, T, E>(f: fn(A) -> Result<T, E>) -> Call
+    pub(crate) fn fallible<A, T, E>(f: fn(A) -> Result<T, E>, codec: Codec) -> Call
     where
         A: DeserializeOwned,
         T: Serialize,
         E: Serialize,
     {
-        let shim: RawCall = batch_fallible::<A, T, E>;
+        let shim: RawCall = per_format!(codec, batch_fallible::<A, T, E>);
         Call {
             trampoline: shim as usize,
             func: f as usize,
@@ -189,12 +225,12 @@ impl Call {
 
     /// A fallible job whose `Ok` value is dropped in the worker: it sends
     /// back `Ok(())`, or its error.
-    pub(crate) fn fallible_ignoring<A, T, E>(f: fn(A) -> Result<T, E>) -> Call
+    pub(crate) fn fallible_ignoring<A, T, E>(f: fn(A) -> Result<T, E>, codec: Codec) -> Call
     where
         A: DeserializeOwned,
         E: Serialize,
     {
-        let shim: RawCall = batch_fallible_ignoring::<A, T, E>;
+        let shim: RawCall = per_format!(codec, batch_fallible_ignoring::<A, T, E>);
         Call {
             trampoline: shim as usize,
             func: f as usize,
@@ -205,12 +241,12 @@ impl Call {
 /// Decodes a job's argument, then tells the worker its bytes are free; or
 /// writes why it could not into `out`.
 #[inline(always)]
-fn decode_arg<A: DeserializeOwned>(
+fn decode_arg<A: DeserializeOwned, C: Format>(
     arg: &[u8],
     out: &mut Out<'_>,
     decoded: &mut Release<'_>,
 ) -> Option<A> {
-    let arg = codec::decode::<A>(arg);
+    let arg = C::decode::<A>(arg);
     decoded.done();
     match arg {
         Ok(a) => Some(a),
@@ -223,8 +259,8 @@ fn decode_arg<A: DeserializeOwned>(
 
 /// Encodes a job's outcome into `out` under `tag`, or a codec error.
 #[inline(always)]
-fn encode_outcome<T: Serialize + ?Sized>(out: &mut Out<'_>, value: &T, tag: Tag) -> Tag {
-    if let Err(e) = codec::encode_into(&mut *out, value) {
+fn encode_outcome<T: Serialize + ?Sized, C: Format>(out: &mut Out<'_>, value: &T, tag: Tag) -> Tag {
+    if let Err(e) = C::encode_into(&mut *out, value) {
         out.clear();
         out.write_bytes(format!("result: {e}").as_bytes());
         return Tag::Codec;
@@ -235,7 +271,7 @@ fn encode_outcome<T: Serialize + ?Sized>(out: &mut Out<'_>, value: &T, tag: Tag)
 /// # Safety
 /// As [`trampoline`]: `func` is the `fn(A) -> R` stored by [`Call::ignoring`].
 #[inline(always)]
-unsafe fn trampoline_ignoring<A, R>(
+unsafe fn trampoline_ignoring<A, R, C: Format>(
     func: usize,
     arg: &[u8],
     out: &mut Out<'_>,
@@ -246,18 +282,19 @@ where
 {
     // SAFETY: Call::ignoring stores `f as usize` beside this instantiation.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(func) };
-    let Some(arg) = decode_arg::<A>(arg, out, decoded) else {
+    let Some(arg) = decode_arg::<A, C>(arg, out, decoded) else {
         return Tag::Codec;
     };
     drop(f(arg));
-    Tag::Ok
+    // `()`: no bytes in bincode and postcard, `null` in JSON.
+    encode_outcome::<_, C>(out, &(), Tag::Ok)
 }
 
 /// # Safety
 /// As [`trampoline`]: `func` is the `fn(A) -> Result<T, E>` stored by
 /// [`Call::fallible`].
 #[inline(always)]
-unsafe fn trampoline_fallible<A, T, E>(
+unsafe fn trampoline_fallible<A, T, E, C: Format>(
     func: usize,
     arg: &[u8],
     out: &mut Out<'_>,
@@ -270,19 +307,19 @@ where
 {
     // SAFETY: Call::fallible stores `f as usize` beside this instantiation.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> Result<T, E>>(func) };
-    let Some(arg) = decode_arg::<A>(arg, out, decoded) else {
+    let Some(arg) = decode_arg::<A, C>(arg, out, decoded) else {
         return Tag::Codec;
     };
     let result = f(arg);
     let tag = if result.is_ok() { Tag::Ok } else { Tag::Err };
-    encode_outcome(out, &result, tag)
+    encode_outcome::<_, C>(out, &result, tag)
 }
 
 /// # Safety
 /// As [`trampoline`]: `func` is the `fn(A) -> Result<T, E>` stored by
 /// [`Call::fallible_ignoring`].
 #[inline(always)]
-unsafe fn trampoline_fallible_ignoring<A, T, E>(
+unsafe fn trampoline_fallible_ignoring<A, T, E, C: Format>(
     func: usize,
     arg: &[u8],
     out: &mut Out<'_>,
@@ -294,15 +331,15 @@ where
 {
     // SAFETY: Call::fallible_ignoring stores `f as usize` beside this instantiation.
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> Result<T, E>>(func) };
-    let Some(arg) = decode_arg::<A>(arg, out, decoded) else {
+    let Some(arg) = decode_arg::<A, C>(arg, out, decoded) else {
         return Tag::Codec;
     };
     match f(arg) {
         Ok(value) => {
             drop(value);
-            encode_outcome(out, &Ok::<(), E>(()), Tag::Ok)
+            encode_outcome::<_, C>(out, &Ok::<(), E>(()), Tag::Ok)
         }
-        Err(e) => encode_outcome(out, &Err::<(), E>(e), Tag::Err),
+        Err(e) => encode_outcome::<_, C>(out, &Err::<(), E>(e), Tag::Err),
     }
 }
 
@@ -311,32 +348,40 @@ where
 /// # Safety (all four)
 /// `func` is the function address stored beside this instantiation by the
 /// matching `Call` constructor, so the item function's contract holds.
-unsafe fn batch<A: DeserializeOwned, R: Serialize>(func: usize, run: &mut BatchRun<'_, '_>) {
+unsafe fn batch<A: DeserializeOwned, R: Serialize, C: Format>(
+    func: usize,
+    run: &mut BatchRun<'_, '_>,
+) {
     // SAFETY: see above.
-    run.drive(|arg, out, decoded| unsafe { trampoline::<A, R>(func, arg, out, decoded) })
+    run.drive(|arg, out, decoded| unsafe { trampoline::<A, R, C>(func, arg, out, decoded) })
 }
 
-unsafe fn batch_ignoring<A: DeserializeOwned, R>(func: usize, run: &mut BatchRun<'_, '_>) {
-    // SAFETY: see above.
-    run.drive(|arg, out, decoded| unsafe { trampoline_ignoring::<A, R>(func, arg, out, decoded) })
-}
-
-unsafe fn batch_fallible<A: DeserializeOwned, T: Serialize, E: Serialize>(
+unsafe fn batch_ignoring<A: DeserializeOwned, R, C: Format>(
     func: usize,
     run: &mut BatchRun<'_, '_>,
 ) {
     // SAFETY: see above.
     run.drive(|arg, out, decoded| unsafe {
-        trampoline_fallible::<A, T, E>(func, arg, out, decoded)
+        trampoline_ignoring::<A, R, C>(func, arg, out, decoded)
     })
 }
 
-unsafe fn batch_fallible_ignoring<A: DeserializeOwned, T, E: Serialize>(
+unsafe fn batch_fallible<A: DeserializeOwned, T: Serialize, E: Serialize, C: Format>(
     func: usize,
     run: &mut BatchRun<'_, '_>,
 ) {
     // SAFETY: see above.
     run.drive(|arg, out, decoded| unsafe {
-        trampoline_fallible_ignoring::<A, T, E>(func, arg, out, decoded)
+        trampoline_fallible::<A, T, E, C>(func, arg, out, decoded)
+    })
+}
+
+unsafe fn batch_fallible_ignoring<A: DeserializeOwned, T, E: Serialize, C: Format>(
+    func: usize,
+    run: &mut BatchRun<'_, '_>,
+) {
+    // SAFETY: see above.
+    run.drive(|arg, out, decoded| unsafe {
+        trampoline_fallible_ignoring::<A, T, E, C>(func, arg, out, decoded)
     })
 }
