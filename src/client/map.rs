@@ -508,7 +508,11 @@ mod tests {
         assert_eq!(sized(1, Some(1_000)), 200);
         assert_eq!(sized(500, Some(1_000)), 500, "the rule when it is bigger");
         assert_eq!(sized(1, Some(10_000_000)), 1, "slow items: one at a time");
-        assert_eq!(sized(3, Some(0)), MAX_AUTO_CHUNK, "a zero time is not a division by zero");
+        assert_eq!(
+            sized(3, Some(0)),
+            MAX_AUTO_CHUNK,
+            "a zero time is not a division by zero"
+        );
         // A million tiny items on 256 workers: a few dozen batches once
         // timed, where the guided rule alone made thousands.
         let (mut left, mut batches) = (1_000_000usize, 0);
