@@ -8,6 +8,8 @@
 //! cargo run --release --features redis --example broker -- detach 2048   # prints an id
 //! cargo run --release --features redis --example broker -- result ID
 //! cargo run --release --features redis --example broker -- dead
+//! cargo run --release --features redis --example broker -- inspect     # every live host
+//! cargo run --release --features redis --example broker -- revoke ID   # wherever it is
 //! kill %1                                    # SIGTERM: the host finishes its jobs, exits
 //! ```
 //!
@@ -83,12 +85,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 other => println!("{id}: {other:?}"),
             }
         }
+        "inspect" => {
+            let seen = broker.client()?.inspect()?;
+            for h in &seen.hosts {
+                let jobs: Vec<String> = h
+                    .active
+                    .iter()
+                    .map(|j| format!("{:?} {}", j.id, j.name))
+                    .collect();
+                println!(
+                    "{} pid {}: {} workers, running {jobs:?}, done {}",
+                    h.consumer, h.pid, h.workers, h.jobs_done
+                );
+            }
+            for s in &seen.streams {
+                println!(
+                    "queue {} priority {}: waiting {}, held {}",
+                    s.queue, s.priority, s.waiting, s.held
+                );
+            }
+            println!(
+                "delayed {}, dead letters {}",
+                seen.delayed, seen.dead_letters
+            );
+        }
+        "revoke" => {
+            let id = JobId::from_u64(arg(1).parse()?);
+            println!("{id}: {:?}", broker.client()?.revoke(id, true)?);
+        }
         "dead" => {
             for d in broker.client()?.dead_letters(20)? {
                 println!("{} {:?}: {}", d.entry, d.job, d.reason);
             }
         }
-        _ => eprintln!("usage: broker worker | submit PX | detach PX | result ID | dead"),
+        _ => eprintln!(
+            "usage: broker worker | submit PX | detach PX | result ID | dead | inspect | revoke ID"
+        ),
     }
     Ok(())
 }

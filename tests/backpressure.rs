@@ -16,11 +16,14 @@ fn nap_ms(ms: u64) -> u64 {
 }
 
 /// Fills the queue with `try_submit`s of `nap_ms(ms)` until it stays full
-/// (the supervisor hands a few jobs to each worker's ring as they come, so
-/// the first `Full` may not last); returns their handles.
-fn fill(pool: &Pool, ms: u64) -> Vec<forkpool::JobHandle<u64>> {
+/// for `rounds` looks 50 ms apart (the supervisor hands a few jobs to each
+/// worker's ring as they come, so the first `Full` may not last — on a
+/// loaded machine, not for a while: long jobs can afford more rounds);
+/// returns their handles.
+fn fill(pool: &Pool, ms: u64, rounds: u32) -> Vec<forkpool::JobHandle<u64>> {
     let mut handles = Vec::new();
     let start = Instant::now();
+    let mut quiet = 0;
     loop {
         let before = handles.len();
         loop {
@@ -35,7 +38,12 @@ fn fill(pool: &Pool, ms: u64) -> Vec<forkpool::JobHandle<u64>> {
             assert!(start.elapsed() < Duration::from_secs(30), "never full");
         }
         if handles.len() == before && before > 0 {
-            return handles;
+            quiet += 1;
+            if quiet == rounds {
+                return handles;
+            }
+        } else {
+            quiet = 0;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -50,7 +58,7 @@ fn a_full_queue_blocks_submit_and_hands_try_submit_its_job_back() {
         .build()
         .unwrap();
     assert_eq!(pool.apply(nap_ms, 0), Ok(0), "the worker is up");
-    let queued = fill(&pool, 100);
+    let queued = fill(&pool, 100, 1);
     // The worker holds a few in its ring; `capacity` more wait.
     assert!(queued.len() > capacity, "{}", queued.len());
     assert!(matches!(
@@ -86,7 +94,7 @@ fn blocked_submitters_wake_when_the_pool_is_closed_or_terminated() {
         // Long jobs: no place frees up while the test looks (on a loaded
         // machine the wake-ups below can take seconds, so a job must last
         // far longer than any of them).
-        let queued = fill(&pool, 60_000);
+        let queued = fill(&pool, 60_000, 10);
         let submitter = {
             let pool = pool.clone();
             std::thread::spawn(move || pool.submit(nap_ms, 1).get())
@@ -95,7 +103,7 @@ fn blocked_submitters_wake_when_the_pool_is_closed_or_terminated() {
             let pool = pool.clone();
             std::thread::spawn(move || pool.map(nap_ms, vec![1u64; 10]))
         };
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
         assert!(!submitter.is_finished() && !mapper.is_finished());
         let woken = Instant::now();
         if terminate {

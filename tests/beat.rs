@@ -248,7 +248,9 @@ fn a_paused_schedule_runs_nothing_until_resumed_and_a_cancelled_one_is_gone() {
     std::thread::sleep(300 * MS);
     let still = info(&pool, id);
     assert_eq!(still.runs, paused.runs, "ran while paused");
-    assert_eq!(still.misses, 0, "paused slots are not misses");
+    // Slots missed before the pause (a loaded machine can stall the
+    // scheduler past a 30 ms slot) stay as they were.
+    assert_eq!(still.misses, paused.misses, "paused slots are not misses");
     assert!(pool.resume_schedule(id));
     assert!(!pool.resume_schedule(id));
     assert!(wait_until(LONG, || info(&pool, id).runs >= paused.runs + 2));

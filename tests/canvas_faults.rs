@@ -241,6 +241,39 @@ fn cancelling_a_chain_kills_its_running_step_and_starts_nothing_more() {
 }
 
 #[test]
+fn cancelling_a_group_takes_back_the_members_its_workers_hold_unstarted() {
+    let pool = pool(2);
+    // Forty members of one job travel in batches of several (as a `map`'s
+    // items do), and each worker holds more than one batch.
+    let n = 40;
+    let first = fresh_counters(n);
+    let h = pool
+        .job(timed)
+        .starmap((0..n).map(|i| (first + i, 50)))
+        .submit();
+    let ran = || (0..n).filter(|&i| started(first + i) > 0).count();
+    assert!(wait_until(Duration::from_secs(10), || ran() >= 2));
+    assert!(h.cancel());
+    let cancelled_at = monotonic_ns();
+    assert_eq!(h.get(), Err(JobError::Cancelled));
+    std::thread::sleep(Duration::from_millis(500));
+    // At most the item each worker had started as it saw the recall.
+    let late: Vec<u64> = (0..n)
+        .map(|i| started(first + i))
+        .filter(|&at| at > cancelled_at)
+        .collect();
+    assert!(
+        late.len() <= 2,
+        "{} members started after the cancel returned ({} ran in all)",
+        late.len(),
+        ran()
+    );
+    assert!(ran() < n / 2, "{} of {n} members ran", ran());
+    assert_stats_add_up(&pool);
+    assert_eq!(pool.stats().live_workers, 2, "no worker was killed for it");
+}
+
+#[test]
 fn cancelling_a_chord_withdraws_its_waiting_members_and_its_body_never_runs() {
     let pool = pool(2);
     let runs = fresh_counters(1);

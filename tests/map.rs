@@ -298,3 +298,32 @@ fn imap_of_big_items_pulls_within_a_byte_window() {
     assert!(ahead <= 16, "{ahead} items of 1 MiB pulled for one result");
     assert_eq!(results.count(), 199);
 }
+
+fn nap(x: u64) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    x
+}
+
+#[test]
+fn dropping_an_imap_takes_back_the_items_workers_have_not_started() {
+    let pool = Pool::builder().workers(2).chunk_size(8).build().unwrap();
+    let mut it = pool.imap(nap, 0..10_000u64);
+    assert_eq!(it.next(), Some(Ok(0)));
+    let pulled_at_drop = pool.stats().submitted;
+    drop(it);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let settled = |s: &forkpool::Stats| s.submitted == s.completed + s.failed + s.cancelled;
+    while !settled(&pool.stats()) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", pool.stats());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let s = pool.stats();
+    // Ran: what finished before the drop, plus at most the item each
+    // worker was on; the rest of the batches they held came back unrun.
+    assert!(
+        s.completed <= 8 + 2 + 2,
+        "{} of the {pulled_at_drop} items sent ran after the drop: {s:?}",
+        s.completed
+    );
+    assert_eq!(s.failed, 0, "{s:?}");
+}

@@ -145,6 +145,15 @@ pub(crate) trait Sink: Send + Sync {
         true
     }
 
+    /// Whether the submission counts the items it declines (see
+    /// [`claim`](Self::claim)) as cancelled itself — a job's handle when
+    /// it cancels, a workflow for its batches — or leaves it to the
+    /// supervisor that drops them (an `imap` that was dropped cannot tell
+    /// which of its items ran).
+    fn counts_declined(&self) -> bool {
+        true
+    }
+
     /// Resolves the (single) job with `error` right away, ahead of the
     /// worker's own answer (which will be a skip). Returns false if it was
     /// already resolved, or if this sink cannot be resolved early.

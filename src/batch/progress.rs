@@ -10,7 +10,7 @@
 
 /// How far a running job says it is: `done` out of `total` (units are the
 /// job's own).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Progress {
     /// Units done.
     pub done: u64,

@@ -27,6 +27,7 @@ use crate::batch::JobId;
 use crate::batch::slot::Slot;
 use crate::client::handle::JobHandle;
 use crate::error::{Error, JobError};
+use crate::options::callbacks::Callbacks;
 use crate::options::rate::RateLimit;
 use crate::options::results::JobStatus;
 use crossbeam_channel::Sender;
@@ -79,12 +80,12 @@ impl fmt::Debug for Client {
     }
 }
 
-pub(super) struct Inner {
+pub(crate) struct Inner {
     pub(super) broker: Broker,
     pub(super) keys: Keys,
     name: String,
     pub(super) reply: String,
-    control: Mutex<Conn>,
+    pub(super) control: Mutex<Conn>,
     /// The next id to give, and the end of the block taken.
     ids: Mutex<(u64, u64)>,
     pub(super) pending: Arc<Pending>,
@@ -95,9 +96,11 @@ pub(super) struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Rate limits set with `set_rate_limit`, by job name (µs).
     pub(super) rates: Mutex<HashMap<String, u64>>,
+    /// The thread jobs' callbacks run on (`callbacks.rs`).
+    pub(super) callbacks: Callbacks,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -178,6 +181,7 @@ impl Client {
                 stop,
                 threads: Mutex::new(vec![w, l]),
                 rates: Mutex::default(),
+                callbacks: Callbacks::default(),
             }),
         })
     }
@@ -472,6 +476,9 @@ impl Drop for Inner {
                 ),
             }));
         }
+        // Every callback queued (those of the jobs just failed included)
+        // runs before the client is gone.
+        self.callbacks.finish();
     }
 }
 

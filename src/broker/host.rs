@@ -26,6 +26,13 @@
 //!    over jobs whose lease lapsed elsewhere (`RECLAIM`, as many as it has
 //!    idle workers); every 100 ms — or when the next one is due — it moves
 //!    due jobs from the delayed set to their streams (`PROMOTE`).
+//! 5. **Hear what clients ask.** Every read of jobs reads the `revokes`
+//!    stream in the same pipeline, after the jobs, and the loop checks
+//!    each job against the revokes before running it; a job it holds that
+//!    is revoked is revoked in the local pool (`revoke.rs`; while no read
+//!    happens, the loop reads revokes every 100 ms). Every 100 ms it
+//!    writes its jobs' new progress reports (`progress.rs`); every second,
+//!    its snapshot for `Client::inspect` (`inspect.rs`).
 //!
 //! Stopping ([`Stopper::stop`], SIGTERM or SIGINT): it reads nothing more
 //! and lets running jobs finish, for up to the shutdown grace; then it
@@ -41,15 +48,17 @@
 
 use super::conn::Conn;
 use super::dead::{Burial, bury};
+use super::inspect::Publisher;
 use super::keys::{GROUP, Keys, check_queue};
 use super::lease::{Held, HostState, bump};
 use super::message::Envelope;
 use super::names::registry;
+use super::progress::Sampler;
 use super::scripts::Scripts;
 use super::settle::{HostSink, Settle, Settler, Settling};
 use super::signals::Handlers;
 use super::{Broker, BrokerError};
-use crate::batch::{Batch, JobOpts};
+use crate::batch::{Batch, JobId, JobOpts};
 use crate::client::shared::Shared;
 use crate::error::JobError;
 use crate::pool::{Pool, PoolBuilder};
@@ -68,6 +77,8 @@ const TICK: Duration = Duration::from_millis(200);
 const PROMOTE_EVERY: Duration = Duration::from_millis(100);
 /// How often the priority levels of the host's queues are read again.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How soon a host learns a revoke while no read of jobs brings it.
+const CONTROL_EVERY: Duration = Duration::from_millis(100);
 
 /// Configures a worker host (from [`Broker::host`]).
 ///
@@ -373,6 +384,7 @@ impl Host {
             .map_err(|e| BrokerError::Pool(e.into()))?;
         let shared = self.pool.shared().clone();
         let workers = shared.config.queues[0].max_workers;
+        let publisher = Publisher::new(&self.keys, &self.consumer, &self.queues, workers);
         let now = Instant::now();
         let mut lp = Loop {
             vt: self.broker.visibility_timeout,
@@ -394,6 +406,9 @@ impl Host {
             next_renew: now,
             next_reclaim: now,
             next_refresh: now,
+            next_control: now,
+            sampler: Sampler::new(),
+            publisher,
             stop: self.stop.level.clone(),
             handlers,
             stopping,
@@ -402,6 +417,7 @@ impl Host {
             dispatched: 0,
         };
         lp.run(&self.pool);
+        lp.publisher.withdraw(&mut lp.conn);
         let state = lp.state.clone();
         drop(lp);
         // Every job's sink has delivered (or the pool was terminated, which
@@ -464,6 +480,13 @@ struct Loop {
     next_renew: Instant,
     next_reclaim: Instant,
     next_refresh: Instant,
+    /// When the revokes are read on their own next (while no read of
+    /// jobs reads them along).
+    next_control: Instant,
+    /// Progress sampling (`progress.rs`).
+    sampler: Sampler,
+    /// The host's snapshot, for `Client::inspect` (`inspect.rs`).
+    publisher: Publisher,
     stop: Arc<AtomicU8>,
     handlers: Option<Handlers>,
     stopping: Arc<AtomicBool>,
@@ -538,6 +561,24 @@ impl Loop {
                     self.trouble("renewing leases", &e);
                 }
             }
+            if now >= self.publisher.next {
+                let go_on = self.go_on();
+                let stopping = self.deadline.is_some();
+                if let Err(e) = self.publisher.publish(
+                    &self.shared,
+                    &self.state,
+                    stopping,
+                    &mut self.conn,
+                    &go_on,
+                ) {
+                    self.trouble("publishing its snapshot", &e);
+                }
+            }
+            if now >= self.next_control
+                && let Err(e) = self.poll_revokes()
+            {
+                self.trouble("reading revokes", &e);
+            }
             if self.deadline.is_some() {
                 let go_on = self.go_on();
                 self.settling.flush(&mut self.conn, &go_on);
@@ -546,6 +587,61 @@ impl Loop {
             }
             if let Err(e) = self.step(now) {
                 self.trouble("reading jobs", &e);
+            }
+        }
+    }
+
+    /// Reads the revokes on their own (all workers busy, or stopping).
+    fn poll_revokes(&mut self) -> Result<(), BrokerError> {
+        let go_on = self.go_on();
+        let new = self
+            .state
+            .revoked
+            .catch_up(&mut self.conn, &go_on, &self.keys)?;
+        self.next_control = Instant::now() + CONTROL_EVERY;
+        self.revoke_held(new);
+        Ok(())
+    }
+
+    /// Takes in the revokes read along with jobs (reading the rest if there
+    /// are more), and acts on them.
+    fn learn(&mut self, reply: Value) -> Result<(), BrokerError> {
+        if matches!(reply, Value::ServerError(_)) {
+            return self.poll_revokes();
+        }
+        let (mut new, more) = self.state.revoked.absorb(reply);
+        if more {
+            let go_on = self.go_on();
+            new.extend(
+                self.state
+                    .revoked
+                    .catch_up(&mut self.conn, &go_on, &self.keys)?,
+            );
+        }
+        self.next_control = Instant::now() + CONTROL_EVERY;
+        self.revoke_held(new);
+        Ok(())
+    }
+
+    /// Revokes, in the local pool, the jobs this host holds that were just
+    /// revoked: not started, they never run; running, their worker is
+    /// killed if `terminate` (and still on them). The outcome comes back
+    /// through the job's sink; `settle.rs` never retries it.
+    fn revoke_held(&self, new: Vec<(u64, bool)>) {
+        if new.is_empty() {
+            return;
+        }
+        let held: HashSet<u64> = self
+            .state
+            .held()
+            .values()
+            .filter(|h| !h.settling)
+            .map(|h| h.env.id)
+            .collect();
+        for (id, terminate) in new {
+            if held.contains(&id) {
+                let what = self.shared.revoke(JobId(id), terminate);
+                eprintln!("forkpool host {}: revoked job {id}: {what:?}", self.me);
             }
         }
     }
@@ -569,6 +665,16 @@ impl Loop {
         if now >= self.next_promote {
             self.promote()?;
         }
+        if now >= self.sampler.next {
+            let go_on = self.go_on();
+            self.sampler.sample(
+                &self.shared,
+                &self.state,
+                &mut self.conn,
+                &go_on,
+                &self.keys,
+            )?;
+        }
         let idle = self.workers.saturating_sub(self.state.running());
         if idle > 0 && now >= self.next_reclaim {
             self.next_reclaim =
@@ -587,7 +693,10 @@ impl Loop {
         let next = self
             .next_promote
             .min(self.next_renew)
-            .min(self.next_refresh);
+            .min(self.next_refresh)
+            .min(self.next_control)
+            .min(self.sampler.next)
+            .min(self.publisher.next);
         let wait = next.saturating_duration_since(Instant::now()).min(TICK);
         if idle == 0 {
             self.state.wait_below(self.workers, wait);
@@ -692,6 +801,7 @@ impl Loop {
                 .arg(self.keys.dead())
                 .arg(self.keys.base())
                 .arg(1000)
+                .arg(super::revoke::revoked_value())
                 .query(con)
         })?;
         let now = Instant::now();
@@ -715,17 +825,18 @@ impl Loop {
                 break;
             }
             let go_on = self.go_on();
-            let got: Value = self.conn.run(&go_on, |con| {
-                redis::cmd("EVALSHA")
-                    .arg(&Scripts::get().reclaim.sha)
-                    .arg(1)
-                    .arg(&*stream)
-                    .arg(GROUP)
-                    .arg(&self.me)
-                    .arg(min_idle)
-                    .arg(idle)
-                    .query(con)
-            })?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("EVALSHA")
+                .arg(&Scripts::get().reclaim.sha)
+                .arg(1)
+                .arg(&*stream)
+                .arg(GROUP)
+                .arg(&self.me)
+                .arg(min_idle)
+                .arg(idle);
+            pipe.add_command(self.state.revoked.read_cmd(&self.keys));
+            let (got, revokes): (Value, Value) = self.conn.run(&go_on, |con| pipe.query(con))?;
+            self.learn(revokes)?;
             let entries = reclaimed_entries(got);
             idle = idle.saturating_sub(entries.len());
             for e in entries {
@@ -795,9 +906,12 @@ impl Loop {
             pipe.add_command(p.cmd.clone());
         }
         pipe.add_command(cmd);
+        // After the read: every revoke recorded before it (see `revoke.rs`).
+        pipe.add_command(self.state.revoked.read_cmd(&self.keys));
         let replies = self.conn.run(&go_on, |con| pipe.query::<Vec<Value>>(con));
         self.settling.loop_returns();
         let mut replies = replies.unwrap_or_default();
+        let revokes = replies.pop().unwrap_or(Value::Nil);
         let reply = replies.pop().unwrap_or(Value::Nil);
         if let Some(p) = prepared {
             match replies.pop().map(redis::from_redis_value::<Vec<i64>>) {
@@ -823,6 +937,9 @@ impl Loop {
             Value::ServerError(e) => return Err(BrokerError::Redis(e.to_string())),
             v => v,
         };
+        // Learn the revokes before taking anything: on failure the entries
+        // stay pending, to be reclaimed.
+        self.learn(revokes)?;
         let mut n = 0;
         for (stream, entries) in read_reply(reply) {
             let Some(stream) = streams.iter().find(|s| ***s == *stream).cloned() else {
@@ -902,6 +1019,8 @@ impl Loop {
             v.extend_from_slice(&env.arg);
             Ok(())
         });
+        let job_id = env.id;
+        let revoked = self.state.revoked.get(job_id).is_some();
         let token = self.state.hold(Held {
             stream: stream.clone(),
             entry: e.id,
@@ -911,6 +1030,10 @@ impl Loop {
             settling: false,
         });
         let refuse = |error: JobError| Settle::Refused { token, error };
+        if revoked {
+            self.settling.push(refuse(JobError::Revoked));
+            return Ok(());
+        }
         if let Some(message) = invalid {
             self.settling
                 .push(refuse(JobError::InvalidOptions { message }));
@@ -954,8 +1077,11 @@ impl Loop {
         let sink = Arc::new(HostSink {
             token,
             settling: self.settling.clone(),
+            done: AtomicBool::new(false),
         });
-        let mut batch = Batch::new(call, item, 1, 0, sink, opts, None);
+        // Under the broker's job id: what a revoke and the progress
+        // sampling find it by in the local pool.
+        let mut batch = Batch::new(call, item, 1, 0, sink, opts, Some(JobId(job_id)));
         batch.name = name;
         self.state.started();
         // Quietly: the loop steps the pool itself right after (`help`),

@@ -10,6 +10,7 @@
 //! limit through one limiter in Redis. A countdown or an ETA puts the job
 //! in the delayed set from the start (on Redis's clock for a countdown).
 
+use super::callbacks::RemoteCallbacks;
 use super::client::{Client, ttl_ms};
 use super::keys::check_queue;
 use super::message::{Envelope, Opts};
@@ -26,7 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Where a job's outcome goes.
@@ -63,7 +64,7 @@ enum Target {
 /// ```
 #[must_use = "a job does nothing until it is submitted"]
 pub struct RemoteJob<A, R> {
-    client: Client,
+    pub(super) client: Client,
     /// The registered name, or why there is none.
     name: Result<String, String>,
     fingerprint: u64,
@@ -76,6 +77,8 @@ pub struct RemoteJob<A, R> {
     retry: Option<RetryPolicy>,
     rate_limit: Option<RateLimit>,
     ignore: bool,
+    /// Told the outcome in this process (`callbacks.rs`).
+    pub(super) callbacks: RemoteCallbacks,
     _types: PhantomData<fn(A) -> R>,
 }
 
@@ -100,6 +103,7 @@ impl<A, R> Clone for RemoteJob<A, R> {
             retry: self.retry.clone(),
             rate_limit: self.rate_limit,
             ignore: self.ignore,
+            callbacks: self.callbacks.clone(),
             _types: PhantomData,
         }
     }
@@ -118,6 +122,8 @@ impl<A, R> fmt::Debug for RemoteJob<A, R> {
             .field("retry", &self.retry)
             .field("rate_limit", &self.rate_limit)
             .field("ignore_result", &self.ignore)
+            .field("on_success", &self.callbacks.on_success.is_some())
+            .field("on_error", &self.callbacks.on_error.is_some())
             .finish()
     }
 }
@@ -141,6 +147,7 @@ where
             retry: None,
             rate_limit: None,
             ignore: false,
+            callbacks: RemoteCallbacks::default(),
             _types: PhantomData,
         }
     }
@@ -215,7 +222,8 @@ where
     }
 
     /// Drops the job's value on the host: nothing is stored, and the handle
-    /// gives `()` (success or the job's failure).
+    /// gives `()` (success or the job's failure). Keeps an error callback,
+    /// drops a success callback (set one after this).
     pub fn ignore_result(self) -> RemoteJob<A, ()> {
         RemoteJob {
             client: self.client,
@@ -230,6 +238,11 @@ where
             retry: self.retry,
             rate_limit: self.rate_limit,
             ignore: true,
+            // No value: a success callback of `R` cannot be told one.
+            callbacks: RemoteCallbacks {
+                on_success: None,
+                on_error: self.callbacks.on_error,
+            },
             _types: PhantomData,
         }
     }
@@ -237,7 +250,11 @@ where
     /// Submits the job; returns a handle to its result.
     pub fn submit(&self, arg: A) -> JobHandle<R> {
         let slot = self.launch(&arg, Target::Handle);
-        JobHandle::new(slot, Weak::new(), self.client.inner.broker.codec)
+        let remote = super::remote::Remote {
+            client: Arc::downgrade(&self.client.inner),
+            slot: slot.clone(),
+        };
+        JobHandle::remote(slot, self.client.inner.broker.codec, Arc::new(remote))
     }
 
     /// Submits the job; returns its id. Its result is kept in Redis for
@@ -295,20 +312,44 @@ where
                 .copied(),
             _ => None,
         };
-        let ignore = self.ignore || target == Target::Nowhere;
+        // A spawned job stores nothing; its value still travels back if a
+        // success callback waits for it.
+        let nowhere = target == Target::Nowhere;
+        let ignore = self.ignore || (nowhere && self.callbacks.on_success.is_none());
         let opts = Opts {
             queue: self.queue.clone(),
             priority: self.priority,
-            reply: (target == Target::Handle).then(|| inner.reply.clone()),
+            // Someone here waits for its outcome: a handle, or callbacks.
+            reply: self.tracked(target).then(|| inner.reply.clone()),
             time_limit_ms: self.time_limit.map(|d| d.as_millis().max(1) as u64),
             soft_time_limit_ms: self.soft_time_limit.map(|d| d.as_millis().max(1) as u64),
             expires_at_ms,
             retry: self.retry.clone(),
             ignore_result: ignore,
-            result_ttl_ms: ttl_ms(inner.broker.result_expires),
+            result_ttl_ms: if nowhere && !ignore {
+                0
+            } else {
+                ttl_ms(inner.broker.result_expires)
+            },
             rate_interval_us: rate.map(|r| r.max(1)),
         };
         Ok((opts, start))
+    }
+
+    /// Whether this client tracks the job's outcome (its listener resolves
+    /// its slot): for a handle, or callbacks.
+    fn tracked(&self, target: Target) -> bool {
+        target == Target::Handle || !self.callbacks.is_empty()
+    }
+
+    /// A slot for job `id`, with the job's callbacks as its finisher.
+    fn slot(&self, id: u64) -> Arc<Slot> {
+        let slot = Arc::new(Slot::new(JobId(id)));
+        if !self.callbacks.is_empty() {
+            let runner = self.client.inner.callbacks.sender();
+            slot.set_finisher(self.callbacks.clone().finisher(runner));
+        }
+        slot
     }
 
     /// Encodes and hands the job to the client's writer; returns its slot
@@ -318,16 +359,16 @@ where
         let id = match inner.next_id() {
             Ok(id) => id,
             Err(e) => {
-                let slot = Arc::new(Slot::new(JobId(0)));
+                let slot = self.slot(0);
                 slot.resolve(Err(JobError::Broker {
                     message: format!("no job id: {e}"),
                 }));
                 return slot;
             }
         };
-        let slot = Arc::new(Slot::new(JobId(id)));
-        // Never "pending" in the local sense: a broker job cannot be
-        // cancelled from here, so `JobHandle::cancel` says false.
+        let slot = self.slot(id);
+        // Never "pending" in the local sense: `JobHandle::cancel` revokes
+        // it through the broker (`remote.rs`), never locally.
         crate::batch::Sink::claim(&*slot);
         let name = match &self.name {
             Ok(n) => n.clone(),
@@ -367,7 +408,7 @@ where
             slot.resolve(Err(JobError::TooLarge { size, limit }));
             return slot;
         }
-        if target == Target::Handle {
+        if self.tracked(target) {
             inner.wait_for(&slot);
         }
         let job = OutJob {
@@ -378,7 +419,7 @@ where
             fields,
             start,
             mark_pending: (target == Target::Store).then_some(env.opts.result_ttl_ms),
-            slot: (target == Target::Handle).then(|| slot.clone()),
+            slot: self.tracked(target).then(|| slot.clone()),
         };
         if !inner.send(Outgoing::Job(Box::new(job))) {
             inner.forget(id);

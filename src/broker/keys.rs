@@ -16,6 +16,10 @@
 //! | `dead` | stream | dead letters, with their reason |
 //! | `rl:<job name>` | string | the global rate limiter of a job name |
 //! | `ids` | string | the counter job ids are taken from |
+//! | `rv:<id>` | string | a revoke of job `id` (`1`, or `t` to terminate), kept for the result expiry (`revoke.rs`) |
+//! | `revokes` | stream | every revoke, in order: what hosts read to learn them (`revoke.rs`) |
+//! | `pg:<id>` | string | the latest progress of running job `id`, `done/total` (`progress.rs`) |
+//! | `host:<consumer>` | string | a live host's snapshot, JSON, expiring unless refreshed (`inspect.rs`) |
 
 use super::BrokerError;
 
@@ -92,6 +96,33 @@ impl Keys {
 
     pub(crate) fn ids(&self) -> String {
         format!("{}ids", self.base)
+    }
+
+    pub(crate) fn revoked(&self, id: u64) -> String {
+        format!("{}rv:{id}", self.base)
+    }
+
+    pub(crate) fn revokes(&self) -> String {
+        format!("{}revokes", self.base)
+    }
+
+    pub(crate) fn progress(&self, id: u64) -> String {
+        format!("{}pg:{id}", self.base)
+    }
+
+    pub(crate) fn host(&self, consumer: &str) -> String {
+        format!("{}host:{consumer}", self.base)
+    }
+
+    /// The pattern of every `prios:<queue>` key: how the queues in use are
+    /// found (`SCAN`).
+    pub(crate) fn priorities_pattern(&self) -> String {
+        format!("{}prios:*", self.base)
+    }
+
+    /// The pattern of every `host:<consumer>` key.
+    pub(crate) fn hosts_pattern(&self) -> String {
+        format!("{}host:*", self.base)
     }
 }
 

@@ -46,6 +46,8 @@ pub(crate) struct HostState {
     running: Mutex<usize>,
     changed: Condvar,
     pub counts: Counts,
+    /// The revokes this host knows (`revoke.rs`).
+    pub revoked: super::revoke::Revocations,
 }
 
 /// What a host did, counted as it happens.

@@ -217,7 +217,7 @@ pub(crate) fn entries(v: Value) -> Entries {
 }
 
 /// An `XREAD` reply: per stream, its entries.
-fn stream_entries(v: Value) -> Vec<(String, Entries)> {
+pub(crate) fn stream_entries(v: Value) -> Vec<(String, Entries)> {
     let pairs: Vec<(Value, Value)> = match v {
         Value::Map(m) => m,
         Value::Array(a) => a

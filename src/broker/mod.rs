@@ -68,18 +68,28 @@
 //! | `settle.rs` | the host's thread that acknowledges finished jobs, in batches |
 //! | `dead.rs` | dead letters: reasons, and reading them back |
 //! | `signals.rs` | SIGTERM and SIGINT for a host |
+//! | `callbacks.rs` | `on_success` / `on_error` of a [`RemoteJob`], run in the submitting process |
+//! | `remote.rs` | what a broker job's handle asks of its client: cancel, progress |
+//! | `progress.rs` | progress across hosts: a host's sampling, [`Client::progress`] |
+//! | `inspect.rs` | [`Client::inspect`]: the snapshots live hosts publish, and the broker's view |
+//! | `revoke.rs` | [`Client::revoke`], [`Revocation`]: revokes recorded in Redis, and how hosts learn them |
 
+mod callbacks;
 mod client;
 mod conn;
 mod dead;
 mod host;
+mod inspect;
 mod job;
 mod keys;
 mod lease;
 mod listener;
 mod message;
 pub(crate) mod names;
+mod progress;
+mod remote;
 mod results;
+mod revoke;
 mod scripts;
 mod settle;
 mod shapes;
@@ -89,8 +99,10 @@ mod writer;
 pub use client::Client;
 pub use dead::DeadLetter;
 pub use host::{Host, HostBuilder, HostReport, Stopper};
+pub use inspect::{BrokerInspection, HostCounts, HostJob, HostSnapshot, HostWorker, StreamView};
 pub use job::RemoteJob;
 pub use names::{Problem, RegisteredJob, RegistryError, check, registered};
+pub use revoke::Revocation;
 
 use crate::error::Error;
 use crate::transport::codec::Codec;

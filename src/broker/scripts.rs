@@ -112,14 +112,42 @@ return due
 "#
 );
 
+/// Ends a job revoked before it ran (`revoke.rs`): stores `value` (the
+/// `Revoked` failure) as its result for its expiry unless it ignores its
+/// result, and tells the client waiting for it, if its options (`opt`, the
+/// JSON of `message.rs`) name one within this broker's keys. Options that
+/// do not decode end it silently: nobody can be told.
+macro_rules! settle_revoked {
+    () => {
+        "local function settle_revoked(base, id, opt, value, attempt)\n\
+           local ok, o = pcall(cjson.decode, opt or '')\n\
+           if not ok or type(o) ~= 'table' then return end\n\
+           local ttl = tonumber(o['result_ttl_ms']) or 0\n\
+           if o['ignore_result'] ~= true and ttl >= 1 then\n\
+             redis.call('SET', base .. 'res:' .. id, value, 'PX', math.floor(ttl))\n\
+           end\n\
+           local reply = o['reply']\n\
+           if type(reply) == 'string' and string.sub(reply, 1, #base) == base\n\
+              and redis.call('EXISTS', reply) == 1 then\n\
+             redis.pcall('XADD', reply, 'MAXLEN', '~', 1000000, '*',\n\
+               'id', id, 'v', value, 'a', attempt or '1')\n\
+           end\n\
+         end\n"
+    };
+}
+pub(crate) use settle_revoked;
+
 /// Moves due jobs from the delayed set to their streams, at most ARGV[2]
 /// of them. A job whose stream cannot take it (a key of another type) goes
-/// to the dead-letter stream instead, so it is not tried again for ever.
+/// to the dead-letter stream instead, so it is not tried again for ever. A
+/// job revoked meanwhile (`rv:<id>`: a retry queued as the revoke came, a
+/// countdown submitted after it) is not queued: it ends `Revoked` here.
 ///
-/// KEYS: delayed, dead. ARGV: key base (`{prefix}:`), most to move.
-/// Returns {moved, next due ms or -1, now ms}.
+/// KEYS: delayed, dead. ARGV: key base (`{prefix}:`), most to move, the
+/// stored `Revoked` failure. Returns {moved, next due ms or -1, now ms}.
 const PROMOTE: &str = concat!(
     now_ms!(),
+    settle_revoked!(),
     r#"
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(ids) do
@@ -127,10 +155,14 @@ for _, id in ipairs(ids) do
   local h = redis.call('HGETALL', k)
   local stream = nil
   local f = {}
+  local opt, try = nil, nil
   for i = 1, #h, 2 do
     if h[i] == '_s' then stream = h[i + 1] else f[#f + 1] = h[i]; f[#f + 1] = h[i + 1] end
+    if h[i] == 'opt' then opt = h[i + 1] elseif h[i] == 'try' then try = h[i + 1] end
   end
-  if stream and #f > 0 then
+  if redis.call('EXISTS', ARGV[1] .. 'rv:' .. id) == 1 then
+    settle_revoked(ARGV[1], id, opt, ARGV[3], try)
+  elseif stream and #f > 0 then
     local ok = redis.pcall('XADD', stream, '*', unpack(f))
     if type(ok) == 'table' and ok.err then
       redis.call('XADD', KEYS[2], 'MAXLEN', '~', 100000, '*', 'reason',

@@ -71,15 +71,32 @@ impl Settle {
 pub(crate) struct HostSink {
     pub token: u64,
     pub settling: Arc<Settling>,
+    /// Its outcome is in: the first one counts, once (a revoke resolves
+    /// the job early, through `fail_now`, ahead of the worker's answer).
+    pub done: AtomicBool,
 }
 
-impl Sink for HostSink {
-    fn deliver(&self, _base: u64, outcome: Outcome) {
+impl HostSink {
+    fn settle(&self, outcome: Outcome) -> bool {
+        if self.done.swap(true, Ordering::AcqRel) {
+            return false;
+        }
         self.settling.push(Settle::Ran {
             token: self.token,
             outcome,
         });
         self.settling.state.finished();
+        true
+    }
+}
+
+impl Sink for HostSink {
+    fn deliver(&self, _base: u64, outcome: Outcome) {
+        self.settle(outcome);
+    }
+
+    fn fail_now(&self, error: JobError) -> bool {
+        self.settle(Outcome::Failed { count: 1, error })
     }
 }
 
@@ -213,8 +230,14 @@ impl Settling {
             };
             Action::Done { value, ttl_ms }
         };
+        // A revoked job is never retried, held back or handed back
+        // (`revoke.rs`).
+        let revoked = self.state.revoked.get(env.id).is_some();
         let outcome = match msg {
             Settle::Refused { error, .. } => return done(results::from_error(&error), false),
+            Settle::Later { .. } if revoked => {
+                return done(results::from_error(&JobError::Revoked), false);
+            }
             Settle::Later { delay_ms, .. } => {
                 bump(&counts.rate_limited);
                 return Action::Again {
@@ -236,7 +259,7 @@ impl Settling {
                 ..
             }
         );
-        if stopped_by_host && self.stopping.load(Ordering::Acquire) {
+        if stopped_by_host && self.stopping.load(Ordering::Acquire) && !revoked {
             bump(&counts.handed_back);
             return Action::Again {
                 fields: env.fields(),
@@ -246,6 +269,7 @@ impl Settling {
         if let (Some(kind), Some(policy)) = (classify(&outcome), &env.opts.retry)
             && policy.retries(kind)
             && env.attempt <= policy.max_retries()
+            && !revoked
         {
             let delay = policy.delay_with_jitter(env.attempt);
             let delay_ms = delay.as_millis().min(u64::MAX as u128) as u64;

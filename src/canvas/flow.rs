@@ -280,8 +280,9 @@ impl Tracker for Flow {
 
     /// Called by the workflow's handle, on the caller's thread: like a
     /// job's handle, it returns once every single job still out is
-    /// withdrawn or its worker killed (the supervisor's answers), so that
-    /// none of them starts afterwards.
+    /// withdrawn or its worker killed, and the batched members workers
+    /// hold are recalled (the supervisor's answers), so that none of them
+    /// starts afterwards.
     fn cancel(&self) -> bool {
         let mut later = Vec::new();
         {
@@ -298,10 +299,19 @@ impl Tracker for Flow {
                 other => self.perform(other),
             }
         }
+        // Members sent in batches (`segment.rs`) that a worker holds but has
+        // not started: their sinks decline them now, and the workers hand
+        // them back unrun.
+        let (reply, recalled) = crossbeam_channel::bounded(1);
+        let _ = self
+            .feed
+            .submitter
+            .send(Command::RecallDeclined(Some(reply)));
+        // An error means the supervisor is gone: nothing runs then.
         for answer in answers {
-            // An error means the supervisor is gone: nothing runs then.
             let _ = answer.recv();
         }
+        let _ = recalled.recv();
         true
     }
 }

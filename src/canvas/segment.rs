@@ -24,7 +24,9 @@
 //! What differs from single jobs: a member's expiry is checked when its
 //! batch is handed to a worker, not at the instant it passes; and
 //! cancelling the workflow withdraws the batches not yet handed to a
-//! worker, while one a worker has taken runs to its end, as `imap`'s do.
+//! worker and recalls the unstarted items of those a worker holds
+//! (`Command::RecallDeclined`), while the item a worker is on runs to its
+//! end, as with a dropped `imap`.
 //! Members with a start time (a countdown, an ETA) go as single jobs: a
 //! batch waiting in the supervisor's timers would be dropped only when it
 //! fell due, so cancelling could not free it (nor `join` stop waiting).

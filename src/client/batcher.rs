@@ -72,6 +72,10 @@ impl Sink for StreamSink {
         let new = if old == 0 { ns } else { (3 * old + ns) / 4 };
         self.item_ns.store(new.max(1), Ordering::Relaxed);
     }
+
+    fn counts_declined(&self) -> bool {
+        false
+    }
 }
 
 pub(super) fn stream() -> (Arc<StreamSink>, Receiver<(u64, Outcome)>) {

@@ -45,6 +45,12 @@ pub(crate) trait Tracker: Send + Sync {
     /// Cancels every unfinished part and resolves the workflow as
     /// cancelled; false if it had already finished.
     fn cancel(&self) -> bool;
+
+    /// What [`JobHandle::progress`] says while the job is not ready: a
+    /// workflow's steps; a broker job's latest report (`broker/remote.rs`).
+    fn reported(&self) -> Option<Progress> {
+        Some(self.progress())
+    }
 }
 
 /// A submitted job: wait for it, poll it, await it, or cancel it.
@@ -98,6 +104,20 @@ impl<R: DeserializeOwned> JobHandle<R> {
             pool,
             tracker: Some(tracker),
             codec: Codec::Bincode,
+            _result: PhantomData,
+        }
+    }
+
+    /// The handle of a job submitted through a broker: cancelling and
+    /// progress go through `tracker` (`broker/remote.rs`); the result
+    /// arrives in `slot` from the client's listener.
+    #[cfg(feature = "redis")]
+    pub(crate) fn remote(slot: Arc<Slot>, codec: Codec, tracker: Arc<dyn Tracker>) -> Self {
+        JobHandle {
+            slot,
+            pool: Weak::new(),
+            tracker: Some(tracker),
+            codec,
             _result: PhantomData,
         }
     }
@@ -219,7 +239,9 @@ impl<R: DeserializeOwned> JobHandle<R> {
 
     /// The latest progress the running job reported with
     /// [`report_progress`](crate::report_progress); `None` while it waits,
-    /// before its first report, and once it is finished. For a workflow:
+    /// before its first report, and once it is finished. A job run by a
+    /// broker's host reports through Redis (sampled every 100 ms; each
+    /// call is a round trip). For a workflow:
     /// its steps finished out of its steps in all (a group's members and a
     /// chord's body count one step each).
     pub fn progress(&self) -> Option<Progress> {
@@ -227,7 +249,7 @@ impl<R: DeserializeOwned> JobHandle<R> {
             return None;
         }
         if let Some(tracker) = &self.tracker {
-            return Some(tracker.progress());
+            return tracker.reported();
         }
         match self.pool.upgrade()?.inspect(self.slot.id) {
             Whereabouts::Running { progress } => progress,
@@ -243,6 +265,11 @@ impl<R: DeserializeOwned> JobHandle<R> {
     /// For a workflow, every part not yet finished is cancelled this way,
     /// and no further step starts; group members that a worker had already
     /// taken in a batch run on, their results dropped.
+    ///
+    /// For a job submitted through a broker (feature `redis`), this is
+    /// `Client::revoke(id, true)` on whichever host it is, and `get` gives
+    /// `Err(JobError::Revoked)`; false when it was over or could not be
+    /// found.
     pub fn cancel(&self) -> bool {
         if let Some(tracker) = &self.tracker {
             return tracker.cancel();

@@ -224,8 +224,10 @@ where
 
 impl<I: Iterator, R> Drop for Stream<I, R> {
     fn drop(&mut self) {
-        // Batches not yet started are discarded by the supervisor.
+        // Batches not yet sent are discarded by the supervisor, and items
+        // that workers hold but have not started are taken back from them.
         self.batcher.sink.abandoned.store(true, Ordering::Relaxed);
+        self.shared.recall_declined();
     }
 }
 

@@ -345,6 +345,12 @@ impl Shared {
         let _ = self.submitter.send(Command::Discard(id));
     }
 
+    /// Asks the supervisor to take back, unrun, what workers hold of
+    /// batches their callers gave up on (does not wait).
+    pub(crate) fn recall_declined(&self) {
+        let _ = self.submitter.send(Command::RecallDeclined(None));
+    }
+
     /// Asks the supervisor to cancel a job already handed to it.
     pub(crate) fn cancel_dispatched(&self, id: JobId) -> bool {
         let (tx, rx) = crossbeam_channel::bounded(1);

@@ -114,7 +114,7 @@ impl JobCallbacks {
 }
 
 /// Hands `task` to the callback thread, or runs it here if there is none.
-fn post(runner: Option<&Sender<Task>>, task: Task) {
+pub(crate) fn post(runner: Option<&Sender<Task>>, task: Task) {
     match runner {
         Some(tx) => {
             if let Err(e) = tx.send(task) {

@@ -49,6 +49,11 @@ pub(crate) enum Command {
         terminate: bool,
         reply: Sender<Revoked>,
     },
+    /// Callers gave up on some batches (a workflow was cancelled, an
+    /// `imap` dropped): every worker that holds one takes back what it has
+    /// not started (see `dispatch.rs`, `recall_declined`), so none of it
+    /// runs. The reply, if asked, comes once the recalls are set.
+    RecallDeclined(Option<Sender<()>>),
     /// Queue `queue` keeps between `min` and `max` workers from now on.
     Resize {
         queue: usize,

@@ -7,7 +7,9 @@
 //! prefetch lets a few batches queue in a busy worker's ring when jobs are
 //! small ([`PREFETCH_BATCHES`], [`PREFETCH_SINGLES`]), so a worker never
 //! waits for the supervisor between jobs; an exact queue hands work only to
-//! idle workers and recalls work ranked below what waits. Before a batch goes out, expired
+//! idle workers and recalls work ranked below what waits. Work a caller
+//! gave up on (a cancelled workflow, a dropped `imap`) is recalled from the
+//! workers that hold it, so it does not run. Before a batch goes out, expired
 //! jobs are resolved, a function's throttle (its rate limit) is asked —
 //! throttled items go one at a time, only to a worker with nothing queued
 //! — and a worker near its `max_tasks_per_worker` gets only what it may
@@ -99,13 +101,16 @@ impl Supervisor {
         let now = self.clock.coarse();
         while let Some(front) = self.queues[q].pending.front() {
             if !front.sink.claim() {
-                // Cancelled by its caller (counted there), or its iterator
-                // was dropped: it ends here, unrun.
+                // Cancelled by its caller, or its iterator was dropped: it
+                // ends here, unrun (counted by its caller, if it counts).
                 let mut batch = self.queues[q].pending.pop().expect("front exists");
-                let n = batch.count();
-                self.tallies
-                    .count(batch.tally, Fate::Cancelled, u64::from(n));
-                batch.forget(n);
+                let n = u64::from(batch.count());
+                if batch.sink.counts_declined() {
+                    self.tallies.count(batch.tally, Fate::Cancelled, n);
+                } else {
+                    self.count(batch.tally, Fate::Cancelled, n);
+                }
+                batch.forget(n as u32);
                 continue;
             }
             if front.opts.expires_at.is_some_and(|at| at <= now) {
@@ -166,6 +171,25 @@ impl Supervisor {
         let aging = self.queues[q].pending.aging();
         for c in self.conns.iter_mut().filter(|c| c.queue == q) {
             if c.in_flight().any(|b| Rank::of(b, aging) > best) {
+                c.recall();
+            }
+        }
+    }
+
+    /// Takes back, from every worker that holds a batch its caller gave up
+    /// on (`Sink::claim` is false: a cancelled workflow's members, a
+    /// dropped `imap`'s items), what the worker has not started. The items
+    /// come back through `returned`, reach the front of their queue and are
+    /// dropped there unrun, as declined batches that never left are. Other
+    /// work recalled with them keeps its rank and goes out again. An item
+    /// the worker started before it saw the recall runs on.
+    pub(super) fn recall_declined(&mut self) {
+        for c in &mut self.conns {
+            // Single jobs are not looked at: a cancelled one is withdrawn
+            // through its cancel slot (`conn/limits.rs`).
+            if c.in_flight()
+                .any(|b| b.job.is_none() && b.count() > 0 && !b.sink.claim())
+            {
                 c.recall();
             }
         }

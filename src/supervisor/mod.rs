@@ -390,6 +390,12 @@ impl Supervisor {
                 }
                 Ok(Command::Terminate) => self.terminate = true,
                 Ok(Command::Resize { queue, min, max }) => self.resize(queue, min, max),
+                Ok(Command::RecallDeclined(reply)) => {
+                    self.recall_declined();
+                    if let Some(reply) = reply {
+                        let _ = reply.send(());
+                    }
+                }
                 Err(TryRecvError::Empty) => return,
                 // Every caller handle is gone without a word: nothing can
                 // wait on the remaining work.
