@@ -20,9 +20,11 @@ const BELL_OUT: i32 = 4;
 const BELL: u8 = 0xB1;
 /// Default ring size, and where the ring to the supervisor sits.
 const RING: u64 = 2 << 20;
-/// Offset in the status page of the result ring's published write position
-/// (asserted at compile time in src/shm.rs).
-const RESULT_WRITE_POS: usize = 960;
+/// Offsets in the status page of the result ring's published write
+/// position and of its wrap position (asserted at compile time in
+/// src/transport/status.rs).
+const RESULT_WRITE_POS: usize = 1024;
+const RESULT_WRAP_POS: usize = 1280;
 
 fn killed_by_supervisor() -> JobError {
     JobError::Crashed {
@@ -90,6 +92,30 @@ fn impossible_ring_position(_: ()) -> u64 {
     42
 }
 
+/// Claims a wrap just ahead of the supervisor's read position, then
+/// publishes a write position inside the stretch a wrap skips.
+fn impossible_wrap(_: ()) -> u64 {
+    settle();
+    let pos = result_write_pos();
+    // SAFETY: plain loads and stores into the mapped status page.
+    unsafe {
+        let w = pos.read_volatile();
+        let wrap = if (w + 1).is_multiple_of(RING) {
+            w + 2
+        } else {
+            w + 1
+        };
+        shm_view(0)
+            .add(RESULT_WRAP_POS)
+            .cast::<u64>()
+            .write_volatile(wrap);
+        pos.write_volatile(wrap + 1);
+    }
+    write_fd(BELL_OUT, &[BELL]);
+    std::thread::sleep(Duration::from_millis(1500));
+    42
+}
+
 /// Publishes a record with a tag no worker may send (and a huge length).
 fn forged_record(_: ()) -> u64 {
     settle();
@@ -119,10 +145,11 @@ fn double(x: u64) -> u64 {
 fn a_worker_that_breaks_the_protocol_is_killed_and_its_job_crashed() {
     let pool = Pool::new(2).unwrap();
     type Job = fn(()) -> u64;
-    let cases: [(&str, Job); 4] = [
+    let cases: [(&str, Job); 5] = [
         ("garbage on the doorbell pipe", garbage_on_the_pipe),
         ("doorbell pipe closed", close_the_pipe),
         ("impossible ring position", impossible_ring_position),
+        ("impossible wrap position", impossible_wrap),
         ("forged record", forged_record),
     ];
     for (i, (what, job)) in cases.into_iter().enumerate() {
@@ -152,5 +179,5 @@ fn a_worker_that_breaks_the_protocol_is_killed_and_its_job_crashed() {
         .map(|_| pool.apply(worker_pid, ()).unwrap())
         .collect();
     assert!(again.contains(&pid), "the bell-ringing worker served on");
-    assert_eq!(pool.stats().crashed, 4);
+    assert_eq!(pool.stats().crashed, 5);
 }

@@ -3,7 +3,7 @@
 
 Usage: mp_bench.py <pool> <workload>   with pool in {mp, ppe}
 Prints one JSON object: {"pool", "workload", "value", "unit", ...}.
-Each workload mirrors a forkpool one in benches/compare/forkpool.rs; the
+Each workload mirrors a forkpool one in benches/compare/main.rs; the
 runner (benches/compare/run) interleaves them and takes medians.
 """
 import json
@@ -69,22 +69,46 @@ def warm(kind, pool):
     pool_map(kind, pool, square, range(WORKERS * 4), 1)
 
 
-def w_map_tiny(kind):
-    # ProcessPoolExecutor's default chunksize is 1: a million items would
-    # take minutes, so it gets 100,000 (its rate is what is compared).
+def nap(ms):
+    time.sleep(ms / 1000)
+    return ms
+
+
+def w_map_tiny(kind, workers=WORKERS):
+    # As the forkpool side: a fresh pool, a warm-up, then the first map
+    # ("value"), and the median of three more ("steady"). Warm-up: with 2
+    # workers, 64 jobs; with more, one 20 ms job per worker submitted one by
+    # one, whose end less 20 ms is "build_ms". ProcessPoolExecutor's default
+    # chunksize is 1: a million items would take minutes, so it gets 100,000
+    # and one map (its rate is what is compared).
     n = 1_000_000 if kind == "mp" else 100_000
-    pool = make_pool(kind)
-    warm(kind, pool)
-    rates = []
-    for _ in range(3 if kind == "mp" else 1):
+    t = time.perf_counter()
+    pool = make_pool(kind, workers)
+    result = {"unit": "items/s"}
+    if workers <= WORKERS:
+        pool_map(kind, pool, square, range(64))
+    else:
+        if kind == "mp":
+            hs = [pool.apply_async(nap, (20,)) for _ in range(workers)]
+            [h.get() for h in hs]
+        else:
+            fs = [pool.submit(nap, 20) for _ in range(workers)]
+            [f.result() for f in fs]
+        result["build_ms"] = (time.perf_counter() - t) * 1e3 - 20
+
+    def one():
         t = time.perf_counter()
         out = pool_map(kind, pool, square, range(n))
         dt = time.perf_counter() - t
         assert out[-1] == (n - 1) ** 2
-        rates.append(n / dt)
+        return n / dt
+
+    result["value"] = one()
+    if kind == "mp":
+        steady = sorted(one() for _ in range(3))
+        result["steady"] = steady[1]
     close(kind, pool)
-    rates.sort()
-    return {"value": rates[len(rates) // 2], "unit": "items/s"}
+    return result
 
 
 def w_map_chunk1(kind):
@@ -116,7 +140,7 @@ def w_apply(kind):
 def w_payload(kind):
     # Payloads are made as the map reads them, after the pool exists (as on
     # the forkpool side).
-    n, size = 64, 1 << 20
+    n, size = 200, 1 << 20
     pool = make_pool(kind)
     # Warm with a few payloads, as the forkpool side does.
     pool_map(kind, pool, echo, [bytes([i]) * size for i in range(4)], 1)
@@ -160,6 +184,8 @@ def w_startup(kind):
 
 WORKLOADS = {
     "map_tiny": w_map_tiny,
+    "map_tiny_64": lambda kind: w_map_tiny(kind, 64),
+    "map_tiny_256": lambda kind: w_map_tiny(kind, 256),
     "map_chunk1": w_map_chunk1,
     "apply": w_apply,
     "payload_1mib": w_payload,

@@ -175,6 +175,12 @@ pub(crate) trait Sink: Send + Sync {
     fn is_revoked(&self) -> bool {
         false
     }
+
+    /// A batch of its `n` items was answered in full, and its worker
+    /// says they took about `ns` each (from starting the first to
+    /// answering the last: more than they took if the worker was kept off
+    /// its CPU meanwhile; untrusted, like anything a worker says).
+    fn timed(&self, _ns: u64, _n: u64) {}
 }
 
 /// Per-job options that reach the supervisor.

@@ -21,7 +21,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Close a batch once its encoded items reach this size.
 pub(crate) const MAX_BATCH_BYTES: usize = 256 * 1024;
@@ -35,10 +35,25 @@ pub(super) const HANDOFF_BYTES: usize = 512 << 10;
 /// in items, see `Flow`): two rings' worth.
 pub(super) const IN_FLIGHT_PER_WORKER: usize = 4 << 20;
 
-/// Receives the outcomes of a map's batches.
+/// Receives the outcomes of a map's batches, and learns how long its items
+/// take.
 pub(crate) struct StreamSink {
     tx: Sender<(u64, Outcome)>,
     pub(super) abandoned: AtomicBool,
+    /// A running estimate of the time per item, in ns (0: none yet).
+    item_ns: AtomicU64,
+}
+
+impl StreamSink {
+    /// About how long one item takes its worker, from the answers so far
+    /// (`None` before the first). An overestimate when workers are kept
+    /// off their CPUs or answers wait to be collected.
+    pub(super) fn item_ns(&self) -> Option<u64> {
+        match self.item_ns.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(ns),
+        }
+    }
 }
 
 impl Sink for StreamSink {
@@ -48,6 +63,14 @@ impl Sink for StreamSink {
 
     fn claim(&self) -> bool {
         !self.abandoned.load(Ordering::Relaxed)
+    }
+
+    fn timed(&self, ns: u64, _n: u64) {
+        // Only the supervisor's step calls this, one at a time.
+        let ns = ns.max(1);
+        let old = self.item_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { ns } else { (3 * old + ns) / 4 };
+        self.item_ns.store(new.max(1), Ordering::Relaxed);
     }
 
     fn counts_declined(&self) -> bool {
@@ -61,6 +84,7 @@ pub(super) fn stream() -> (Arc<StreamSink>, Receiver<(u64, Outcome)>) {
         Arc::new(StreamSink {
             tx,
             abandoned: AtomicBool::new(false),
+            item_ns: AtomicU64::new(0),
         }),
         rx,
     )

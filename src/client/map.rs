@@ -1,7 +1,9 @@
 //! `map`: every item of an input, results in input order.
 //!
 //! `map` sends its input in about four batches per worker (up to 16384
-//! items each; smaller toward the end of an input of known length), reading
+//! items each; smaller toward the end of an input of known length, but
+//! never below about 0.2 ms of work once its workers have said how long
+//! items take — see [`sized`]), reading
 //! it only as fast as workers take it: at most 4 MiB of encoded arguments
 //! per worker are out (and at least two items per worker plus one). The
 //! calling thread hands its batches to workers and takes their answers
@@ -31,6 +33,10 @@ use std::mem::MaybeUninit;
 const MAP_PATIENCE: std::time::Duration = std::time::Duration::from_millis(2);
 /// Largest batch `map` chooses by itself.
 const MAX_AUTO_CHUNK: usize = 16384;
+/// Once it knows how long an item takes, `map` makes its batches at least
+/// about this much work: below it, what a batch costs besides its items
+/// (a frame, a step, often a wake-up) is no longer small beside them.
+const MIN_BATCH_NS: u64 = 200_000;
 
 /// `map`'s batch size when the user did not choose one: a quarter per
 /// worker of the `items` left, within bounds. Python applies this rule once
@@ -39,6 +45,16 @@ const MAX_AUTO_CHUNK: usize = 16384;
 /// finishing a big one alone.
 pub(crate) fn auto_chunk(items: usize, workers: usize) -> usize {
     items.div_ceil(4 * workers).clamp(1, MAX_AUTO_CHUNK)
+}
+
+/// The next batch's size: `rule`'s, but at least [`MIN_BATCH_NS`] of work
+/// once the time per item is known (`item_ns`, from the answers so far).
+/// Guided chunks over many workers shrink toward single items; with tiny
+/// items that made a million-item `map` on 256 workers thousands of
+/// batches, each a frame and a wake-up for microseconds of work.
+fn sized(rule: usize, item_ns: Option<u64>) -> usize {
+    let floor = item_ns.map_or(1, |ns| (MIN_BATCH_NS / ns.max(1)) as usize);
+    rule.max(floor).clamp(1, MAX_AUTO_CHUNK)
 }
 
 /// `Pool::map`: `f` over every item, results in input order, run by the
@@ -67,8 +83,10 @@ where
         .config
         .chunk_size
         .unwrap_or_else(|| auto_chunk(estimate, workers));
-    // Automatic chunks over an input of known length shrink toward its end.
-    let guided = shared.config.chunk_size.is_none() && hi == Some(lo);
+    // Automatic chunks over an input of known length shrink toward its end;
+    // any automatic chunk grows to a floor once items are timed.
+    let auto = shared.config.chunk_size.is_none();
+    let guided = auto && hi == Some(lo);
     let (sink, rx) = stream();
     let mut batcher = Batcher::new(
         shared,
@@ -118,12 +136,17 @@ where
             Ok(()) if batcher.is_full() => {
                 send(&mut flow, batcher.take().expect("full batch"));
                 sent = true;
-                if guided {
+                if auto {
                     // Chunks shrink as the input runs out (guided
                     // scheduling): the last ones are small, so no worker
-                    // is left finishing a big chunk alone.
-                    let left = estimate.saturating_sub(total as usize);
-                    batcher.chunk = auto_chunk(left, workers) as u32;
+                    // is left finishing a big chunk alone — but never
+                    // below a floor of work per batch.
+                    let rule = if guided {
+                        auto_chunk(estimate.saturating_sub(total as usize), workers)
+                    } else {
+                        chunk
+                    };
+                    batcher.chunk = sized(rule, batcher.sink.item_ns()) as u32;
                 }
             }
             Ok(()) => {}
@@ -473,6 +496,32 @@ mod tests {
                 sizes.len()
             );
         }
+    }
+
+    /// Once items are timed, batches carry at least `MIN_BATCH_NS` of
+    /// work (within the cap); before, and for slow items, the rule stands.
+    #[test]
+    fn timed_items_keep_batches_above_a_floor_of_work() {
+        assert_eq!(sized(1, None), 1);
+        assert_eq!(sized(977, None), 977);
+        assert_eq!(sized(1, Some(10)), MAX_AUTO_CHUNK, "tiny items: the cap");
+        assert_eq!(sized(1, Some(1_000)), 200);
+        assert_eq!(sized(500, Some(1_000)), 500, "the rule when it is bigger");
+        assert_eq!(sized(1, Some(10_000_000)), 1, "slow items: one at a time");
+        assert_eq!(
+            sized(3, Some(0)),
+            MAX_AUTO_CHUNK,
+            "a zero time is not a division by zero"
+        );
+        // A million tiny items on 256 workers: a few dozen batches once
+        // timed, where the guided rule alone made thousands.
+        let (mut left, mut batches) = (1_000_000usize, 0);
+        while left > 0 {
+            let c = sized(auto_chunk(left, 256), Some(8)).min(left);
+            left -= c;
+            batches += 1;
+        }
+        assert!(batches < 70, "{batches}");
     }
 
     /// The bitmap sweeps agree with bit-by-bit checks on unaligned ranges.

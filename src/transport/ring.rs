@@ -12,9 +12,33 @@
 //! Because the data area is mapped twice back to back (see [`crate::transport::shm`]),
 //! any `len <= size` bytes at any position are contiguous.
 //!
-//! Positions only grow; `write - read` is the number of bytes in the ring.
+//! Positions only grow; `write - read` is the number of bytes in the ring,
+//! counting a skipped stretch (below) until the consumer has passed it.
 //! Either side may be the untrusted worker, so positions read from the other
 //! side are checked: an impossible position is reported as [`Corrupt`].
+//!
+//! # Going back to the start
+//!
+//! A fresh ring's pages are faulted in (and zeroed) on first touch, by
+//! each process that maps them — about a microsecond per 4 KiB page here.
+//! A producer that only ever moved forward would touch the whole ring
+//! before it reused a byte of it. So at a frame's start (the caller knows
+//! where frames start; the ring does not), a producer may *wrap*
+//! ([`Producer::wrap_to_start`]): when the ring's first bytes are free, it
+//! records its position `w` in the ring's `wrap` word and continues at `t`,
+//! the next multiple of the size. Positions still only grow, and the
+//! bytes between `w` and `t` are never written: the consumer reads up to
+//! `w`, then jumps to `t` (a consumer at `w` has everything before the
+//! wrap, so the producer counts the skipped bytes as consumed from then
+//! on). A ring then only touches as many pages as it holds at once.
+//!
+//! The rules, which make the jump unambiguous:
+//! - the producer wraps only at a frame boundary, when its unread bytes do
+//!   not themselves wrap around the ring's end, and when the consumer has
+//!   passed its previous wrap (one wrap in flight at a time);
+//! - it stores `wrap` before it publishes any position past it;
+//! - a published position strictly between `w` and `t` is impossible
+//!   ([`Corrupt`]), and so is a consumer position there.
 
 use crate::transport::status::RingCtl;
 use std::mem::MaybeUninit;
@@ -39,8 +63,11 @@ pub(crate) struct Producer {
     local: u64,
     /// Last write position published.
     published: u64,
-    /// Last read position seen (the consumer may only move it forward).
+    /// Last read position seen (the consumer may only move it forward),
+    /// with a consumer at the last wrap counted past it.
     read_seen: u64,
+    /// The last wrap: where the bytes stopped (0: never wrapped).
+    wrap_at: u64,
 }
 
 /// The consumer's end of a ring.
@@ -51,6 +78,14 @@ pub(crate) struct Consumer {
     mask: u64,
     /// Read position.
     local: u64,
+}
+
+/// What the consumer makes of the producer's positions.
+enum Ahead {
+    /// This many bytes follow the read position.
+    Bytes(u64),
+    /// The read position is at the producer's wrap: go on from here.
+    Jump(u64),
 }
 
 // SAFETY: the pointers refer to a shared mapping that the owner keeps alive
@@ -67,14 +102,32 @@ impl Producer {
     pub(crate) unsafe fn new(ctl: &RingCtl, data: *mut u8, size: usize) -> Producer {
         assert!(size.is_power_of_two());
         let local = ctl.write.0.load(Ordering::Relaxed);
-        Producer {
+        let mut p = Producer {
             ctl,
             data,
             size: size as u64,
             mask: size as u64 - 1,
             local,
             published: local,
-            read_seen: ctl.read.0.load(Ordering::Relaxed),
+            read_seen: 0,
+            wrap_at: ctl.wrap.0.load(Ordering::Relaxed),
+        };
+        p.read_seen = p.effective(ctl.read.0.load(Ordering::Relaxed));
+        p
+    }
+
+    /// Where the bytes go on after the wrap at `w`.
+    fn resume(&self, w: u64) -> u64 {
+        w.next_multiple_of(self.size)
+    }
+
+    /// The consumer's position `read`, counting a consumer that stands at
+    /// the last wrap as past its skipped bytes.
+    fn effective(&self, read: u64) -> u64 {
+        if self.wrap_at != 0 && read == self.wrap_at {
+            self.resume(self.wrap_at)
+        } else {
+            read
         }
     }
 
@@ -87,14 +140,65 @@ impl Producer {
         self.size as usize
     }
 
+    /// The write position, unpublished bytes included.
+    pub(crate) fn position(&self) -> u64 {
+        self.local
+    }
+
     /// Bytes that can be written now.
     pub(crate) fn free(&mut self) -> Result<usize, Corrupt> {
-        let read = self.ctl().read.0.load(Ordering::Acquire);
-        if read < self.read_seen || read > self.local {
+        self.observe()?;
+        Ok((self.size - (self.local - self.read_seen)) as usize)
+    }
+
+    /// Loads and checks the consumer's position; returns it as stored.
+    fn observe(&mut self) -> Result<u64, Corrupt> {
+        let raw = self.ctl().read.0.load(Ordering::Acquire);
+        let read = self.effective(raw);
+        // A consumer never stands inside the stretch a wrap skipped.
+        let skipped = self.wrap_at < raw && raw < self.resume(self.wrap_at);
+        if read < self.read_seen || read > self.local || skipped {
             return Err(Corrupt);
         }
         self.read_seen = read;
-        Ok((self.size - (self.local - read)) as usize)
+        Ok(raw)
+    }
+
+    /// Goes back to the ring's start (see the module docs) if it is free
+    /// for at least `need` bytes — or the ring is empty — and wrapping is
+    /// allowed now. Call only where a frame starts. True if it wrapped.
+    ///
+    /// Reads the consumer's position, a line the other process writes:
+    /// once per frame, not per record.
+    pub(crate) fn wrap_to_start(&mut self, need: usize) -> bool {
+        let at = self.local & self.mask;
+        if at == 0 {
+            return false;
+        }
+        let Ok(raw) = self.observe() else {
+            return false;
+        };
+        // One wrap in flight: the consumer must have moved past the last
+        // one (standing at it, it has yet to see where the bytes resume).
+        if self.wrap_at != 0 && raw < self.resume(self.wrap_at) {
+            return false;
+        }
+        let read = raw;
+        let empty = read == self.local;
+        // The unread bytes must lie between the ring's start and here (not
+        // wrap around its end), with `need` bytes free before them.
+        let lap = self.local - at;
+        if !empty && (read < lap || ((read - lap) as usize) < need) {
+            return false;
+        }
+        self.wrap_at = self.local;
+        self.ctl().wrap.0.store(self.local, Ordering::Relaxed);
+        self.local = self.resume(self.local);
+        if empty {
+            // The consumer stands at the wrap: the skipped bytes are free.
+            self.read_seen = self.local;
+        }
+        true
     }
 
     /// Copies `bytes` in at the write position. The caller checked that
@@ -227,13 +331,50 @@ impl Consumer {
         self.size as usize
     }
 
-    /// Bytes published and not yet consumed.
-    pub(crate) fn available(&self) -> Result<usize, Corrupt> {
+    /// Bytes published and not yet consumed, contiguous from the read
+    /// position: up to the producer's wrap, if it comes first. A read
+    /// position at the wrap moves on to where the bytes resume.
+    pub(crate) fn available(&mut self) -> Result<usize, Corrupt> {
         let end = self.ctl().write.0.load(Ordering::Acquire);
-        match end.checked_sub(self.local) {
-            Some(n) if n <= self.size => Ok(n as usize),
-            _ => Err(Corrupt),
+        let n = match self.ahead(end)? {
+            Ahead::Bytes(n) => n,
+            Ahead::Jump(to) => {
+                self.local = to;
+                match self.ahead(end)? {
+                    Ahead::Bytes(n) => n,
+                    Ahead::Jump(_) => return Err(Corrupt),
+                }
+            }
+        };
+        if n > self.size {
+            return Err(Corrupt);
         }
+        Ok(n as usize)
+    }
+
+    /// Where the bytes up to the producer's position `end` are.
+    fn ahead(&self, end: u64) -> Result<Ahead, Corrupt> {
+        if end == self.local {
+            return Ok(Ahead::Bytes(0));
+        }
+        if end < self.local {
+            return Err(Corrupt);
+        }
+        // Published after the wrap word, so this load sees the wrap that
+        // `end` may be past.
+        let w = self.ctl().wrap.0.load(Ordering::Relaxed);
+        let resume = w.next_multiple_of(self.size);
+        if w < self.local || resume == w {
+            return Ok(Ahead::Bytes(end - self.local));
+        }
+        // A wrap at or ahead of the read position.
+        if end > w && end < resume {
+            return Err(Corrupt);
+        }
+        if w == self.local {
+            return Ok(Ahead::Jump(resume));
+        }
+        Ok(Ahead::Bytes(end.min(w) - self.local))
     }
 
     /// Copies `dst.len()` bytes starting `off` bytes past the read position.
@@ -286,7 +427,7 @@ impl Consumer {
 
     /// Announces that the consumer is about to sleep until its doorbell
     /// rings. Returns false (and withdraws) if `need` bytes arrived meanwhile.
-    pub(crate) fn prepare_sleep(&self, need: usize) -> Result<bool, Corrupt> {
+    pub(crate) fn prepare_sleep(&mut self, need: usize) -> Result<bool, Corrupt> {
         self.ctl().consumer_sleeping.0.store(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
         if self.available()? >= need {
@@ -345,13 +486,201 @@ mod tests {
         assert!(!p.request_space(size).unwrap());
     }
 
+    /// A ring of `size` bytes, both ends; the region must outlive them.
+    fn pair(region: &Region, size: usize) -> (Producer, Consumer) {
+        let ctl = &region.page().to_worker;
+        // SAFETY: the caller keeps `region` alive; one producer, one consumer.
+        unsafe {
+            (
+                Producer::new(ctl, region.ring_data(true), size),
+                Consumer::new(ctl, region.ring_data(true), size),
+            )
+        }
+    }
+
+    /// Offset in the ring's first view of the consumer's next byte.
+    fn at(c: &Consumer) -> usize {
+        (c.local & c.mask) as usize
+    }
+
+    #[test]
+    fn an_empty_ring_wraps_to_its_start_with_all_its_room() {
+        let size = 16 * 1024;
+        let (region, _fd) = Region::create(size).unwrap();
+        let (mut p, mut c) = pair(&region, size);
+        p.put(&[1; 3000]);
+        assert!(!p.publish());
+        assert_eq!(c.available().unwrap(), 3000);
+        assert!(!c.consume(3000));
+        assert!(p.wrap_to_start(size), "empty: the whole ring is free");
+        assert_eq!(p.position(), size as u64);
+        assert_eq!(p.free().unwrap(), size, "the skipped bytes count as read");
+        // The consumer has yet to jump: a ring's worth fits.
+        p.put(&vec![2; size]);
+        assert!(!p.publish());
+        assert_eq!(c.available().unwrap(), size);
+        assert_eq!(at(&c), 0, "the bytes resume at the ring's start");
+        let mut out = vec![0; size];
+        c.copy_out(0, &mut out);
+        assert!(out.iter().all(|&b| b == 2));
+        assert!(!c.consume(size));
+        assert_eq!(p.free().unwrap(), size);
+        assert!(!p.wrap_to_start(1), "already at the start");
+    }
+
+    #[test]
+    fn unread_bytes_are_read_up_to_the_wrap_then_from_the_start() {
+        let size = 16 * 1024;
+        let (region, _fd) = Region::create(size).unwrap();
+        let (mut p, mut c) = pair(&region, size);
+        p.put(&[1; 6000]);
+        let _ = p.publish();
+        assert!(!c.consume(5000));
+        // 1,000 unread bytes at 5000..6000: only 5,000 free before them.
+        assert!(!p.wrap_to_start(5001));
+        assert!(p.wrap_to_start(5000));
+        assert_eq!(p.free().unwrap(), 5000, "up to the unread bytes");
+        p.put(&[2; 5000]);
+        assert!(!p.wrap_to_start(1), "one wrap in flight at a time");
+        let _ = p.publish();
+        assert_eq!(c.available().unwrap(), 1000, "up to the wrap");
+        assert_eq!(at(&c), 5000);
+        assert!(!c.consume(1000));
+        assert_eq!(p.free().unwrap(), size - 5000, "the skipped bytes are free");
+        assert!(
+            !p.wrap_to_start(1),
+            "the consumer has not moved past it yet"
+        );
+        assert_eq!(c.available().unwrap(), 5000);
+        assert_eq!(at(&c), 0);
+        let mut out = vec![0; 5000];
+        c.copy_out(0, &mut out);
+        assert!(out.iter().all(|&b| b == 2));
+        assert!(!c.consume(10));
+        assert!(p.wrap_to_start(4), "past it: the next wrap may come");
+    }
+
+    #[test]
+    fn unread_bytes_around_the_end_forbid_a_wrap() {
+        let size = 16 * 1024;
+        let (region, _fd) = Region::create(size).unwrap();
+        let (mut p, mut c) = pair(&region, size);
+        p.put(&vec![1; size - 100]);
+        let _ = p.publish();
+        assert!(!c.consume(size - 200));
+        assert!(p.free().unwrap() >= 300);
+        p.put(&[2; 300]);
+        let _ = p.publish();
+        // Unread: size-200 .. size+200, around the end.
+        assert!(!p.wrap_to_start(1));
+        assert_eq!(c.available().unwrap(), 400);
+    }
+
+    #[test]
+    fn positions_inside_a_skipped_stretch_are_corrupt() {
+        let size = 4096;
+        let (region, _fd) = Region::create(size).unwrap();
+        let (mut p, mut c) = pair(&region, size);
+        let ctl = &region.page().to_worker;
+        p.put(&[1; 100]);
+        let _ = p.publish();
+        assert!(!c.consume(100));
+        assert!(p.wrap_to_start(10));
+        // A producer position between the wrap and the ring's start.
+        ctl.write.0.store(200, Ordering::Relaxed);
+        assert_eq!(c.available(), Err(Corrupt));
+        ctl.write.0.store(100, Ordering::Relaxed);
+        // A consumer position there.
+        ctl.read.0.store(150, Ordering::Relaxed);
+        assert_eq!(p.free(), Err(Corrupt));
+    }
+
+    /// Frames of random sizes through a small ring, read in random steps,
+    /// with a wrap attempted at every frame: every byte arrives in order,
+    /// and the ring's far end is only ever used when frames need it.
+    #[test]
+    fn wrapping_keeps_the_stream_intact() {
+        use proptest::prelude::*;
+        let size = 8192;
+        let (region, _fd) = Region::create(size).unwrap();
+        let cfg = ProptestConfig {
+            cases: 64,
+            ..ProptestConfig::default()
+        };
+        proptest!(cfg, |(ops in proptest::collection::vec((1usize..1500, 1usize..3000), 1..200))| {
+            let ctl = &region.page().to_worker;
+            for w in [&ctl.write, &ctl.read, &ctl.wrap] {
+                w.0.store(0, Ordering::Relaxed);
+            }
+            let (mut p, mut c) = pair(&region, size);
+            let (mut sent, mut got) = (0u64, 0u64);
+            let mut highest = 0;
+            for (frame, step) in ops {
+                if p.free().unwrap() >= frame {
+                    if p.wrap_to_start(frame) {
+                        prop_assert!(p.free().unwrap() >= frame);
+                    }
+                    let bytes: Vec<u8> = (sent..sent + frame as u64).map(|i| i as u8).collect();
+                    highest = highest.max((p.position() & (size as u64 - 1)) as usize + frame);
+                    p.put(&bytes);
+                    sent += frame as u64;
+                    let _ = p.publish();
+                }
+                let n = c.available().unwrap().min(step);
+                let mut out = vec![0; n];
+                c.copy_out(0, &mut out);
+                for b in out {
+                    prop_assert_eq!(b, got as u8);
+                    got += 1;
+                }
+                let _ = c.consume(n);
+            }
+            while got < sent {
+                let n = c.available().unwrap();
+                prop_assert!(n > 0);
+                let mut out = vec![0; n];
+                c.copy_out(0, &mut out);
+                for b in out {
+                    prop_assert_eq!(b, got as u8);
+                    got += 1;
+                }
+                let _ = c.consume(n);
+            }
+            prop_assert!(highest <= 2 * size);
+        });
+    }
+
+    /// A consumer that keeps up with a frame or two of lag: the producer
+    /// keeps going back, and never goes past its first few frames' worth.
+    #[test]
+    fn a_ring_kept_up_with_touches_only_its_start() {
+        let size = 64 * 1024;
+        let (region, _fd) = Region::create(size).unwrap();
+        let (mut p, mut c) = pair(&region, size);
+        let mut highest = 0;
+        for i in 0..1000u64 {
+            assert!(p.free().unwrap() >= 1000);
+            p.wrap_to_start(1000);
+            highest = highest.max((p.position() & (size as u64 - 1)) + 1000);
+            p.put(&[i as u8; 1000]);
+            let _ = p.publish();
+            // The consumer lags by up to one frame.
+            if i % 2 == 1 {
+                while let n @ 1.. = c.available().unwrap() {
+                    let _ = c.consume(n);
+                }
+            }
+        }
+        assert!(highest <= 3000, "{highest}");
+    }
+
     #[test]
     fn impossible_positions_are_corrupt() {
         let size = 4096;
         let (region, _fd) = Region::create(size).unwrap();
         let ctl = &region.page().to_supervisor;
         // SAFETY: as above.
-        let (mut p, c) = unsafe {
+        let (mut p, mut c) = unsafe {
             (
                 Producer::new(ctl, region.ring_data(false), size),
                 Consumer::new(ctl, region.ring_data(false), size),

@@ -35,6 +35,11 @@ pub(crate) struct RingCtl {
     /// Set by the producer when it waits for space; the consumer clears it
     /// and rings the producer's doorbell.
     pub producer_waiting: Line<AtomicU32>,
+    /// Where the producer last went back to the ring's start: its bytes
+    /// stop at this position and go on at the next multiple of the ring's
+    /// size (0: never). Written by the producer, before it publishes a
+    /// position past it (see `ring.rs`).
+    pub wrap: Line<AtomicU64>,
 }
 
 /// The state bits of a status word: the low two bits, beside a 62-bit
@@ -259,6 +264,41 @@ pub(crate) struct WorkerStatus {
     /// The CPU the worker last ran on, as it started to wait for work (see
     /// `crate::sys::spin`).
     pub cpu: AtomicU32,
+    /// How long the worker spent on its last batch of several items (see
+    /// [`BatchTime`]).
+    pub batch_time: BatchTime,
+}
+
+/// How long a worker spent on its last batch of several items, from
+/// starting the first to answering the last: written before the last
+/// answer is committed, so a supervisor that has read that answer reads
+/// this too. The time excludes waiting to be woken and waiting in the
+/// ring, which the supervisor cannot tell apart; `map` sizes its batches
+/// from it. Untrusted, like all the worker writes: it only ever steers
+/// batch sizes.
+#[derive(Default)]
+pub(crate) struct BatchTime(AtomicU64);
+
+impl BatchTime {
+    /// Bits of the batch's first sequence number kept, above the time.
+    const SEQ_BITS: u32 = 24;
+    const NS_BITS: u32 = 64 - Self::SEQ_BITS;
+
+    /// Worker: the batch whose first item is `seq0` took `ns`.
+    pub(crate) fn set(&self, seq0: u64, ns: u64) {
+        let ns = ns.min((1 << Self::NS_BITS) - 1);
+        self.0.store(seq0 << Self::NS_BITS | ns, Ordering::Relaxed);
+    }
+
+    /// Supervisor: the time of the batch whose first item is `seq0`, if
+    /// that is the batch the word speaks of (never zero: a word never
+    /// written says nothing).
+    pub(crate) fn get(&self, seq0: u64) -> Option<u64> {
+        let word = self.0.load(Ordering::Relaxed);
+        let mask = (1u64 << Self::SEQ_BITS) - 1;
+        let ns = word & ((1 << Self::NS_BITS) - 1);
+        (word >> Self::NS_BITS == seq0 & mask && ns > 0).then_some(ns)
+    }
 }
 
 /// The latest progress a job reported (`forkpool::report_progress`): plain
@@ -372,11 +412,30 @@ pub(crate) struct StatusPage {
 const _: () = assert!(std::mem::size_of::<StatusPage>() <= PAGE);
 // tests/hostile.rs forges a worker's result-ring write position at this
 // offset (a test outside the crate cannot name the field): keep them in step.
-const _: () = assert!(std::mem::offset_of!(StatusPage, to_supervisor) == 960);
+const _: () = assert!(std::mem::offset_of!(StatusPage, to_supervisor) == 1024);
+// tests/hostile.rs forges the result ring's wrap position too.
+const _: () = assert!(
+    std::mem::offset_of!(StatusPage, to_supervisor) + std::mem::offset_of!(RingCtl, wrap) == 1280
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_time_is_read_only_for_its_batch() {
+        let t = BatchTime::default();
+        assert_eq!(t.get(0), None, "nothing written says nothing");
+        t.set(5, 1234);
+        assert_eq!(t.get(5), Some(1234));
+        assert_eq!(t.get(6), None);
+        t.set(1 << 30 | 7, u64::MAX);
+        assert_eq!(
+            t.get(7),
+            Some((1 << 40) - 1),
+            "sequence numbers wrap, times saturate"
+        );
+    }
 
     #[test]
     fn progress_is_read_whole_and_per_item() {

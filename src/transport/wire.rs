@@ -304,6 +304,60 @@ pub(crate) struct Run {
     pub errored: u32,
 }
 
+/// Walks complete item records at the start of `buf` (bytes received from
+/// a worker, copied out of its ring) — at most `limit`, stopping before a
+/// control record or an incomplete one. Headers are checked as they are
+/// walked (against `cap`); a bad one ends the run, and is an error if it is
+/// the first.
+#[inline]
+pub(crate) fn scan_items(buf: &[u8], limit: u32, cap: u64) -> Result<Run, WireError> {
+    let mut run = Run::default();
+    let mut at = 0;
+    // The last `Ok` header checked, and its record's size: runs of
+    // equal-sized results repeat it, and skip the checks.
+    let mut last_ok: Option<([u8; HEADER], usize)> = None;
+    while run.count < limit {
+        let Some(h) = buf.get(at..at + HEADER) else {
+            break;
+        };
+        let h: [u8; HEADER] = h.try_into().expect("5 bytes");
+        if let Some((ok, size)) = last_ok
+            && h == ok
+        {
+            if at + size > buf.len() {
+                break;
+            }
+            run.count += 1;
+            run.ok += 1;
+            at += size;
+            continue;
+        }
+        let (len, tag) = match check_worker_header(h, cap) {
+            Ok(ok) => ok,
+            Err(e) if run.count == 0 => return Err(e),
+            Err(_) => break,
+        };
+        let end = at + HEADER + len as usize;
+        if !tag.is_item() || end > buf.len() {
+            break;
+        }
+        run.count += 1;
+        match tag {
+            Tag::Ok => {
+                run.ok += 1;
+                last_ok = Some((h, HEADER + len as usize));
+            }
+            Tag::Panic => run.panicked += 1,
+            Tag::Codec | Tag::TooLarge => run.codec += 1,
+            Tag::Err => run.errored += 1,
+            _ => {}
+        }
+        at = end;
+    }
+    run.bytes = at;
+    Ok(run)
+}
+
 /// Incremental decoder for the untrusted byte stream coming from a worker.
 ///
 /// Bytes are appended with [`RecordReader::extend`] as they arrive; complete
@@ -349,6 +403,16 @@ impl RecordReader {
         unsafe { self.buf.set_len(old + n) };
     }
 
+    /// Appends received bytes already copied out of the ring.
+    pub(crate) fn extend_from(&mut self, bytes: &[u8]) {
+        self.extend_with(bytes.len(), |dst| {
+            // SAFETY: u8 and MaybeUninit<u8> have the same layout; `dst`
+            // has room for exactly `bytes.len()` bytes.
+            let src = unsafe { &*(bytes as *const [u8] as *const [MaybeUninit<u8>]) };
+            dst.copy_from_slice(src);
+        });
+    }
+
     /// Whether the next byte received starts a record (everything received
     /// so far was consumed).
     pub(crate) fn at_record_start(&self) -> bool {
@@ -388,11 +452,7 @@ impl RecordReader {
     /// Appends received bytes.
     #[cfg(test)]
     pub(crate) fn extend(&mut self, bytes: &[u8]) {
-        self.extend_with(bytes.len(), |dst| {
-            for (d, s) in dst.iter_mut().zip(bytes) {
-                d.write(*s);
-            }
-        });
+        self.extend_from(bytes);
     }
 
     /// Bytes received but not yet returned as records.
@@ -441,55 +501,11 @@ impl RecordReader {
         if let Some(e) = &self.broken {
             return Err(e.clone());
         }
-        let buf = &self.buf[self.start..];
-        let mut run = Run::default();
-        let mut at = 0;
-        // The last `Ok` header checked, and its record's size: runs of
-        // equal-sized results repeat it, and skip the checks.
-        let mut last_ok: Option<([u8; HEADER], usize)> = None;
-        while run.count < limit {
-            let Some(h) = buf.get(at..at + HEADER) else {
-                break;
-            };
-            let h: [u8; HEADER] = h.try_into().expect("5 bytes");
-            if let Some((ok, size)) = last_ok
-                && h == ok
-            {
-                if at + size > buf.len() {
-                    break;
-                }
-                run.count += 1;
-                run.ok += 1;
-                at += size;
-                continue;
-            }
-            let (len, tag) = match check_worker_header(h, self.cap) {
-                Ok(ok) => ok,
-                Err(e) if run.count == 0 => {
-                    self.broken = Some(e.clone());
-                    return Err(e);
-                }
-                Err(_) => break,
-            };
-            let end = at + HEADER + len as usize;
-            if !tag.is_item() || end > buf.len() {
-                break;
-            }
-            run.count += 1;
-            match tag {
-                Tag::Ok => {
-                    run.ok += 1;
-                    last_ok = Some((h, HEADER + len as usize));
-                }
-                Tag::Panic => run.panicked += 1,
-                Tag::Codec | Tag::TooLarge => run.codec += 1,
-                Tag::Err => run.errored += 1,
-                _ => {}
-            }
-            at = end;
+        let run = scan_items(&self.buf[self.start..], limit, self.cap);
+        if let Err(e) = &run {
+            self.broken = Some(e.clone());
         }
-        run.bytes = at;
-        Ok(run)
+        run
     }
 
     /// Takes the whole buffer if it holds exactly the next `n` bytes and

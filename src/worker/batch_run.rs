@@ -46,6 +46,10 @@ struct Running<'a> {
     /// argument is decoded (`None` once released, or for a frame that was
     /// copied out of the ring).
     frame: Option<usize>,
+    /// When a batch of several items started (precise clock), to tell the
+    /// supervisor how long it took (`WorkerStatus::batch_time`); 0 for a
+    /// single item.
+    started: u64,
 }
 
 impl Worker {
@@ -58,6 +62,12 @@ impl Worker {
         if h.seq0 != self.next_seq || h.cancel_slot as usize >= self.page.cancel.len() {
             exit(EXIT_PROTOCOL);
         }
+        // The batch's records go back to the outbox's start if the last
+        // batch's worth of room is free there, so that the ring touches
+        // only the pages it holds at once (see `transport::ring`).
+        let need = self.answer_bytes.clamp(4096, self.outbox.size() / 2);
+        self.outbox.wrap_to_start(need);
+        let start = self.outbox.position();
         let mut batch = Running {
             // SAFETY: the trampoline address comes from Call::new in the
             // caller, of which this process is a fork.
@@ -67,6 +77,7 @@ impl Worker {
             left: h.count,
             current: None,
             frame,
+            started: if h.count > 1 { clock::precise_ns() } else { 0 },
         };
         // The whole batch runs under one unwind guard (cheaper than one per
         // item); when an item panics, it is answered and the loop resumes
@@ -98,6 +109,7 @@ impl Worker {
             }
         }
         current::set_timed_item(0);
+        self.answer_bytes = (self.outbox.position() - start) as usize;
         batch.frame
     }
 
@@ -247,6 +259,11 @@ impl BatchRun<'_, '_> {
                 }
             } else {
                 w.record(Tag::Skipped, &[]);
+            }
+            if batch.left == 1 && batch.started != 0 {
+                // Before the last answer is committed (see `BatchTime`).
+                let took = clock::precise_ns().saturating_sub(batch.started);
+                status.batch_time.set(h.seq0, took);
             }
             w.finish(seq, h.flags);
             batch.left -= 1;

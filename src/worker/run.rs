@@ -60,6 +60,9 @@ pub(super) struct Worker {
     pub(super) scratch: Vec<u8>,
     /// How long to spin for the next frame before sleeping (see `wait_for`).
     pub(super) spin: Budget,
+    /// Result bytes the last batch wrote: the room at the outbox's start
+    /// that lets the next batch go back there (see `run_batch`).
+    pub(super) answer_bytes: usize,
 }
 
 /// The worker's main: called by the zygote's child right after fork, with
@@ -90,6 +93,7 @@ pub(crate) fn run(region: Region, config: &WorkerConfig) -> ! {
         next_seq: 0,
         scratch: Vec::new(),
         spin: spin_budget(),
+        answer_bytes: 0,
     };
     if let Some(init) = config.initializer
         && let Err(text) = guarded(init)

@@ -8,12 +8,13 @@
 //! books once nothing of it is left.
 
 use super::{Ctx, Kill};
-use crate::batch::Batch;
 use crate::batch::progress::Progress;
+use crate::batch::{Batch, Sink};
 use crate::control::events::EventKind;
 use crate::metrics::fate::Fate;
-use crate::transport::wire::{self, BATCH_HEADER, HEADER, Record, Tag};
+use crate::transport::wire::{self, BATCH_HEADER, BatchHeader, HEADER, Record, Tag};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// A batch sent to the worker.
 pub(super) struct InFlight {
@@ -59,6 +60,10 @@ pub(super) struct Book {
     pub(super) answered: u64,
     /// The worker's pid (0 until the fork server reports it).
     pub(super) pid: u32,
+    /// The last batch of several items answered in full: its first item's
+    /// sequence number, its items and its sink, to be told how long the
+    /// worker says it took (`Conn::tell_batch_time`).
+    pub(super) finished: Option<(u64, u32, Arc<dyn Sink>)>,
 }
 
 impl Book {
@@ -206,6 +211,11 @@ impl Book {
     pub(super) fn pop_finished(&mut self, ctx: &mut Ctx<'_>) {
         if self.inflight.front().is_some_and(|f| f.batch.count() == 0) {
             let done = self.inflight.pop_front().expect("front exists");
+            if let Some(h) = BatchHeader::decode(&done.head[HEADER..])
+                && h.count > 1
+            {
+                self.finished = Some((h.seq0, h.count, done.batch.sink.clone()));
+            }
             if let Some(slot) = done.slot {
                 self.cancel_used &= !(1u64 << slot);
             }

@@ -215,6 +215,7 @@ impl Conn {
                 answered_at: 0,
                 answered: 0,
                 pid: 0,
+                finished: None,
             },
             bell_to: in_w,
             bell_from: out_r,

@@ -11,7 +11,7 @@ use super::{Conn, Ctx};
 use crate::metrics::fate::Fate;
 use crate::sys::prefault::{self, Spares};
 use crate::transport::bell;
-use crate::transport::wire::HEADER;
+use crate::transport::wire::{self, HEADER};
 use std::os::fd::AsRawFd;
 
 /// Copy at most this much from a worker's ring per pass, so one chatty
@@ -33,11 +33,21 @@ impl Conn {
                 Ok(a) => a,
                 Err(_) => break Some("moved its result ring write position impossibly".into()),
             };
-            let take = self.big_record_alone(avail.min(MAX_PULL - pulled), ctx.spares);
+            let n = avail.min(MAX_PULL - pulled);
+            let direct = self.pulls_direct(n);
+            let take = if direct {
+                n
+            } else {
+                self.big_record_alone(n, ctx.spares)
+            };
             if take > 0 {
                 self.promoted_at = None;
             }
-            self.pull(take);
+            if direct {
+                self.pull_direct(take, ctx);
+            } else {
+                self.pull(take);
+            }
             pulled += take;
             if let Err(e) = self.parse(ctx) {
                 break Some(e);
@@ -53,10 +63,24 @@ impl Conn {
         if let Some(why) = broken {
             self.violate(why);
         }
+        self.tell_batch_time();
         // Items handed back were never run: they count against no task limit.
         let back = std::mem::take(&mut self.book.handed_back);
         if let Some(t) = &mut self.tasks_left {
             *t += back;
+        }
+    }
+
+    /// Tells the sink of the last batch of several items answered in full
+    /// how long its worker says it took (see `BatchTime`): per item, an
+    /// estimate that, unlike the supervisor's own clock, excludes waiting
+    /// to be woken.
+    fn tell_batch_time(&mut self) {
+        let Some((seq0, count, sink)) = self.book.finished.take() else {
+            return;
+        };
+        if let Some(ns) = self.page().worker.batch_time.get(seq0) {
+            sink.timed(ns / u64::from(count), u64::from(count));
         }
     }
 
@@ -90,6 +114,58 @@ impl Conn {
         }
         self.reader.reserve_with(size, |size| spares.take(size));
         n.min(size)
+    }
+
+    /// Whether `n` bytes can be pulled straight into the front batch's
+    /// answers (`pull_direct`): nothing is left over in the reader, no kill
+    /// is pending, and they are not one big record to pull alone.
+    #[inline]
+    fn pulls_direct(&self, n: usize) -> bool {
+        n > 0
+            && self.reader.at_record_start()
+            && self.book.kill.is_none()
+            && self.book.inflight.front().is_some_and(|f| {
+                n < prefault::MIN || self.book.out_count != 0 || f.batch.count() != 1
+            })
+    }
+
+    /// Copies `n` bytes out of the ring straight behind the front batch's
+    /// answers received so far, then keeps the run of its answers they
+    /// start with (checked there, in memory the worker cannot touch) and
+    /// hands what follows — a control record, the next batch's answers, a
+    /// record not yet whole — to the reader, for `parse`. Most answers
+    /// are then copied once on this side, not twice.
+    fn pull_direct(&mut self, n: usize, ctx: &mut Ctx<'_>) {
+        let out = &mut self.book.out;
+        let old = out.len();
+        out.reserve(n);
+        self.rx.copy_into(0, &mut out.spare_capacity_mut()[..n]);
+        // SAFETY: `copy_into` initialised these n bytes of spare capacity.
+        unsafe { out.set_len(old + n) };
+        if self.rx.consume(n) {
+            bell::ring(self.bell_to.as_raw_fd());
+        }
+        let front = self.book.inflight.front().expect("checked by pulls_direct");
+        let want = front.batch.count() - self.book.out_count;
+        // A bad first header keeps nothing here: the reader finds it again.
+        let run = wire::scan_items(&out[old..], want, self.reader.cap()).unwrap_or_default();
+        let kept = old + run.bytes;
+        if kept < out.len() {
+            self.reader.extend_from(&out[kept..]);
+            out.truncate(kept);
+        }
+        if run.count == 0 {
+            return;
+        }
+        let key = front.batch.tally;
+        for (fate, n) in Fate::of_run(&run) {
+            ctx.count(key, fate, n);
+        }
+        self.book.ran(u64::from(run.count), ctx);
+        self.book.out_count += run.count;
+        if run.count == want {
+            self.book.flush_out(ctx);
+        }
     }
 
     pub(super) fn pull(&mut self, n: usize) {

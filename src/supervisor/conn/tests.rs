@@ -309,7 +309,7 @@ impl TestWorker {
     }
 
     /// Bytes published to the inbox and not yet read.
-    fn unread(&self) -> usize {
+    fn unread(&mut self) -> usize {
         self.inbox.available().unwrap()
     }
 
@@ -445,6 +445,50 @@ fn answers_are_delivered_in_order_once_and_batches_leave_the_books() {
     let s = env.stats();
     assert_eq!((s.completed, s.panicked, s.failed, s.crashed), (4, 1, 1, 0));
     assert!(env.done_jobs.is_empty(), "no cancellable job was sent");
+}
+
+/// Answers are pulled straight behind their batch's earlier answers; what
+/// follows a batch's run — a record cut between two pulls, a control
+/// record, the next batch's answers — goes through the reader, and every
+/// answer still arrives once, whole and in order.
+#[test]
+fn answers_cut_between_pulls_or_mixed_with_control_records_arrive_whole() {
+    let mut env = Env::new();
+    let (mut conn, mut w) = setup();
+    let (a, b) = (Recorder::new(), Recorder::new());
+    let opts = JobOpts::default();
+    send(&mut conn, batch(&[b"a0", b"a1", b"a2"], 0, &a, opts, None));
+    send(&mut conn, batch(&[b"b0", b"b1"], 0, &b, opts, None));
+    w.recv_batch();
+    w.recv_batch();
+    // Item 0 whole, then item 1's header and half its body.
+    w.run(0, Tag::Ok, b"first");
+    w.start(1);
+    let body = b"second answer";
+    w.put(&wire::header(Tag::Ok, body.len() as u32), &body[..6]);
+    w.publish();
+    conn.pump_rx(&mut env.ctx());
+    assert_eq!(a.items(), [(0, ok(b"first"))]);
+    // The rest of item 1, a control record, item 2, and batch b's first.
+    w.put(&body[6..], &[]);
+    w.mark_done(1);
+    w.answer(Tag::Retire, &7u64.to_le_bytes());
+    w.run(2, Tag::Ok, b"third");
+    w.run(3, Tag::Ok, b"B0");
+    w.publish();
+    conn.pump_rx(&mut env.ctx());
+    assert_eq!(
+        a.items(),
+        [(0, ok(b"first")), (1, ok(body)), (2, ok(b"third"))]
+    );
+    assert_eq!(b.items(), [(0, ok(b"B0"))]);
+    w.run(4, Tag::Ok, b"B1");
+    w.publish();
+    conn.pump_rx(&mut env.ctx());
+    assert_eq!(b.items(), [(0, ok(b"B0")), (1, ok(b"B1"))]);
+    assert!(conn.violation().is_none());
+    assert!(!conn.busy());
+    assert_eq!(env.stats().completed, 5);
 }
 
 #[test]

@@ -25,6 +25,11 @@ impl Conn {
     ) -> Result<(), Batch> {
         let items_len = batch.items().len();
         let frame = HEADER + BATCH_HEADER + items_len;
+        if frame <= self.tx.size() {
+            // Back to the ring's start if there is room there: a ring then
+            // touches only the pages it holds at once (see `ring.rs`).
+            self.tx.wrap_to_start(frame);
+        }
         let Ok(free) = self.tx.free() else {
             self.violate("moved its inbox read position impossibly");
             return Err(batch);
