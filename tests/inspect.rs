@@ -70,7 +70,16 @@ fn totals_add_up_wherever_the_jobs_are() {
         .map(|i| urgent.job(quick).priority(i as i32).submit(i))
         .collect();
     let scheduled = pool.job(quick).countdown(LONG).submit(99);
-    assert!(wait_until(LONG, || pool.inspect().active.len() == 2));
+    // Both stepwise jobs running, and the quick ones handed to the default
+    // queue's worker behind it (dispatch may take a step or two more).
+    let settled = |snap: &forkpool::Inspection| {
+        let reserved_ids: Vec<_> = snap
+            .queue("default")
+            .map(|d| d.reserved.iter().filter_map(|w| w.id).collect())
+            .unwrap_or_default();
+        snap.active.len() == 2 && reserved.iter().all(|h| reserved_ids.contains(&h.id()))
+    };
+    assert!(wait_until(LONG, || settled(&pool.inspect())));
     let snap = pool.inspect();
     let t = snap.totals;
     assert!(t.add_up(), "{t:?}");
