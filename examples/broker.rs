@@ -47,6 +47,9 @@ fn forkpool_host() -> String {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // What the host reports (stopping, dead letters, lost connections)
+    // goes through the `log` facade: print it (RUST_LOG overrides).
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let url = std::env::var("FORKPOOL_REDIS").unwrap_or("redis://127.0.0.1:6379/".into());
     let broker = Broker::new(&url)?;
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -71,6 +71,8 @@ fn broker(a: &Args) -> Broker {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Hosts report trouble (lost connections, dead letters) through `log`.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let a = args();
     if a.host {
         // A worker host, until SIGTERM.

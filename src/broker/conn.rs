@@ -98,9 +98,10 @@ impl Conn {
         self.con = Some(con);
         self.generation += 1;
         if self.failures > 0 {
-            eprintln!(
+            log::info!(
                 "forkpool {}: reconnected to Redis after {} failed attempts",
-                self.who, self.failures
+                self.who,
+                self.failures
             );
         }
         self.failures = 0;
@@ -177,7 +178,7 @@ impl Conn {
         self.failures += 1;
         // One line when Redis goes away, then one per 20 failed attempts.
         if self.failures == 1 || self.failures.is_multiple_of(20) {
-            eprintln!(
+            log::warn!(
                 "forkpool {}: Redis connection lost ({e}); reconnecting",
                 self.who
             );

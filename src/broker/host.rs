@@ -43,7 +43,7 @@
 //! another host takes them over after the visibility timeout.
 //!
 //! Nothing a stream holds can crash or stall the loop: every Redis error
-//! that is not a lost connection is reported on stderr and waited out (one
+//! that is not a lost connection is logged (`log::error!`) and waited out (one
 //! second), and a lost connection is reconnected with back-off.
 
 use super::conn::Conn;
@@ -533,7 +533,7 @@ impl Loop {
             if level >= 1 && self.deadline.is_none() {
                 self.deadline = Some(super::after(self.grace));
                 self.stopping.store(true, Ordering::Release);
-                eprintln!(
+                log::info!(
                     "forkpool host {}: stopping ({} jobs running, grace {:?})",
                     self.me,
                     self.state.running(),
@@ -641,7 +641,7 @@ impl Loop {
         for (id, terminate) in new {
             if held.contains(&id) {
                 let what = self.shared.revoke(JobId(id), terminate);
-                eprintln!("forkpool host {}: revoked job {id}: {what:?}", self.me);
+                log::info!("forkpool host {}: revoked job {id}: {what:?}", self.me);
             }
         }
     }
@@ -652,7 +652,7 @@ impl Loop {
         if matches!(e, BrokerError::Stopped) {
             return;
         }
-        eprintln!("forkpool host {}: {what}: {e}", self.me);
+        log::error!("forkpool host {}: {what}: {e}", self.me);
         self.state.wait_below(0, Duration::from_secs(1));
     }
 
@@ -960,7 +960,7 @@ impl Loop {
         if let Err(err) = self.try_take(stream, e)
             && !matches!(err, BrokerError::Stopped)
         {
-            eprintln!("forkpool host {}: taking a job: {err}", self.me);
+            log::error!("forkpool host {}: taking a job: {err}", self.me);
         }
     }
 
@@ -1133,9 +1133,11 @@ impl Loop {
         let go_on = self.go_on();
         if bury(&mut self.conn, &go_on, &self.keys, &self.me, &burial)? {
             bump(&self.state.counts.dead_lettered);
-            eprintln!(
+            log::warn!(
                 "forkpool host {}: dead-lettered entry {} of {stream}: {}",
-                self.me, e.id, burial.reason
+                self.me,
+                e.id,
+                burial.reason
             );
         }
         Ok(())

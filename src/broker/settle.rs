@@ -384,7 +384,7 @@ impl Settling {
                 // Stopped, or a command error: the jobs stay pending in
                 // Redis, where another host reclaims them.
                 if !matches!(e, super::BrokerError::Stopped) {
-                    eprintln!(
+                    log::error!(
                         "forkpool host {}: settling {} jobs failed: {e}",
                         self.me,
                         p.jobs.len()

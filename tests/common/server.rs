@@ -283,6 +283,9 @@ pub fn host_main() {
     if std::env::var_os("FORKPOOL_TEST_HOST").is_none() {
         return;
     }
+    // What the host logs lands in its host.log, for a failing test to show.
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .try_init();
     let env = |k: &str| std::env::var(k).unwrap();
     let ms = |k: &str| Duration::from_millis(env(k).parse().unwrap());
     let broker = forkpool::broker::Broker::new(&env("FP_URL"))
