@@ -258,6 +258,13 @@ fn the_text_parses_and_tells_the_pools_real_counts() {
     assert_eq!(reports.apply(nap, 20), Ok(20));
     let named = pool.job(quick).name("renamed \"quick\"\\{x}");
     assert_eq!(named.submit(1).get(), Ok(1));
+    // Every worker's pid is known (the fork server reports it on its own
+    // time), so its series has its label.
+    assert!(wait_until(LONG, || pool
+        .inspect()
+        .workers
+        .iter()
+        .all(|w| w.pid != 0)));
 
     let text = pool.metrics_text();
     let ins = pool.inspect();
@@ -434,6 +441,9 @@ fn a_dead_workers_series_disappear() {
         .build()
         .unwrap();
     assert_eq!(pool.apply(quick, 1), Ok(1));
+    // The fork server reports a worker's pid on its own time: a worker can
+    // serve a job before the supervisor has read it.
+    assert!(wait_until(LONG, || pool.inspect().workers[0].pid != 0));
     let before = pool.inspect().workers[0].pid.to_string();
     let server = pool.serve_metrics("127.0.0.1:0").unwrap();
     let (status, _, text) = get(server.local_addr(), "/metrics");
