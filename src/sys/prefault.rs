@@ -451,15 +451,38 @@ mod tests {
         p.take(1 << 20);
         p.take(1 << 20);
         assert!(eventually(|| p.stocked() == depth(1 << 20)));
-        let mut used = p.take(1 << 20).unwrap();
-        used.extend_from_slice(&[7; 1000]);
-        let at = used.as_ptr();
-        // A buffer a little bigger than the class serves it too, empty.
-        p.give(used);
-        let again = p.take(1 << 20).unwrap();
-        assert!(again.is_empty() && again.as_ptr() == at);
-        p.give(Vec::with_capacity((1 << 20) + 5000));
-        assert_eq!(p.take(1 << 20).unwrap().capacity(), (1 << 20) + 5000);
+        // A buffer given back serves the next take, empty — unless the
+        // filling thread topped the stock up between the give and the take
+        // (then the give found it full, or the take got the new one): a
+        // few tries each, of which most must see their buffer again.
+        let comes_back = |buf: Vec<u8>| {
+            let (at, cap) = (buf.as_ptr(), buf.capacity());
+            p.give(buf);
+            let again = p.take(1 << 20).expect("a stocked buffer");
+            assert!(again.is_empty());
+            let same = again.as_ptr() == at && again.capacity() == cap;
+            p.give(again); // the stock stays as deep as it was
+            same
+        };
+        let used = (0..10)
+            .filter(|_| {
+                let mut used = p.take(1 << 20).expect("a stocked buffer");
+                used.extend_from_slice(&[7; 1000]);
+                comes_back(used)
+            })
+            .count();
+        assert!(used >= 5, "a used buffer came back {used} times of 10");
+        // A buffer a little bigger than the class serves it too.
+        let bigger = (0..10)
+            .filter(|_| {
+                drop(p.take(1 << 20)); // room in the stock
+                comes_back(Vec::with_capacity((1 << 20) + 5000))
+            })
+            .count();
+        assert!(
+            bigger >= 5,
+            "a bigger buffer came back {bigger} times of 10"
+        );
         // Too small or too big: never kept.
         let before = p.stocked();
         p.give(Vec::with_capacity(MIN - 1));
