@@ -351,6 +351,20 @@ fn inspect_shows_every_live_host_and_the_broker() {
         "{:?}",
         client.inspect()
     );
+    // Each host's snapshot is refreshed about once a second: on a loaded
+    // machine one may still be from before its worker was up.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let seen = client.inspect().unwrap();
+            seen.hosts.len() == 2
+                && seen
+                    .hosts
+                    .iter()
+                    .all(|h| h.worker_processes.iter().any(|w| w.pid != 0))
+        }),
+        "{:?}",
+        client.inspect()
+    );
     let seen = client.inspect().unwrap();
     for host in &seen.hosts {
         let want = if host.host == "alpha" { &alpha } else { &beta };
