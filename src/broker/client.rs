@@ -416,7 +416,7 @@ impl Client {
                 .arg(count)
                 .query(con)
         })?;
-        Ok(super::listener::entries(v)
+        Ok(super::reply::entries(v)
             .into_iter()
             .map(|(id, fields)| DeadLetter::from_entry(id, fields))
             .collect())

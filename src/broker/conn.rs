@@ -169,6 +169,34 @@ impl Conn {
         self.run(&go_on, f)
     }
 
+    /// Every key matching `pattern`, sorted, each once: `SCAN` walked
+    /// until its cursor is back at 0 (a bounded walk), each call tried as
+    /// [`run_once`](Self::run_once) does.
+    pub(crate) fn scan(&mut self, pattern: &str) -> Result<Vec<String>, BrokerError> {
+        let mut found = Vec::new();
+        let mut cursor = 0u64;
+        for _ in 0..100_000 {
+            let (next, batch): (u64, Vec<String>) = self.run_once(|con| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(con)
+            })?;
+            found.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        // SCAN may return a key more than once.
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+
     fn failed(&mut self, e: &RedisError) {
         if interrupted(e) {
             // A signal (SIGTERM to a host, say) cut a blocking read short:

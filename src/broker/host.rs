@@ -54,6 +54,7 @@ use super::lease::{Held, HostState, bump};
 use super::message::Envelope;
 use super::names::registry;
 use super::progress::Sampler;
+use super::reply::{bytes, items, per_stream};
 use super::scripts::Scripts;
 use super::settle::{HostSink, Settle, Settler, Settling};
 use super::signals::Handlers;
@@ -1145,23 +1146,6 @@ impl Loop {
 }
 
 /// The bytes of a reply value, if it is a string.
-fn bytes(v: Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
-        Value::Int(n) => Some(n.to_string().into_bytes()),
-        _ => None,
-    }
-}
-
-fn items(v: Value) -> Vec<Value> {
-    match v {
-        Value::Array(a) | Value::Set(a) => a,
-        Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// An entry `[id, [field, value, ...]]`; `None` for anything else.
 fn entry(v: Value, deliveries: u64) -> Option<RawEntry> {
     let mut parts = items(v).into_iter();
@@ -1182,23 +1166,11 @@ fn entry(v: Value, deliveries: u64) -> Option<RawEntry> {
 
 /// The reply of `XREADGROUP`: per stream, its entries (first deliveries).
 fn read_reply(v: Value) -> Vec<(String, Vec<RawEntry>)> {
-    let pairs: Vec<(Value, Value)> = match v {
-        Value::Map(m) => m,
-        Value::Array(a) => a
-            .into_iter()
-            .filter_map(|s| {
-                let mut p = items(s).into_iter();
-                Some((p.next()?, p.next()?))
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    pairs
+    per_stream(v)
         .into_iter()
-        .filter_map(|(k, es)| {
-            let key = String::from_utf8(bytes(k)?).ok()?;
+        .map(|(key, es)| {
             let entries = items(es).into_iter().filter_map(|e| entry(e, 1)).collect();
-            Some((key, entries))
+            (key, entries)
         })
         .collect()
 }

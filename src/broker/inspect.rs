@@ -211,27 +211,7 @@ impl Client {
 /// The snapshots of every live host, by consumer name. One that does not
 /// decode (another version's) is skipped.
 fn hosts(conn: &mut Conn, keys: &Keys) -> Result<Vec<HostSnapshot>, BrokerError> {
-    let pattern = keys.hosts_pattern();
-    let mut found = Vec::new();
-    let mut cursor = 0u64;
-    for _ in 0..100_000 {
-        let (next, batch): (u64, Vec<String>) = conn.run_once(|con| {
-            redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query(con)
-        })?;
-        found.extend(batch);
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    found.sort();
-    found.dedup();
+    let found = conn.scan(&keys.hosts_pattern())?;
     let mut out = Vec::new();
     for chunk in found.chunks(256) {
         let values: Vec<Option<Vec<u8>>> =

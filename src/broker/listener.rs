@@ -17,6 +17,7 @@
 
 use super::conn::Conn;
 use super::keys::Keys;
+use super::reply::stream_entries;
 use super::results;
 use super::writer::Pending;
 use redis::Value;
@@ -177,60 +178,4 @@ impl Listener {
             }
         }
     }
-}
-
-/// The entries of an `XREAD`/`XRANGE`-like reply, per stream.
-pub(crate) type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
-
-fn bytes(v: Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
-        Value::Int(n) => Some(n.to_string().into_bytes()),
-        _ => None,
-    }
-}
-
-fn items(v: Value) -> Vec<Value> {
-    match v {
-        Value::Array(a) | Value::Set(a) => a,
-        Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// `[[id, [k, v, ...]], ...]` as entries.
-pub(crate) fn entries(v: Value) -> Entries {
-    items(v)
-        .into_iter()
-        .filter_map(|e| {
-            let mut p = items(e).into_iter();
-            let id = String::from_utf8(bytes(p.next()?)?).ok()?;
-            let mut flat = items(p.next()?).into_iter();
-            let mut fields = Vec::new();
-            while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
-                fields.push((bytes(k)?, bytes(v).unwrap_or_default()));
-            }
-            Some((id, fields))
-        })
-        .collect()
-}
-
-/// An `XREAD` reply: per stream, its entries.
-pub(crate) fn stream_entries(v: Value) -> Vec<(String, Entries)> {
-    let pairs: Vec<(Value, Value)> = match v {
-        Value::Map(m) => m,
-        Value::Array(a) => a
-            .into_iter()
-            .filter_map(|s| {
-                let mut p = items(s).into_iter();
-                Some((p.next()?, p.next()?))
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    pairs
-        .into_iter()
-        .filter_map(|(k, es)| Some((String::from_utf8(bytes(k)?).ok()?, entries(es))))
-        .collect()
 }

@@ -58,6 +58,7 @@
 //! | `shapes.rs` | type fingerprints and codec round trips (serde-reflection) |
 //! | `keys.rs` | every Redis key |
 //! | `message.rs` | a job's stream entry, read without trusting it |
+//! | `reply.rs` | Redis replies (streams, entries) read without trusting their shape |
 //! | `results.rs` | a stored result: a worker's record or a `JobError` |
 //! | `scripts.rs` | the Lua scripts: every step that must be atomic |
 //! | `conn.rs` | a connection that reconnects with back-off |
@@ -91,6 +92,7 @@ mod message;
 pub(crate) mod names;
 mod progress;
 mod remote;
+mod reply;
 mod results;
 mod revoke;
 mod scripts;

@@ -44,7 +44,7 @@
 use super::client::{Client, lock, ttl_ms};
 use super::conn::Conn;
 use super::keys::{GROUP, Keys};
-use super::listener::entries;
+use super::reply::entries;
 use super::{BrokerError, results};
 use crate::batch::JobId;
 use crate::control::revoke::Stage;
@@ -308,27 +308,12 @@ pub(crate) fn streams(conn: &mut Conn, keys: &Keys) -> Result<Vec<String>, Broke
 pub(crate) fn queues(conn: &mut Conn, keys: &Keys) -> Result<Vec<(String, Vec<i32>)>, BrokerError> {
     let pattern = keys.priorities_pattern();
     let prefix_len = pattern.len() - 1;
-    let mut cursor = 0u64;
-    let mut names = Vec::new();
-    // A bounded walk: SCAN ends when its cursor is back at 0.
-    for _ in 0..100_000 {
-        let (next, batch): (u64, Vec<String>) = conn.run_once(|con| {
-            redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query(con)
-        })?;
-        names.extend(batch.into_iter().map(|k| k[prefix_len..].to_string()));
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    names.sort();
-    names.dedup();
+    // Sorted and each once, prefix and all: so are the names.
+    let names: Vec<String> = conn
+        .scan(&pattern)?
+        .into_iter()
+        .map(|k| k[prefix_len..].to_string())
+        .collect();
     let mut out = Vec::new();
     for q in names {
         let key = keys.priorities(&q);
@@ -401,7 +386,7 @@ impl Revocations {
         let mut known = self.known();
         let mut new = Vec::new();
         let mut read = 0;
-        for (_, es) in super::listener::stream_entries(reply) {
+        for (_, es) in super::reply::stream_entries(reply) {
             for (entry, fields) in es {
                 read += 1;
                 known.last = entry;
