@@ -21,7 +21,7 @@ use crate::client::handle::JobHandle;
 use crate::error::JobError;
 use crate::options::rate::RateLimit;
 use crate::options::retry::RetryPolicy;
-use crate::options::signature::Expiry;
+use crate::options::signature::{Expiry, Start as StartAt};
 use crate::transport::codec::Codec;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -80,12 +80,6 @@ pub struct RemoteJob<A, R> {
     /// Told the outcome in this process (`callbacks.rs`).
     pub(super) callbacks: RemoteCallbacks,
     _types: PhantomData<fn(A) -> R>,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum StartAt {
-    Countdown(Duration),
-    Eta(SystemTime),
 }
 
 impl<A, R> Clone for RemoteJob<A, R> {

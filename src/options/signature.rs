@@ -68,8 +68,10 @@ impl From<SystemTime> for Expiry {
     }
 }
 
+/// When a job may start: a countdown from submission, or a time (a
+/// pool's job and a broker's alike).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Start {
+pub(crate) enum Start {
     Countdown(Duration),
     Eta(SystemTime),
 }
