@@ -37,32 +37,7 @@ fn nap(ms: u64) -> u64 {
 /// One HTTP exchange: `request` as is, the answer's status, headers
 /// (lowercase names) and body. Bounded: 10 s at most.
 fn http(addr: SocketAddr, request: &[u8]) -> (u16, Vec<(String, String)>, String) {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    conn.set_write_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    conn.write_all(request).unwrap();
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .map(|l| {
-            let (k, v) = l.split_once(':').unwrap();
-            (k.to_ascii_lowercase(), v.trim().to_string())
-        })
-        .collect();
-    (status, headers, body.to_string())
+    common::http_exchange(addr, request, Duration::from_secs(10))
 }
 
 fn get(addr: SocketAddr, path: &str) -> (u16, Vec<(String, String)>, String) {

@@ -41,11 +41,6 @@ impl Answer {
 
 /// One request on a fresh connection (`Connection: close`), bounded.
 fn request(addr: SocketAddr, method: &str, path: &str, body: Option<(&str, &str)>) -> Answer {
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    conn.set_write_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     match body {
         Some((content_type, body)) => {
@@ -56,30 +51,12 @@ fn request(addr: SocketAddr, method: &str, path: &str, body: Option<(&str, &str)
         }
         None => req.push_str("\r\n"),
     }
-    conn.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .map(|l| {
-            let (k, v) = l.split_once(':').unwrap();
-            (k.to_ascii_lowercase(), v.trim().to_string())
-        })
-        .collect();
+    let (status, headers, body) =
+        common::http_exchange(addr, req.as_bytes(), Duration::from_secs(20));
     Answer {
         status,
         headers,
-        body: body.to_string(),
+        body,
     }
 }
 

@@ -158,3 +158,40 @@ pub fn monotonic_ns() -> u64 {
 
 #[cfg(feature = "redis")]
 pub mod server;
+
+/// One HTTP exchange on a fresh loopback connection: `request` as is (it
+/// should say `Connection: close`), then the answer's status, headers
+/// (lowercase names) and body. Bounded: connecting and writing 10 s at
+/// most, reading `read_for`.
+pub fn http_exchange(
+    addr: std::net::SocketAddr,
+    request: &[u8],
+    read_for: Duration,
+) -> (u16, Vec<(String, String)>, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+    conn.set_read_timeout(Some(read_for)).unwrap();
+    conn.set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(request).unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect();
+    (status, headers, body.to_string())
+}
