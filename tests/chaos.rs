@@ -31,13 +31,5 @@ fn chaos_100k_jobs_resolve_exactly_once() {
 #[test]
 #[ignore = "soak: FORKPOOL_SOAK_JOBS=1000000 cargo test --release --test chaos -- --ignored soak"]
 fn soak() {
-    let n = std::env::var("FORKPOOL_SOAK_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let seed = std::env::var("FORKPOOL_SOAK_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x50a_c0ffee);
-    run_chaos(n, seed, Layout::OneQueue);
+    run::soak_from_env(0x50a_c0ffee, Layout::OneQueue);
 }

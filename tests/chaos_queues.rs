@@ -30,13 +30,5 @@ fn chaos_across_queues_priorities_and_autoscaling() {
 #[test]
 #[ignore = "soak: FORKPOOL_SOAK_JOBS=1000000 cargo test --release --test chaos_queues -- --ignored soak"]
 fn soak() {
-    let n = std::env::var("FORKPOOL_SOAK_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let seed = std::env::var("FORKPOOL_SOAK_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_5eed);
-    run_chaos(n, seed, Layout::Queues);
+    run::soak_from_env(0x5eed_5eed, Layout::Queues);
 }

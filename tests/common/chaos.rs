@@ -305,6 +305,20 @@ fn check_order(jobs: &[Job], submitted: &[AtomicU64], starts: &[AtomicU64]) {
     );
 }
 
+/// The soak run: `FORKPOOL_SOAK_JOBS` jobs (default a million), seeded
+/// with `FORKPOOL_SOAK_SEED` (default `seed`).
+pub fn soak_from_env(seed: u64, layout: Layout) {
+    let n = std::env::var("FORKPOOL_SOAK_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let seed = std::env::var("FORKPOOL_SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(seed);
+    run_chaos(n, seed, layout);
+}
+
 pub fn run_chaos(n: usize, seed: u64, layout: Layout) {
     let me = std::process::id() as i32;
     assert!(children_of(me).is_empty(), "the test starts with children");
