@@ -128,11 +128,7 @@ pub(crate) fn post(runner: Option<&Sender<Task>>, task: Task) {
 /// Runs one callback; a panic is reported, not propagated.
 fn run(task: Task) {
     if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(task)) {
-        let msg = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string payload".into());
+        let msg = crate::worker::panic::payload_text(payload.as_ref());
         log::error!("a job callback panicked: {msg}");
     }
 }

@@ -17,7 +17,9 @@ thread_local! {
     static PANIC_TEXT: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-fn payload_text(payload: &(dyn Any + Send)) -> String {
+/// A panic's message: its `&str` or `String` payload, or a word that
+/// says it had neither (for every place that catches a panic).
+pub(crate) fn payload_text(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

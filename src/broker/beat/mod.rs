@@ -227,11 +227,7 @@ fn run(core: Arc<Core>, client: Weak<Inner>) {
             Ok(Some(deadline)) => deadline,
             Ok(None) => return,
             Err(payload) => {
-                let msg = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "non-string payload".into());
+                let msg = crate::worker::panic::payload_text(payload.as_ref());
                 log::error!("the broker's scheduler caught a panic and goes on: {msg}");
                 Deadline {
                     wall: Some(SystemTime::now() + Duration::from_millis(100)),
