@@ -10,7 +10,6 @@ mod common;
 use common::server::{HostOpts, HostProc, Redis};
 use forkpool::JobError;
 use forkpool::broker::Broker;
-use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -34,30 +33,11 @@ fn host_main() {
     common::server::host_main();
 }
 
-/// Keeps every record logged by the library.
-struct Keep(Mutex<Vec<(log::Level, String)>>);
-
-impl log::Log for Keep {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if record.target().starts_with("forkpool") {
-            let line = (record.level(), record.args().to_string());
-            self.0.lock().unwrap().push(line);
-        }
-    }
-    fn flush(&self) {}
-}
-
-static LOGGER: Keep = Keep(Mutex::new(Vec::new()));
-
 const WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn callbacks_fire_once_in_the_submitting_process_and_a_panic_is_logged() {
-    log::set_logger(&LOGGER).unwrap();
-    log::set_max_level(log::LevelFilter::Trace);
+    common::logs::keep();
     let redis = Redis::start();
     let _host = HostProc::spawn(&HostOpts::new(&redis.url()));
     let client = Broker::new(&redis.url())
@@ -128,12 +108,7 @@ fn callbacks_fire_once_in_the_submitting_process_and_a_panic_is_logged() {
         .spawn(6);
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), "ok 36");
     assert!(common::wait_until(Duration::from_secs(10), || {
-        LOGGER
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(l, s)| *l == log::Level::Error && s.contains("callback bug"))
+        common::logs::logged(log::Level::Error, "callback bug")
     }));
     assert_eq!(client.apply(square, 7), Ok(49));
 

@@ -4,8 +4,10 @@
 //! coincide with another test forking a pool (see the crate docs on locks
 //! held at build), and the logger is process-wide too.
 
+mod common;
+
+use common::logs::{all, keep, logged};
 use forkpool::Pool;
-use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -21,37 +23,9 @@ fn abort(_: ()) -> u64 {
     std::process::abort()
 }
 
-/// Keeps every record logged.
-struct Keep(Mutex<Vec<(log::Level, String)>>);
-
-impl log::Log for Keep {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        if record.target().starts_with("forkpool") {
-            let line = (record.level(), record.args().to_string());
-            self.0.lock().unwrap().push(line);
-        }
-    }
-    fn flush(&self) {}
-}
-
-static LOGGER: Keep = Keep(Mutex::new(Vec::new()));
-
-fn logged(level: log::Level, text: &str) -> bool {
-    LOGGER
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(l, s)| *l == level && s.contains(text))
-}
-
 #[test]
 fn a_panicking_callback_is_contained_and_logged() {
-    log::set_logger(&LOGGER).unwrap();
-    log::set_max_level(log::LevelFilter::Trace);
+    keep();
     let pool = Pool::new(1).unwrap();
     let (tx, rx) = mpsc::channel();
     pool.job(boom)
@@ -68,11 +42,7 @@ fn a_panicking_callback_is_contained_and_logged() {
     assert!(
         logged(log::Level::Error, "a job callback panicked: callback bug"),
         "{:?}",
-        LOGGER.0.lock().unwrap()
+        all()
     );
-    assert!(
-        logged(log::Level::Warn, "died"),
-        "{:?}",
-        LOGGER.0.lock().unwrap()
-    );
+    assert!(logged(log::Level::Warn, "died"), "{:?}", all());
 }

@@ -156,6 +156,7 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+pub mod logs;
 #[cfg(feature = "redis")]
 pub mod server;
 
