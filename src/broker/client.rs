@@ -21,7 +21,7 @@ use super::job::RemoteJob;
 use super::keys::Keys;
 use super::listener::{Listener, keep_reply};
 use super::names::registry;
-use super::writer::{Outgoing, Pending, Writer};
+use super::writer::{OutJob, Outgoing, Pending, Writer};
 use super::{Broker, BrokerError, results, shapes};
 use crate::batch::JobId;
 use crate::batch::slot::Slot;
@@ -452,6 +452,18 @@ impl Inner {
 
     pub(super) fn forget(&self, id: u64) {
         lock(&self.pending).remove(&id);
+    }
+
+    /// Hands `job` to the writer; if the client is closing, stops waiting
+    /// for it and fails its `slot`.
+    pub(super) fn send_job(&self, job: OutJob, slot: &Slot) {
+        let id = job.id;
+        if !self.send(Outgoing::Job(Box::new(job))) {
+            self.forget(id);
+            slot.resolve(Err(JobError::Broker {
+                message: "the client is closing".into(),
+            }));
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use super::callbacks::RemoteCallbacks;
 use super::client::{Client, ttl_ms};
 use super::keys::check_queue;
 use super::message::{Envelope, Opts};
-use super::writer::{OutJob, Outgoing, Start};
+use super::writer::{OutJob, Start};
 use crate::batch::JobId;
 use crate::batch::slot::Slot;
 use crate::client::handle::JobHandle;
@@ -407,13 +407,13 @@ where
             opts,
             arg: encoded,
         };
-        let fields = env.fields();
-        let size: u64 = fields.iter().map(|f| f.len() as u64 + 5).sum();
-        let limit = inner.broker.max_message_size;
-        if size > limit {
-            slot.resolve(Err(JobError::TooLarge { size, limit }));
-            return slot;
-        }
+        let fields = match env.fields_within(inner.broker.max_message_size) {
+            Ok(fields) => fields,
+            Err(e) => {
+                slot.resolve(Err(e));
+                return slot;
+            }
+        };
         if self.tracked(target) {
             inner.wait_for(&slot);
         }
@@ -427,12 +427,7 @@ where
             mark_pending: (target == Target::Store).then_some(env.opts.result_ttl_ms),
             slot: self.tracked(target).then(|| slot.clone()),
         };
-        if !inner.send(Outgoing::Job(Box::new(job))) {
-            inner.forget(id);
-            slot.resolve(Err(JobError::Broker {
-                message: "the client is closing".into(),
-            }));
-        }
+        inner.send_job(job, &slot);
         slot
     }
 }

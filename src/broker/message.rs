@@ -23,6 +23,7 @@
 //! and the host dead-letters the entry with it — it never panics and never
 //! leaves the entry to be delivered again.
 
+use crate::error::JobError;
 use crate::options::retry::RetryPolicy;
 use crate::transport::codec::Codec;
 use serde::{Deserialize, Serialize};
@@ -127,6 +128,17 @@ impl Envelope {
             serde_json::to_vec(&self.opts).unwrap_or_default(),
             self.arg.clone(),
         ]
+    }
+
+    /// The entry's field values, or `TooLarge` if they would hold more
+    /// than `limit` bytes in Redis (a field's name counted as 5).
+    pub(crate) fn fields_within(&self, limit: u64) -> Result<[Vec<u8>; 7], JobError> {
+        let fields = self.fields();
+        let size: u64 = fields.iter().map(|f| f.len() as u64 + 5).sum();
+        if size > limit {
+            return Err(JobError::TooLarge { size, limit });
+        }
+        Ok(fields)
     }
 
     /// Checks and reads an entry's fields. `limit`: the most bytes the

@@ -60,7 +60,7 @@ use super::client::{Client, Inner};
 use super::job::{RemoteJob, Target as JobTarget};
 use super::message::{Envelope, Opts};
 use super::results;
-use super::writer::{OutJob, Outgoing, Start};
+use super::writer::{OutJob, Start};
 use crate::batch::JobId;
 use crate::batch::progress::Progress;
 use crate::batch::slot::Slot;
@@ -569,12 +569,7 @@ impl Flow {
                 opts,
                 arg: item.get(LEN..).unwrap_or_default().to_vec(),
             };
-            let fields = env.fields();
-            let size: u64 = fields.iter().map(|f| f.len() as u64 + 5).sum();
-            let limit = inner.broker.max_message_size;
-            if size > limit {
-                return Err(JobError::TooLarge { size, limit });
-            }
+            let fields = env.fields_within(inner.broker.max_message_size)?;
             Ok((id, env, fields, start))
         })();
         let (id, env, fields, start) = match sent {
@@ -614,12 +609,7 @@ impl Flow {
             mark_pending: None,
             slot: Some(slot.clone()),
         };
-        if !inner.send(Outgoing::Job(Box::new(job))) {
-            inner.forget(id);
-            slot.resolve(Err(JobError::Broker {
-                message: "the client is closing".into(),
-            }));
-        }
+        inner.send_job(job, &slot);
     }
 }
 
