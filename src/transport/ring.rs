@@ -63,6 +63,9 @@ pub(crate) struct Producer {
     local: u64,
     /// Last write position published.
     published: u64,
+    /// The write position the last [`publish`](Self::publish) checked the
+    /// consumer's sleep flag for.
+    checked: u64,
     /// Last read position seen (the consumer may only move it forward),
     /// with a consumer at the last wrap counted past it.
     read_seen: u64,
@@ -109,6 +112,7 @@ impl Producer {
             mask: size as u64 - 1,
             local,
             published: local,
+            checked: local,
             read_seen: 0,
             wrap_at: ctl.wrap.0.load(Ordering::Relaxed),
         };
@@ -286,9 +290,20 @@ impl Producer {
 
     /// Commits, then checks (fenced) whether the consumer sleeps. Returns
     /// true when its doorbell must be rung.
+    ///
+    /// Only bytes committed since the last check can be news to a sleeper,
+    /// so with none the flag is not looked at: a consumer that announced
+    /// its sleep before that check was woken by it, and one that announced
+    /// it after saw every byte up to it (the fences pair). Without this,
+    /// the supervisor, which publishes to every worker at every step,
+    /// woke every sleeping worker of the pool at every step — for nothing.
     #[must_use = "a sleeping consumer must be woken"]
     pub(crate) fn publish(&mut self) -> bool {
         self.commit();
+        if self.published == self.checked {
+            return false;
+        }
+        self.checked = self.published;
         fence(Ordering::SeqCst);
         let ctl = self.ctl();
         ctl.consumer_sleeping.0.load(Ordering::Relaxed) != 0
@@ -447,6 +462,33 @@ impl Consumer {
 mod tests {
     use super::*;
     use crate::transport::shm::Region;
+
+    #[test]
+    fn a_sleeping_consumer_is_woken_for_news_only() {
+        let size = 16 * 1024;
+        let (region, _fd) = Region::create(size).unwrap();
+        let ctl = &region.page().to_worker;
+        // SAFETY: region outlives both ends; one producer, one consumer.
+        let (mut p, mut c) = unsafe {
+            (
+                Producer::new(ctl, region.ring_data(true), size),
+                Consumer::new(ctl, region.ring_data(true), size),
+            )
+        };
+        p.put(b"frame");
+        assert!(!p.publish(), "the consumer is awake");
+        assert!(!c.consume(5), "nobody waits for space");
+        assert!(c.prepare_sleep(1).unwrap());
+        for _ in 0..3 {
+            assert!(!p.publish(), "nothing new: the sleeper sleeps on");
+        }
+        // Bytes committed without a check are news to the next publish.
+        p.put(b"more");
+        p.commit();
+        assert!(p.publish(), "new bytes wake the sleeper");
+        assert!(!p.publish(), "once");
+        c.awake();
+    }
 
     #[test]
     fn bytes_wrap_and_flags_handshake() {
