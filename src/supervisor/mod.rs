@@ -71,6 +71,7 @@ use crate::metrics::tally::{Tallies, TallyKey};
 use crate::sys::clock::StepClock;
 use crate::sys::prefault::Spares;
 use crate::sys::spin;
+use crate::transport::seats::SpinSeats;
 use crate::worker::zygote::ZygoteLink;
 use conn::{Conn, Ctx};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -92,7 +93,12 @@ pub(crate) fn start(
     spares: Spares,
     events: Arc<Bus>,
 ) -> Result<(Submitter, Driver, JoinHandle<()>), Error> {
-    let zygote = ZygoteLink::start(&worker_configs(&config), config.fork_server_capacity())?;
+    let seats = Arc::new(SpinSeats::per_cpu()?);
+    let zygote = ZygoteLink::start(
+        &worker_configs(&config),
+        &seats,
+        config.fork_server_capacity(),
+    )?;
     let wake = Arc::new(Wake::new()?);
     let epoll = Arc::new(Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?);
     epoll.add(wake.fd(), Token::Wake.event())?;
@@ -123,6 +129,7 @@ pub(crate) fn start(
         wake: wake.clone(),
         epoll: epoll.clone(),
         zygote: Some(zygote),
+        seats,
         restart: None,
         zygote_ready: true,
         steps: 0,
@@ -205,6 +212,8 @@ struct Supervisor {
     wake: Arc<Wake>,
     epoll: Arc<Epoll>,
     zygote: Option<ZygoteLink>,
+    /// The pool's spin seats, shared with every worker (`transport/seats.rs`).
+    seats: Arc<SpinSeats>,
     /// A new fork server being forked after the last one died.
     restart: Option<Restart>,
     /// The fork server's socket is readable (polling it costs a system

@@ -22,6 +22,7 @@
 
 use super::Wake;
 use crate::config::PoolConfig;
+use crate::transport::seats::SpinSeats;
 use crate::worker::zygote::ZygoteLink;
 use crossbeam_channel::{Receiver, TryRecvError};
 use std::io;
@@ -39,13 +40,17 @@ pub(super) struct Restart {
 
 impl Restart {
     /// Starts forking a new fork server; `wake` is rung when it is done.
-    pub(super) fn begin(config: Arc<PoolConfig>, wake: Arc<Wake>) -> io::Result<Restart> {
+    pub(super) fn begin(
+        config: Arc<PoolConfig>,
+        seats: Arc<SpinSeats>,
+        wake: Arc<Wake>,
+    ) -> io::Result<Restart> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         std::thread::Builder::new()
             .name("forkpool-refork".into())
             .spawn(move || {
                 let workers = super::worker_configs(&config);
-                let link = ZygoteLink::start(&workers, config.fork_server_capacity());
+                let link = ZygoteLink::start(&workers, &seats, config.fork_server_capacity());
                 // If the supervisor is gone, the link comes back and is
                 // dropped here, which stops and reaps the new zygote.
                 let _ = tx.send(link);

@@ -48,7 +48,7 @@ impl Supervisor {
             // fails them rather than let them hang.
             let idle = self.closing && self.nothing_waits();
             if self.restart.is_none() && !idle && clock::coarse_ns() >= self.spawn_after {
-                match Restart::begin(self.config.clone(), self.wake.clone()) {
+                match Restart::begin(self.config.clone(), self.seats.clone(), self.wake.clone()) {
                     Ok(r) => self.restart = Some(r),
                     Err(e) => self.start_failed(format!("could not restart the fork server: {e}")),
                 }

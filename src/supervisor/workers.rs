@@ -46,6 +46,8 @@ impl Supervisor {
             let mut c = self.conns.swap_remove(i);
             let requeue = c.finalize(&mut ctx);
             let pid = c.pid().unwrap_or(0);
+            // A worker that died while it spun frees its seat here.
+            self.seats.vacate(pid as u32);
             if let Some(code @ 70..=72) = c.status.and_then(|s| s.code()) {
                 // The worker left on its own over a broken frame or ring: a
                 // forkpool bug, worth saying out loud (its jobs ran elsewhere).

@@ -17,15 +17,17 @@
 //! | file | owns |
 //! | --- | --- |
 //! | `wire.rs` | frames, tags, the batch header, the size cap, the untrusted-record decoder |
-//! | `shm.rs` | the shared memory: `memfd`, mirrored mappings |
+//! | `shm.rs` | the shared memory: `memfd`, mirrored mappings, the pool's shared page |
 //! | `status.rs` | the status page: which item runs, cancel slots, ring positions, progress |
 //! | `ring.rs` | the SPSC byte ring and its sleep/wake handshakes |
+//! | `seats.rs` | the pool's spin seats: how many workers may spin at once |
 //! | `bell.rs` | doorbell pipes |
 //! | `codec.rs` | serde encoding, one [`Codec`](codec::Codec) per pool (bincode 1.3 by default; postcard, JSON, MessagePack behind features), decoding into faulted-in buffers |
 
 pub(crate) mod bell;
 pub(crate) mod codec;
 pub(crate) mod ring;
+pub(crate) mod seats;
 pub(crate) mod shm;
 pub(crate) mod status;
 pub(crate) mod wire;

@@ -13,6 +13,11 @@
 //!
 //! The status page's layout and the words in it are `status.rs`'s.
 //!
+//! Besides, a pool has one [`PoolPage`]: an anonymous shared page mapped
+//! before the fork server is forked, so every process of the pool (the
+//! caller, the fork server, each worker) sees the same bytes at the same
+//! address without a descriptor (`seats.rs` keeps its spin seats there).
+//!
 //! This module owns `memfd_create`, `ftruncate`, `mmap` and `munmap`. The
 //! mapping functions use raw system calls only, so a freshly forked worker
 //! may call them before it enters its loop.
@@ -144,6 +149,58 @@ impl Drop for Region {
         // and no reference into it outlives self (rings borrow from the
         // struct that owns the region and are dropped with it).
         unsafe { libc::munmap(self.base.cast(), PAGE + 4 * self.ring_size) };
+    }
+}
+
+/// One page of memory shared by the caller and every process it forks
+/// afterwards (`MAP_SHARED | MAP_ANONYMOUS`): children inherit the mapping
+/// at the same address. Zeroed when made; unmapped when dropped in the
+/// caller (a child never drops its copy: it leaves by `_exit`).
+pub(crate) struct PoolPage {
+    base: *mut u8,
+}
+
+// SAFETY: the page is plain shared memory accessed only through atomics
+// (see `seats.rs`); any thread may use it.
+unsafe impl Send for PoolPage {}
+// SAFETY: as above: no thread holds a non-atomic reference into it.
+unsafe impl Sync for PoolPage {}
+
+impl PoolPage {
+    /// Maps a fresh zeroed page.
+    pub(crate) fn new() -> io::Result<PoolPage> {
+        // SAFETY: a fresh anonymous mapping touches no existing memory.
+        let base = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(PoolPage { base: base.cast() })
+    }
+
+    /// The page's first `n` words, as atomics (`n * 4 <= PAGE`).
+    pub(crate) fn words(&self, n: usize) -> &[std::sync::atomic::AtomicU32] {
+        assert!(n * 4 <= PAGE, "{n} words do not fit a page");
+        // SAFETY: the page is mapped read-write, page-aligned and zeroed
+        // (a valid AtomicU32 is any bit pattern) for as long as self lives;
+        // every access goes through the atomics.
+        unsafe { std::slice::from_raw_parts(self.base.cast(), n) }
+    }
+}
+
+impl Drop for PoolPage {
+    fn drop(&mut self) {
+        // SAFETY: base is the page mapped in `new`; references into it
+        // borrow from self and end with it.
+        unsafe { libc::munmap(self.base.cast(), PAGE) };
     }
 }
 

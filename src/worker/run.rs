@@ -16,6 +16,7 @@ use crate::config::WorkerConfig;
 use crate::sys::spin::{self, Budget, Wait};
 use crate::transport::bell;
 use crate::transport::ring::{Consumer, Producer};
+use crate::transport::seats::SpinSeats;
 use crate::transport::shm::Region;
 use crate::transport::status::{DELIVERING, StatusPage};
 use crate::transport::wire::{self, HEADER, Tag};
@@ -25,7 +26,8 @@ use std::time::Duration;
 
 /// The adaptive spin before a worker sleeps (see `crate::sys::spin`): a worker
 /// fed back to back never pays a wake-up, and an idle one spins at most
-/// 200 µs once before it sleeps.
+/// 200 µs once before it sleeps — and only in one of the pool's spin seats
+/// (`transport/seats.rs`), so no more workers spin than the pool has CPUs.
 fn spin_budget() -> Budget {
     Budget::new(
         Duration::from_micros(100),
@@ -60,6 +62,10 @@ pub(super) struct Worker {
     pub(super) scratch: Vec<u8>,
     /// How long to spin for the next frame before sleeping (see `wait_for`).
     pub(super) spin: Budget,
+    /// The pool's spin seats: the worker spins only in one (`seats.rs`).
+    pub(super) seats: &'static SpinSeats,
+    /// This process's id, the name it takes a seat by.
+    pub(super) pid: u32,
     /// Result bytes the last batch wrote: the room at the outbox's start
     /// that lets the next batch go back there (see `run_batch`).
     pub(super) answer_bytes: usize,
@@ -67,12 +73,18 @@ pub(super) struct Worker {
 
 /// The worker's main: called by the zygote's child right after fork, with
 /// the shared memory mapped and descriptors in place. Never returns.
-pub(crate) fn run(region: Region, config: &WorkerConfig) -> ! {
+pub(crate) fn run(region: Region, config: &WorkerConfig, seats: &SpinSeats) -> ! {
     // The worker is its own process: its region and config live until exit.
     let region: &'static Region = Box::leak(Box::new(region));
-    // SAFETY: `config` lives in memory copied from the caller at fork and is
-    // never freed in this process.
-    let config: &'static WorkerConfig = unsafe { &*(config as *const WorkerConfig) };
+    // SAFETY: `config` and `seats` live in memory copied from the caller at
+    // fork and never freed in this process (`seats` maps a page shared with
+    // the pool, which this process never unmaps).
+    let (config, seats): (&'static WorkerConfig, &'static SpinSeats) = unsafe {
+        (
+            &*(config as *const WorkerConfig),
+            &*(seats as *const SpinSeats),
+        )
+    };
     let page = region.page();
     current::enter(page);
     page.worker.cpu.store(spin::NO_CPU, Ordering::Relaxed);
@@ -93,6 +105,8 @@ pub(crate) fn run(region: Region, config: &WorkerConfig) -> ! {
         next_seq: 0,
         scratch: Vec::new(),
         spin: spin_budget(),
+        seats,
+        pid: std::process::id(),
         answer_bytes: 0,
     };
     if let Some(init) = config.initializer
@@ -162,6 +176,9 @@ impl Worker {
     /// Spins up to the current budget for `need` inbox bytes, adapting the
     /// budget to whether they came.
     fn spin_for(&mut self, need: usize) -> Option<usize> {
+        // No seat free: as many workers as the pool has CPUs spin already,
+        // and one more would only take a CPU from a worker with work.
+        let _seat = self.seats.take(self.pid)?;
         let budget = self.spin.get();
         let wait = Wait::new(budget);
         self.page.worker.cpu.store(wait.cpu(), Ordering::Relaxed);

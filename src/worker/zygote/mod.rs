@@ -24,6 +24,7 @@ mod server;
 
 use crate::config::WorkerConfig;
 use crate::error::ExitStatus;
+use crate::transport::seats::SpinSeats;
 use crate::worker::panic;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -63,9 +64,14 @@ pub(crate) struct ZygoteLink {
 impl ZygoteLink {
     /// Forks the zygote from the calling process, with room for `capacity`
     /// children at once. `configs` holds what each queue's workers see, by
-    /// queue index; the child keeps its own copy of the slice (it is
-    /// forked while this frame holds it, and never returns here).
-    pub(crate) fn start(configs: &[WorkerConfig], capacity: usize) -> io::Result<ZygoteLink> {
+    /// queue index, and `seats` the pool's spin seats (in memory every
+    /// worker shares); the child keeps its own copy of both (it is forked
+    /// while this frame holds them, and never returns here).
+    pub(crate) fn start(
+        configs: &[WorkerConfig],
+        seats: &SpinSeats,
+        capacity: usize,
+    ) -> io::Result<ZygoteLink> {
         let (ours, theirs) = msg::socket_pair()?;
         // SAFETY: socket_pair just returned both descriptors; each is owned once.
         let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(ours), OwnedFd::from_raw_fd(theirs)) };
@@ -84,7 +90,7 @@ impl ZygoteLink {
             // the child this thread is their owner.
             drop(out);
             drop(err);
-            server::serve(theirs.as_raw_fd(), table, configs);
+            server::serve(theirs.as_raw_fd(), table, configs, seats);
         }
         drop(out);
         drop(err);

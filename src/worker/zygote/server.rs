@@ -16,6 +16,7 @@
 use super::msg::{self, ADOPT, EXITED, Msg, SPAWN, SPAWN_FAILED, SPAWNED};
 use super::postfork;
 use crate::config::WorkerConfig;
+use crate::transport::seats::SpinSeats;
 use crate::transport::shm::Region;
 use crate::worker::fds::{WORKER_BELL_IN, WORKER_BELL_OUT, WORKER_SHM};
 use crate::worker::run;
@@ -74,7 +75,12 @@ impl Table {
 }
 
 /// Runs the fork server in the freshly forked zygote. Never returns.
-pub(crate) fn serve(sock: RawFd, mut table: Table, configs: &[WorkerConfig]) -> ! {
+pub(crate) fn serve(
+    sock: RawFd,
+    mut table: Table,
+    configs: &[WorkerConfig],
+    seats: &SpinSeats,
+) -> ! {
     if !postfork::install_fds(&[sock]) {
         postfork::exit(70);
     }
@@ -113,7 +119,7 @@ pub(crate) fn serve(sock: RawFd, mut table: Table, configs: &[WorkerConfig]) -> 
         forget_adopted(&mut table);
         reap(&mut table);
         if table.polls[0].revents != 0 {
-            serve_request(&mut table, configs);
+            serve_request(&mut table, configs, seats);
         }
     }
 }
@@ -154,7 +160,7 @@ fn reap(table: &mut Table) {
     }
 }
 
-fn serve_request(table: &mut Table, configs: &[WorkerConfig]) {
+fn serve_request(table: &mut Table, configs: &[WorkerConfig], seats: &SpinSeats) {
     let req = match msg::recv(SOCK, true) {
         Ok(Some(req)) => req,
         Ok(None) => shutdown(table),
@@ -212,7 +218,7 @@ fn serve_request(table: &mut Table, configs: &[WorkerConfig]) {
         return fail(table, e);
     }
     if pid == 0 {
-        become_worker(req.fds, config);
+        become_worker(req.fds, config, seats);
     }
     for fd in &req.fds[..req.nfds] {
         // SAFETY: the worker has its copies; ours are closed.
@@ -239,7 +245,7 @@ fn serve_request(table: &mut Table, configs: &[WorkerConfig]) {
 }
 
 /// Turns the freshly forked child into a worker. Never returns.
-fn become_worker(fds: [RawFd; 3], config: &WorkerConfig) -> ! {
+fn become_worker(fds: [RawFd; 3], config: &WorkerConfig, seats: &SpinSeats) -> ! {
     if !postfork::install_fds(&fds) {
         postfork::exit(70);
     }
@@ -252,7 +258,7 @@ fn become_worker(fds: [RawFd; 3], config: &WorkerConfig) -> ! {
     };
     // SAFETY: the mapping holds its own reference to the file.
     unsafe { libc::close(WORKER_SHM) };
-    run::run(region, config)
+    run::run(region, config, seats)
 }
 
 /// Kills and reaps every child, then exits: the caller is gone (or asked).
