@@ -44,9 +44,12 @@ impl SpinSeats {
         })
     }
 
-    /// One seat per CPU this process may run on.
+    /// One seat per CPU this process may run on (`num_cpus`, as the
+    /// pool's default size: its cgroup reading is made once per process;
+    /// `std`'s `available_parallelism` reads the cgroup files at every
+    /// call, some 40 µs of a pool's start-up).
     pub(crate) fn per_cpu() -> io::Result<SpinSeats> {
-        SpinSeats::new(std::thread::available_parallelism().map_or(1, usize::from))
+        SpinSeats::new(num_cpus::get())
     }
 
     fn words(&self) -> &[AtomicU32] {
