@@ -327,3 +327,48 @@ fn dropping_an_imap_takes_back_the_items_workers_have_not_started() {
     );
     assert_eq!(s.failed, 0, "{s:?}");
 }
+
+/// When the job ran, in nanoseconds since 1970.
+fn ran_at(_: u64) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn now_ns() -> u64 {
+    ran_at(0)
+}
+
+/// `map` steps the supervisor only every few batches of one item; the
+/// ones it sent between steps must not wait for the input's next item.
+#[test]
+fn items_sent_before_the_input_stalls_run_during_the_stall() {
+    let pool = Pool::builder().workers(2).chunk_size(1).build().unwrap();
+    let stalled_at = Arc::new(AtomicU64::new(0));
+    let mark = stalled_at.clone();
+    let mut n = 0u64;
+    let input = std::iter::from_fn(move || {
+        n += 1;
+        // Items come slowly enough for the supervisor thread to fall
+        // asleep between them, then stop coming for three seconds.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        if n == 4 {
+            mark.store(now_ns(), Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_secs(3));
+        }
+        (n <= 6).then_some(n)
+    });
+    let times = pool.map(ran_at, input).unwrap();
+    let stall = stalled_at.load(Ordering::SeqCst);
+    assert_eq!(times.len(), 6);
+    for (i, &t) in times[..3].iter().enumerate() {
+        // Within a second of the stall's start (seconds of slack on a
+        // loaded machine), not after its three seconds.
+        assert!(
+            t < stall + 1_500_000_000,
+            "item {i} ran {} ms after the input stalled",
+            (t.saturating_sub(stall)) / 1_000_000
+        );
+    }
+}

@@ -34,7 +34,7 @@ use nix::sys::epoll::{Epoll, EpollEvent, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -42,14 +42,27 @@ use std::time::Duration;
 pub(crate) struct Wake {
     fd: EventFd,
     sleeping: AtomicBool,
+    /// Callers that step only every few submissions ([`Deferring`]): while
+    /// any is, the supervisor thread sleeps at most [`DEFERRED_POLL`].
+    deferring: AtomicU32,
 }
+
+/// The longest a batch a caller sent quietly, without stepping, waits for
+/// a step (see [`Deferring`]).
+pub(super) const DEFERRED_POLL: Duration = Duration::from_millis(1);
 
 impl Wake {
     pub(super) fn new() -> std::io::Result<Wake> {
         Ok(Wake {
             fd: EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
             sleeping: AtomicBool::new(false),
+            deferring: AtomicU32::new(0),
         })
+    }
+
+    /// Whether a caller steps only every few submissions (see [`Deferring`]).
+    pub(super) fn deferring(&self) -> bool {
+        self.deferring.load(Ordering::SeqCst) > 0
     }
 
     pub(super) fn fd(&self) -> BorrowedFd<'_> {
@@ -141,7 +154,32 @@ fn lock(core: &Mutex<Supervisor>) -> MutexGuard<'_, Supervisor> {
     core.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Held by a caller that sends batches quietly and steps the supervisor
+/// only every few of them (`map` with small batches: a step per batch of
+/// one item was a third of its caller's time). A batch sent and not yet
+/// stepped would wait for the caller's next step — for ever, if the
+/// caller's input stalls. So while a `Deferring` lives, the supervisor
+/// thread never sleeps longer than [`DEFERRED_POLL`]: it takes such a
+/// batch within about a millisecond whatever the caller does.
+pub(crate) struct Deferring<'d>(&'d Wake);
+
+impl Drop for Deferring<'_> {
+    fn drop(&mut self) {
+        self.0.deferring.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Driver {
+    /// Starts deferring steps (see [`Deferring`]). A supervisor thread that
+    /// chose its sleep before this is woken to choose again: either it
+    /// sees the count, or this sees it sleeping and rings (the two sides
+    /// store, fence, then load).
+    pub(crate) fn deferring(&self) -> Deferring<'_> {
+        self.wake.deferring.fetch_add(1, Ordering::SeqCst);
+        self.wake.notify();
+        Deferring(&self.wake)
+    }
+
     pub(super) fn new(core: Arc<Mutex<Supervisor>>, wake: Arc<Wake>) -> Driver {
         Driver {
             core,

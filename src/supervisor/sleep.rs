@@ -8,6 +8,7 @@
 //! (`drive.rs`) withdraw the announcements, so workers stop ringing while
 //! someone steps the supervisor anyway.
 
+use super::drive::DEFERRED_POLL;
 use super::restart::Restart;
 use super::{Supervisor, Token};
 use crate::sys::clock;
@@ -37,6 +38,11 @@ impl Supervisor {
             return Err(());
         }
         let mut until = self.next_deadline;
+        if self.wake.deferring() {
+            // A caller sends quietly and steps only now and then.
+            let poll = clock::coarse_ns() + DEFERRED_POLL.as_nanos() as u64;
+            until = Some(until.map_or(poll, |t| t.min(poll)));
+        }
         let short = self.queues.iter().any(|q| q.strength < q.bounds.min);
         if self.spawn_after > 0 && short {
             until = Some(until.map_or(self.spawn_after, |t| t.min(self.spawn_after)));
