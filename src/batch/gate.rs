@@ -25,6 +25,9 @@ pub(crate) struct Gate {
 struct State {
     waiting: u64,
     closed: bool,
+    /// Submitters blocked in `acquire`: a release signals only when one
+    /// is (a signal is a system call even with nobody to wake).
+    blocked: u32,
 }
 
 /// Why a submission was not admitted.
@@ -43,6 +46,7 @@ impl Gate {
             state: Mutex::new(State {
                 waiting: 0,
                 closed: false,
+                blocked: 0,
             }),
             freed: Condvar::new(),
         })
@@ -70,7 +74,9 @@ impl Gate {
                     n,
                 });
             }
+            s.blocked += 1;
             s = self.freed.wait(s).unwrap_or_else(|e| e.into_inner());
+            s.blocked -= 1;
         }
     }
 
@@ -108,8 +114,11 @@ impl Gate {
         }
         let mut s = self.lock();
         s.waiting = s.waiting.saturating_sub(n);
+        let blocked = s.blocked > 0;
         drop(s);
-        self.freed.notify_all();
+        if blocked {
+            self.freed.notify_all();
+        }
     }
 }
 

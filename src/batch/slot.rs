@@ -46,6 +46,11 @@ struct SlotInner {
     result: Option<Result<Vec<u8>, JobError>>,
     waker: Option<Waker>,
     finisher: Option<Finisher>,
+    /// Threads blocked in `wait_until` (counted under the lock): `resolve`
+    /// signals the condition variable only when one is, since a signal is
+    /// a system call even with nobody to wake, and the common waiter — a
+    /// caller helping the supervisor — spins and never blocks.
+    blocked: u32,
 }
 
 impl Slot {
@@ -96,8 +101,11 @@ impl Slot {
             .state
             .compare_exchange(PENDING, RESOLVED, Ordering::AcqRel, Ordering::Relaxed);
         let waker = inner.waker.take();
+        let blocked = inner.blocked > 0;
         drop(inner);
-        self.ready.notify_all();
+        if blocked {
+            self.ready.notify_all();
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -132,19 +140,31 @@ impl Slot {
     pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let mut inner = self.lock();
         while inner.result.is_none() {
-            match deadline {
-                None => inner = self.ready.wait(inner).unwrap_or_else(|e| e.into_inner()),
+            // Counted before the wait releases the lock, so a `resolve`
+            // (which holds it to store the result) sees this waiter.
+            inner.blocked += 1;
+            let timed_out = match deadline {
+                None => {
+                    inner = self.ready.wait(inner).unwrap_or_else(|e| e.into_inner());
+                    false
+                }
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return false;
+                        true
+                    } else {
+                        inner = self
+                            .ready
+                            .wait_timeout(inner, d - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                        false
                     }
-                    inner = self
-                        .ready
-                        .wait_timeout(inner, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
                 }
+            };
+            inner.blocked -= 1;
+            if timed_out {
+                return false;
             }
         }
         true
