@@ -119,7 +119,7 @@ pub(crate) fn run(region: Region, config: &WorkerConfig, seats: &SpinSeats) -> !
         w.flush();
         exit(EXIT_INIT_FAILED);
     }
-    w.record(Tag::Ready, &std::process::id().to_le_bytes());
+    w.record(Tag::Ready, &w.pid.to_le_bytes());
     w.flush();
     loop {
         w.next_frame();

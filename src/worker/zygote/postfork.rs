@@ -86,24 +86,18 @@ extern "C" fn soft_limit_notice(_: libc::c_int) {
     // interrupts a blocking system call so the job gets to look at it.
 }
 
-/// Signal dispositions for the zygote and (with `worker`) a worker:
-/// Ctrl-C is the caller's business (ignored here), SIGTERM and SIGCHLD do
-/// their default, handlers the caller installed are dropped (their state
-/// lives in the caller) — including Rust's stack-overflow handler for
+/// Signal dispositions for the zygote, which its workers inherit: Ctrl-C
+/// is the caller's business (ignored here), SIGTERM and SIGCHLD do their
+/// default, handlers the caller installed are dropped (their state lives
+/// in the caller) — including Rust's stack-overflow handler for
 /// SIGSEGV/SIGBUS, which would swallow a raised SIGSEGV: in a worker every
-/// segfault is a crash the supervisor reports. A worker gets a no-op SIGUSR1
-/// handler without `SA_RESTART` so that the soft-limit notice interrupts a
-/// blocking call.
-pub(crate) fn reset_signals(worker: bool) {
+/// segfault is a crash the supervisor reports. Every signal is unblocked.
+pub(crate) fn reset_signals() {
     for sig in 1..32 {
         match sig {
             libc::SIGKILL | libc::SIGSTOP => {}
             libc::SIGINT | libc::SIGPIPE => set_handler(sig, libc::SIG_IGN),
             libc::SIGTERM | libc::SIGCHLD => set_handler(sig, libc::SIG_DFL),
-            libc::SIGUSR1 if worker => set_handler(
-                sig,
-                soft_limit_notice as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            ),
             _ => {
                 // SAFETY: an all-zero sigaction is a valid value of this C struct.
                 let mut old: libc::sigaction = unsafe { zeroed() };
@@ -121,6 +115,19 @@ pub(crate) fn reset_signals(worker: bool) {
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, ptr::null_mut());
     }
+}
+
+/// A worker's one change to the dispositions it inherits from the zygote
+/// ([`reset_signals`], which the zygote ran before it forked any worker;
+/// the zygote changes none after): a no-op SIGUSR1 handler without
+/// `SA_RESTART`, so that the soft-limit notice interrupts a blocking call.
+/// (Resetting all 31 again cost every worker ~30 system calls on its way
+/// to ready.)
+pub(crate) fn worker_signals() {
+    set_handler(
+        libc::SIGUSR1,
+        soft_limit_notice as extern "C" fn(libc::c_int) as libc::sighandler_t,
+    );
 }
 
 /// A pidfd for our own unreaped child `pid` (so it cannot be a recycled

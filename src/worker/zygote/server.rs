@@ -87,7 +87,7 @@ pub(crate) fn serve(
     // dup2 cleared close-on-exec; the zygote never execs, but nothing of
     // the pool's may leak into a program started by a descendant.
     postfork::set_cloexec(SOCK);
-    postfork::reset_signals(false);
+    postfork::reset_signals();
     loop {
         table.polls[0] = libc::pollfd {
             fd: SOCK,
@@ -251,7 +251,7 @@ fn become_worker(fds: [RawFd; 3], config: &WorkerConfig, seats: &SpinSeats) -> !
     }
     postfork::set_cloexec(WORKER_BELL_IN);
     postfork::set_cloexec(WORKER_BELL_OUT);
-    postfork::reset_signals(true);
+    postfork::worker_signals();
     let region = match Region::map(WORKER_SHM, config.ring_size) {
         Ok(r) => r,
         Err(_) => postfork::exit(71),
