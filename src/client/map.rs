@@ -17,7 +17,7 @@ use crate::batch::outcome::decode_result;
 use crate::batch::{Batch, Outcome};
 use crate::client::shared::Shared;
 use crate::error::{Error, JobError};
-use crate::supervisor::Help;
+use crate::supervisor::{Deferring, Help};
 use crate::sys::hugepage;
 use crate::sys::prefault::{self, Spares};
 use crate::transport::codec::Codec;
@@ -118,31 +118,10 @@ where
     // while the caller encodes and decodes (1 MiB payloads, A/B: +4-20%).
     let mut flow = Flow {
         big: false,
+        deferring: None,
         sent_items: 0,
         unstepped: 0,
         refused: 0,
-    };
-    let mut deferring = None;
-    let mut send = |flow: &mut Flow, mut batch: Batch| {
-        flow.sent_items += u64::from(batch.count());
-        if batch.items().len() >= HANDOFF_BYTES {
-            flow.big = true;
-            shared.submit(batch, false);
-        } else if batch.count() < SMALL_BATCH {
-            // Small batches: a step every few (see `STEP_EVERY`).
-            shared.submit(batch, true);
-            flow.unstepped += 1;
-            if flow.unstepped >= STEP_EVERY {
-                flow.unstepped = 0;
-                shared.driver.step_once();
-            } else if deferring.is_none() {
-                deferring = Some(shared.driver.deferring());
-            }
-        } else {
-            shared.submit(batch, true);
-            flow.unstepped = 0;
-            shared.driver.step_once();
-        }
     };
     let mut sent = false;
     for item in input {
@@ -151,14 +130,14 @@ where
         match batcher.push(index, &item) {
             Err(e) => {
                 if let Some(b) = batcher.take() {
-                    send(&mut flow, b);
+                    flow.send(shared, b);
                 }
                 refused(shared, &e);
                 flow.refused += 1;
                 out.accept(index, Outcome::Failed { count: 1, error: e });
             }
             Ok(()) if batcher.is_full() => {
-                send(&mut flow, batcher.take().expect("full batch"));
+                flow.send(shared, batcher.take().expect("full batch"));
                 sent = true;
                 if auto {
                     // Chunks shrink as the input runs out (guided
@@ -185,14 +164,18 @@ where
             bar.set(out.resolved);
             let allowed = batcher.items_in_window(workers);
             if let Some(target) = flow.must_wait_for(out.resolved, allowed) {
+                // Waiting, the caller steps (and wakes the supervisor thread
+                // when it leaves): the supervisor thread need not poll.
+                flow.deferring = None;
                 collect_until(shared, &rx, &mut out, &bar, flow.big, target);
             }
         }
     }
     if let Some(b) = batcher.take() {
-        send(&mut flow, b);
+        flow.send(shared, b);
     }
     drop(batcher);
+    flow.deferring = None;
     collect_until(shared, &rx, &mut out, &bar, flow.big, total);
     bar.finish();
     out.finish(total)
@@ -202,7 +185,11 @@ where
 /// a window (see [`Batcher::items_in_window`]): an input of any length is
 /// read only as fast as workers take it, so memory holds the results and a
 /// bounded slice of the arguments.
-struct Flow {
+struct Flow<'d> {
+    /// Held while small batches may wait for a step (see `STEP_EVERY`);
+    /// dropped whenever the caller waits for answers, since it steps then,
+    /// so that a long wait (a map of slow jobs) costs no polling.
+    deferring: Option<Deferring<'d>>,
     /// Whether a batch went to the supervisor thread (see `HANDOFF_BYTES`).
     big: bool,
     sent_items: u64,
@@ -212,7 +199,32 @@ struct Flow {
     refused: u64,
 }
 
-impl Flow {
+impl<'d> Flow<'d> {
+    /// Hands `batch` to the supervisor. Big batches go to the supervisor
+    /// thread, which takes their ring copies; the caller steps the
+    /// supervisor after other batches itself — after every few small ones
+    /// (see `STEP_EVERY`).
+    fn send(&mut self, shared: &'d Shared, mut batch: Batch) {
+        self.sent_items += u64::from(batch.count());
+        if batch.items().len() >= HANDOFF_BYTES {
+            self.big = true;
+            shared.submit(batch, false);
+        } else if batch.count() < SMALL_BATCH {
+            shared.submit(batch, true);
+            self.unstepped += 1;
+            if self.unstepped >= STEP_EVERY {
+                self.unstepped = 0;
+                shared.driver.step_once();
+            } else if self.deferring.is_none() {
+                self.deferring = Some(shared.driver.deferring());
+            }
+        } else {
+            shared.submit(batch, true);
+            self.unstepped = 0;
+            shared.driver.step_once();
+        }
+    }
+
     /// The number of resolved items to wait for, if more than `allowed`
     /// items are out.
     fn must_wait_for(&self, resolved: u64, allowed: u64) -> Option<u64> {

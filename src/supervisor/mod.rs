@@ -56,7 +56,7 @@ mod watch;
 mod workers;
 
 pub(crate) use command::{Command, Whereabouts};
-pub(crate) use drive::{Driver, Help, Submitter};
+pub(crate) use drive::{Deferring, Driver, Help, Submitter};
 
 use crate::batch::throttle::Throttles;
 use crate::batch::{Batch, JobId};
