@@ -43,6 +43,9 @@ pub(super) struct Book {
     /// Records received for the front batch, not yet delivered.
     pub(super) out: Vec<u8>,
     pub(super) out_count: u32,
+    /// Bytes per answer of the last answers handed on, to size the next
+    /// batch's buffer at once (`pull_direct`) instead of growing it.
+    pub(super) answer_bytes: usize,
     pub(super) cancel_used: u64,
     pub(super) kill: Option<Kill>,
     /// The killed item answered anyway; its answer was dropped.
@@ -199,6 +202,7 @@ impl Book {
             .inflight
             .front_mut()
             .expect("records belong to a batch");
+        self.answer_bytes = self.out.len() / self.out_count as usize;
         front
             .batch
             .deliver_records(self.out_count, std::mem::take(&mut self.out));

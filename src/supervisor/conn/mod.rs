@@ -205,6 +205,7 @@ impl Conn {
                 inflight: VecDeque::new(),
                 out: Vec::new(),
                 out_count: 0,
+                answer_bytes: 0,
                 cancel_used: 0,
                 kill: None,
                 swallowed: false,

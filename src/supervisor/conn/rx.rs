@@ -18,6 +18,9 @@ use std::os::fd::AsRawFd;
 /// worker cannot starve the others.
 const MAX_PULL: usize = 8 << 20;
 
+/// Most room reserved for a batch's answers ahead of their arrival.
+const ANSWERS_HINT_CAP: usize = 4 << 20;
+
 impl Conn {
     /// Takes in everything the worker has published.
     pub(in crate::supervisor) fn pump_rx(&mut self, ctx: &mut Ctx<'_>) {
@@ -138,6 +141,19 @@ impl Conn {
     fn pull_direct(&mut self, n: usize, ctx: &mut Ctx<'_>) {
         let out = &mut self.book.out;
         let old = out.len();
+        if old == 0 {
+            // A batch's first answers: room for all of them at the last
+            // answers' size, so the buffer is not grown (and its pages
+            // touched) again and again. Only a hint, from bytes received.
+            let front = self.book.inflight.front().expect("checked by pulls_direct");
+            let left = (front.batch.count() - self.book.out_count) as usize;
+            out.reserve(
+                n.max(
+                    left.saturating_mul(self.book.answer_bytes)
+                        .min(ANSWERS_HINT_CAP),
+                ),
+            );
+        }
         out.reserve(n);
         self.rx.copy_into(0, &mut out.spare_capacity_mut()[..n]);
         // SAFETY: `copy_into` initialised these n bytes of spare capacity.
