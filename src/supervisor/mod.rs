@@ -130,6 +130,7 @@ pub(crate) fn start(
         epoll: epoll.clone(),
         zygote: Some(zygote),
         seats,
+        drained: false,
         restart: None,
         zygote_ready: true,
         steps: 0,
@@ -214,6 +215,9 @@ struct Supervisor {
     zygote: Option<ZygoteLink>,
     /// The pool's spin seats, shared with every worker (`transport/seats.rs`).
     seats: Arc<SpinSeats>,
+    /// The fork server was told to exit once its workers are gone (a join
+    /// at its end): its socket's end is then expected, not a loss.
+    drained: bool,
     /// A new fork server being forked after the last one died.
     restart: Option<Restart>,
     /// The fork server's socket is readable (polling it costs a system
@@ -312,6 +316,13 @@ impl Supervisor {
                 return false;
             }
             self.conns.iter_mut().for_each(Conn::request_exit);
+            if !self.drained
+                && let Some(z) = &self.zygote
+            {
+                // The fork server exits once it has reaped them, while
+                // their exits are still being taken in here.
+                self.drained = z.drain().is_ok();
+            }
         }
         let cpu = spin::current_cpu();
         for c in &mut self.conns {

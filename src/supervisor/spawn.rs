@@ -295,6 +295,7 @@ impl Supervisor {
             let Some(z) = &self.zygote else { return };
             match z.poll() {
                 Polled::Empty => return,
+                Polled::Closed if self.drained => return self.zygote_drained(),
                 Polled::Closed => return self.zygote_lost(),
                 Polled::Event(Event::Spawned { key, pid, pidfd }) => {
                     if let Some(i) = self.conns.iter().position(|c| c.key == key) {
@@ -319,6 +320,18 @@ impl Supervisor {
                     }
                 }
             }
+        }
+    }
+
+    /// The fork server exited as asked (`drained`): reap it now. Workers
+    /// it never reported are treated as after a loss.
+    fn zygote_drained(&mut self) {
+        if let Some(z) = self.zygote.take() {
+            let _ = self.epoll.delete(z.fd());
+            drop(z);
+        }
+        if self.conns.iter().any(|c| !c.finished()) {
+            self.zygote_lost();
         }
     }
 

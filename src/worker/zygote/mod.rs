@@ -123,6 +123,18 @@ impl ZygoteLink {
         msg::send(self.fd().as_raw_fd(), &m, &raw)
     }
 
+    /// The pool is joining and every worker was asked to exit: the zygote
+    /// exits on its own once the last one is reaped (see `msg::DRAIN`).
+    pub(crate) fn drain(&self) -> io::Result<()> {
+        let m = msg::Msg {
+            kind: msg::DRAIN,
+            pid: 0,
+            key: 0,
+            value: 0,
+        };
+        msg::send(self.fd().as_raw_fd(), &m, &[])
+    }
+
     /// Hands over worker `key` (pid `pid`) of a fork server that died, by
     /// its pidfd: this zygote kills it, too, when the caller goes away.
     pub(crate) fn adopt(&self, key: u64, pid: i32, pidfd: BorrowedFd<'_>) -> io::Result<()> {

@@ -25,6 +25,12 @@ pub(crate) const EXITED: u32 = 4;
 /// died, and kill it when shutting down; fd: its pidfd. No answer.
 pub(crate) const ADOPT: u32 = 5;
 
+/// Supervisor → zygote: the pool is joining and has asked every worker to
+/// exit: report each exit as usual, and once no worker is left, exit
+/// without waiting for the socket to close (the join then finds the zygote
+/// gone or going instead of waking it). No answer.
+pub(crate) const DRAIN: u32 = 6;
+
 /// Most descriptors one message carries.
 pub(crate) const MAX_FDS: usize = 3;
 

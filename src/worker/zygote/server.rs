@@ -13,7 +13,7 @@
 //! caller goes away — so a caller killed with SIGKILL still takes every
 //! worker along.
 
-use super::msg::{self, ADOPT, EXITED, Msg, SPAWN, SPAWN_FAILED, SPAWNED};
+use super::msg::{self, ADOPT, DRAIN, EXITED, Msg, SPAWN, SPAWN_FAILED, SPAWNED};
 use super::postfork;
 use crate::config::WorkerConfig;
 use crate::transport::seats::SpinSeats;
@@ -36,6 +36,8 @@ pub(crate) struct Table {
     slots: Vec<usize>,
     polls: Vec<libc::pollfd>,
     len: usize,
+    /// Asked to exit once no worker is left (`DRAIN`).
+    draining: bool,
 }
 
 impl Table {
@@ -56,6 +58,7 @@ impl Table {
                 capacity + 1
             ],
             len: 0,
+            draining: false,
         }
     }
 
@@ -121,6 +124,11 @@ pub(crate) fn serve(
         if table.polls[0].revents != 0 {
             serve_request(&mut table, configs, seats);
         }
+        if table.draining && table.len == 0 {
+            // Every exit was reported (each EXITED went out before this);
+            // the supervisor reads them, then the socket's end.
+            postfork::exit(0);
+        }
     }
 }
 
@@ -183,6 +191,10 @@ fn serve_request(table: &mut Table, configs: &[WorkerConfig], seats: &SpinSeats)
             shutdown(table);
         }
     };
+    if req.msg.kind == DRAIN && req.nfds == 0 {
+        table.draining = true;
+        return;
+    }
     if req.msg.kind == ADOPT && req.nfds == 1 {
         let i = table.len;
         if i == table.keys.len() {
