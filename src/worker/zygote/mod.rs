@@ -17,6 +17,9 @@
 //! When its socket closes — the pool is dropped, or the caller died, even
 //! by SIGKILL — it kills and reaps every worker and exits; dropping the
 //! [`ZygoteLink`] waits for that, so no process outlives the pool.
+//! A joining pool that has asked every worker to exit sends `DRAIN`
+//! ([`ZygoteLink::drain`]): the zygote then exits by itself once the last
+//! one is reaped and reported, without being woken by the socket's end.
 
 mod msg;
 mod postfork;
