@@ -25,8 +25,12 @@ use crate::transport::shm::PoolPage;
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Most seats a pool has, whatever the machine.
+/// Most seats a pool has, whatever the machine (one cache line each fills
+/// the page).
 const MAX_SEATS: usize = 64;
+
+/// 4-byte words in a 64-byte cache line.
+const WORDS_PER_LINE: usize = 16;
 
 /// The seats of one pool, in its shared page. Made by the supervisor
 /// before the fork server is forked; every worker inherits the mapping.
@@ -52,15 +56,19 @@ impl SpinSeats {
         SpinSeats::new(num_cpus::get())
     }
 
-    fn words(&self) -> &[AtomicU32] {
-        self.page.words(self.count)
+    /// The seats' words, one per cache line: workers on different CPUs
+    /// take and leave seats at once, and must not bounce one line.
+    fn words(&self) -> impl Iterator<Item = &AtomicU32> {
+        self.page
+            .words(self.count * WORDS_PER_LINE)
+            .iter()
+            .step_by(WORDS_PER_LINE)
     }
 
     /// Worker: takes a free seat for `pid`, if there is one. The seat is
     /// left when the returned guard drops.
     pub(crate) fn take(&self, pid: u32) -> Option<Seat<'_>> {
         self.words()
-            .iter()
             .find(|w| {
                 w.load(Ordering::Relaxed) == 0
                     && w.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
