@@ -467,14 +467,7 @@ mod tests {
     fn a_sleeping_consumer_is_woken_for_news_only() {
         let size = 16 * 1024;
         let (region, _fd) = Region::create(size).unwrap();
-        let ctl = &region.page().to_worker;
-        // SAFETY: region outlives both ends; one producer, one consumer.
-        let (mut p, mut c) = unsafe {
-            (
-                Producer::new(ctl, region.ring_data(true), size),
-                Consumer::new(ctl, region.ring_data(true), size),
-            )
-        };
+        let (mut p, mut c) = pair(&region, size);
         p.put(b"frame");
         assert!(!p.publish(), "the consumer is awake");
         assert!(!c.consume(5), "nobody waits for space");
@@ -494,14 +487,7 @@ mod tests {
     fn bytes_wrap_and_flags_handshake() {
         let size = 16 * 1024;
         let (region, _fd) = Region::create(size).unwrap();
-        let ctl = &region.page().to_worker;
-        // SAFETY: region outlives both ends; one producer, one consumer.
-        let (mut p, mut c) = unsafe {
-            (
-                Producer::new(ctl, region.ring_data(true), size),
-                Consumer::new(ctl, region.ring_data(true), size),
-            )
-        };
+        let (mut p, mut c) = pair(&region, size);
         let chunk: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         for round in 0..10 {
             assert!(p.free().unwrap() >= chunk.len());
