@@ -2,6 +2,8 @@
 //! refused with a clear error — never truncated. One test, because it
 //! reports the caller's peak memory.
 
+mod common;
+
 use forkpool::{JobError, Pool};
 
 const MIB: usize = 1 << 20;
@@ -27,9 +29,7 @@ fn big_string(mib: usize) -> String {
 }
 
 fn kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    common::status_number("self", field)
 }
 
 #[test]

@@ -7,21 +7,13 @@
 
 mod common;
 
+use common::{status_number, worker_pid};
 use forkpool::{Pool, Queue};
 use std::time::Duration;
 
-fn pid(_: ()) -> u32 {
-    std::process::id()
-}
-
 /// Voluntary context switches of process `pid` so far: each is a sleep.
 fn sleeps(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("worker alive");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("voluntary_ctxt_switches in /proc status")
+    status_number(&pid.to_string(), "voluntary_ctxt_switches:")
 }
 
 #[test]
@@ -33,7 +25,7 @@ fn jobs_on_one_queue_do_not_wake_the_idle_workers_of_another() {
         .unwrap();
     let idle = pool.queue("idle").unwrap();
     for _ in 0..8 {
-        idle.apply(pid, ()).unwrap();
+        idle.apply(worker_pid, ()).unwrap();
     }
     let pids: Vec<u32> = pool
         .inspect()
@@ -48,7 +40,7 @@ fn jobs_on_one_queue_do_not_wake_the_idle_workers_of_another() {
     let before: Vec<u64> = pids.iter().map(|&p| sleeps(p)).collect();
     let jobs = 3000;
     for _ in 0..jobs {
-        pool.apply(pid, ()).unwrap();
+        pool.apply(worker_pid, ()).unwrap();
     }
     let woken: Vec<u64> = pids
         .iter()

@@ -1,5 +1,7 @@
 //! map / imap / imap_unordered results, laziness, and many threads on one pool.
 
+mod common;
+
 use forkpool::{JobError, Pool};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -328,16 +330,9 @@ fn dropping_an_imap_takes_back_the_items_workers_have_not_started() {
     assert_eq!(s.failed, 0, "{s:?}");
 }
 
-/// When the job ran, in nanoseconds since 1970.
+/// When the job ran, on the monotonic clock every process shares.
 fn ran_at(_: u64) -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-fn now_ns() -> u64 {
-    ran_at(0)
+    common::monotonic_ns()
 }
 
 /// `map` steps the supervisor only every few batches of one item; the
@@ -354,7 +349,7 @@ fn items_sent_before_the_input_stalls_run_during_the_stall() {
         // asleep between them, then stop coming for three seconds.
         std::thread::sleep(std::time::Duration::from_millis(30));
         if n == 4 {
-            mark.store(now_ns(), Ordering::SeqCst);
+            mark.store(common::monotonic_ns(), Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_secs(3));
         }
         (n <= 6).then_some(n)

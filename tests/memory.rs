@@ -2,12 +2,12 @@
 //! memory flat. This file holds a single test because it measures the whole
 //! process.
 
+mod common;
+
 use forkpool::Pool;
 
 fn resident_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    common::status_number("self", "VmRSS:")
 }
 
 fn triple(x: u64) -> u64 {

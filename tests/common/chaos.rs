@@ -4,7 +4,7 @@
 //! outcome, count and process checked. See those files.
 #![allow(dead_code)]
 
-use crate::common::{children_of, descendants, open_fds, wait_until};
+use crate::common::{children_of, descendants, open_fds, status_number, wait_until};
 use forkpool::{JobError, Pool, Queue};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{
@@ -200,14 +200,7 @@ fn kinds(n: usize, rng: &mut Rng) -> Vec<Kind> {
 }
 
 fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
+    status_number("self", "VmRSS:") * 1024
 }
 
 /// Sends `sig` to `pid` through a pidfd, if `pid` is still a child of

@@ -95,6 +95,19 @@ pub fn fds_of(pid: i32) -> Vec<String> {
     fds
 }
 
+/// The number after `field` (such as `"VmRSS:"`, in KiB, or
+/// `"voluntary_ctxt_switches:"`) in `/proc/<pid>/status`; `pid` may be
+/// `"self"`.
+pub fn status_number(pid: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// The pid of the process running a job.
 pub fn worker_pid(_: ()) -> u32 {
     std::process::id()
