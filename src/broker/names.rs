@@ -45,6 +45,16 @@ pub struct Registration {
 
 inventory::collect!(Registration);
 
+/// Checks, at compile time, that `f` is a fn item or a closure that
+/// captures nothing: the registry keeps only its type.
+const fn fn_item<F: Copy>(f: F) {
+    assert!(
+        std::mem::size_of::<F>() == 0,
+        "register! takes a fn item (or a closure that captures nothing)"
+    );
+    let _ = f;
+}
+
 impl Registration {
     /// A job `fn(A) -> R` registered as `name`.
     pub const fn plain<F, A, R>(name: &'static str, f: F, file: &'static str, line: u32) -> Self
@@ -53,11 +63,7 @@ impl Registration {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        assert!(
-            std::mem::size_of::<F>() == 0,
-            "register! takes a fn item (or a closure that captures nothing)"
-        );
-        let _ = f;
+        fn_item(f);
         Registration {
             name,
             make: Entry::plain::<F, A, R>,
@@ -80,11 +86,7 @@ impl Registration {
         T: Serialize + DeserializeOwned + Send + 'static,
         E: Serialize + DeserializeOwned + Send + 'static,
     {
-        assert!(
-            std::mem::size_of::<F>() == 0,
-            "register! takes a fn item (or a closure that captures nothing)"
-        );
-        let _ = f;
+        fn_item(f);
         Registration {
             name,
             make: Entry::fallible::<F, A, T, E>,
