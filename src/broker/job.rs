@@ -418,14 +418,9 @@ where
             inner.wait_for(&slot);
         }
         let job = OutJob {
-            id,
-            stream: inner.keys.stream(&env.opts.queue, env.opts.priority),
-            queue: env.opts.queue.clone(),
-            priority: env.opts.priority,
-            fields,
-            start,
             mark_pending: (target == Target::Store).then_some(env.opts.result_ttl_ms),
             slot: self.tracked(target).then(|| slot.clone()),
+            ..OutJob::new(&env, fields, start)
         };
         inner.send_job(job, &slot);
         slot

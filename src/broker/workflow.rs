@@ -600,14 +600,8 @@ impl Flow {
         }
         inner.wait_for(&slot);
         let job = OutJob {
-            id,
-            stream: inner.keys.stream(&env.opts.queue, env.opts.priority),
-            queue: env.opts.queue.clone(),
-            priority: env.opts.priority,
-            fields,
-            start,
-            mark_pending: None,
             slot: Some(slot.clone()),
+            ..OutJob::new(&env, fields, start)
         };
         inner.send_job(job, &slot);
     }

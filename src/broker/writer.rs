@@ -21,6 +21,7 @@
 
 use super::conn::Conn;
 use super::keys::{GROUP, Keys};
+use super::message::Envelope;
 use super::scripts::Scripts;
 use crate::batch::slot::Slot;
 use crate::error::JobError;
@@ -47,7 +48,6 @@ pub(crate) enum Start {
 /// A job on its way to Redis.
 pub(crate) struct OutJob {
     pub id: u64,
-    pub stream: String,
     pub queue: String,
     pub priority: i32,
     pub fields: [Vec<u8>; 7],
@@ -56,6 +56,22 @@ pub(crate) struct OutJob {
     pub mark_pending: Option<u64>,
     /// A handle's slot, failed if Redis refuses the job.
     pub slot: Option<Arc<Slot>>,
+}
+
+impl OutJob {
+    /// The job `env`, encoded as `fields`, starting at `start`: for no
+    /// handle, and with no pending mark.
+    pub(crate) fn new(env: &Envelope, fields: [Vec<u8>; 7], start: Start) -> OutJob {
+        OutJob {
+            id: env.id,
+            queue: env.opts.queue.clone(),
+            priority: env.opts.priority,
+            fields,
+            start,
+            mark_pending: None,
+            slot: None,
+        }
+    }
 }
 
 /// What the writer is asked.
@@ -139,10 +155,11 @@ impl Writer {
         let mut new_streams = HashSet::new();
         let scripts = Scripts::get();
         for (i, j) in jobs.iter().enumerate() {
-            if !self.known.contains(&j.stream) && new_streams.insert(j.stream.clone()) {
+            let stream = self.keys.stream(&j.queue, j.priority);
+            if !self.known.contains(&stream) && new_streams.insert(stream.clone()) {
                 pipe.cmd("XGROUP")
                     .arg("CREATE")
-                    .arg(&j.stream)
+                    .arg(&stream)
                     .arg(GROUP)
                     .arg("0")
                     .arg("MKSTREAM");
@@ -168,7 +185,7 @@ impl Writer {
             };
             match delayed {
                 None => {
-                    let c = pipe.cmd("XADD").arg(&j.stream).arg("*");
+                    let c = pipe.cmd("XADD").arg(&stream).arg("*");
                     for (k, v) in super::message::FIELDS.iter().zip(&j.fields) {
                         c.arg(*k).arg(v.as_slice());
                     }
@@ -185,7 +202,7 @@ impl Writer {
                         .arg(j.id)
                         .arg(countdown)
                         .arg(eta)
-                        .arg(&j.stream);
+                        .arg(&stream);
                     for (k, v) in super::message::FIELDS.iter().zip(&j.fields) {
                         c.arg(*k).arg(v.as_slice());
                     }
