@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::server::{HostOpts, HostProc, Redis, Traces, append};
+use common::server::{HostOpts, HostProc, Redis, Traces, append, broker};
 use forkpool::broker::Broker;
 use forkpool::{JobError, JobStatus, RetryPolicy};
 use std::future::Future;
@@ -92,17 +92,11 @@ fn block_on<F: Future>(f: F) -> F::Output {
     }
 }
 
-fn broker(r: &Redis) -> Broker {
-    Broker::new(&r.url())
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-}
-
 #[test]
 fn a_client_submits_and_a_host_runs() {
     let redis = Redis::start();
     let _host = HostProc::spawn(&HostOpts::new(&redis.url()));
-    let client = broker(&redis).client().unwrap();
+    let client = broker(&redis.url()).client().unwrap();
 
     let h = client.submit(add, (2, 3));
     assert!(h.wait_timeout(Duration::from_secs(20)), "no result");
@@ -165,11 +159,11 @@ fn a_client_submits_and_a_host_runs() {
 fn results_by_id_expire_and_ignored_ones_are_not_stored() {
     let redis = Redis::start();
     let _host = HostProc::spawn(&HostOpts::new(&redis.url()));
-    let client = broker(&redis)
+    let client = broker(&redis.url())
         .result_expires(Duration::from_millis(1500))
         .client()
         .unwrap();
-    let other = broker(&redis).client().unwrap();
+    let other = broker(&redis.url()).client().unwrap();
 
     let id = client.job(add).detach((20, 22));
     client.flush().unwrap();
@@ -232,7 +226,7 @@ fn options_travel_with_the_job() {
     o.workers = 1;
     o.queues = vec!["default".into(), "other".into()];
     let _host = HostProc::spawn(&o);
-    let client = broker(&redis).client().unwrap();
+    let client = broker(&redis.url()).client().unwrap();
 
     // A countdown: not before it.
     let t = Instant::now();
@@ -267,10 +261,13 @@ fn options_travel_with_the_job() {
     assert_eq!(busy.get(), Ok(1500));
 
     // Priorities: behind a busy worker, the higher one goes first; queues
-    // the host consumes are all served.
+    // the host consumes are all served. The worker stays busy for two of
+    // the host's stream refreshes (one a second) after the jobs are sent,
+    // so it knows their new streams when it is free, even on a loaded
+    // machine.
     let traces = Traces::new();
     let path = traces.path("order");
-    let busy = client.submit(nap, 800);
+    let busy = client.submit(nap, 2500);
     std::thread::sleep(Duration::from_millis(200));
     let low = client.job(tagged).submit((path.clone(), "low".into()));
     let mid = client
@@ -294,7 +291,7 @@ fn options_travel_with_the_job() {
 fn a_host_refuses_what_it_cannot_run_and_says_why() {
     let redis = Redis::start();
     let host = HostProc::spawn(&HostOpts::new(&redis.url()));
-    let client = broker(&redis).client().unwrap();
+    let client = broker(&redis.url()).client().unwrap();
 
     // Another type under a registered name: another fingerprint.
     let h = client.job_named::<u64, u64>("tests.echo").submit(7);
@@ -339,7 +336,7 @@ fn an_acl_user_and_password_are_accepted_and_a_wrong_one_refused() {
 #[test]
 fn two_hosts_built_in_one_process_with_one_name_are_distinct_consumers() {
     let redis = Redis::start();
-    let b = broker(&redis);
+    let b = broker(&redis.url());
     let one = b.host().name("same").workers(1).handle_signals(false);
     let two = b.host().name("same").workers(1).handle_signals(false);
     let (one, two) = (one.build().unwrap(), two.build().unwrap());
@@ -363,7 +360,7 @@ fn two_hosts_built_in_one_process_with_one_name_are_distinct_consumers() {
 #[test]
 fn a_json_job_is_readable_in_redis_and_runs() {
     let redis = Redis::start();
-    let client = broker(&redis)
+    let client = broker(&redis.url())
         .codec(forkpool::Codec::Json)
         .client()
         .unwrap();
@@ -403,7 +400,10 @@ fn messages_over_the_cap_fail_their_job_alone() {
     o.max_message = Some(4096);
     o.workers = 1;
     let host = HostProc::spawn(&o);
-    let client = broker(&redis).max_message_size(4096).client().unwrap();
+    let client = broker(&redis.url())
+        .max_message_size(4096)
+        .client()
+        .unwrap();
     // An argument over the cap never leaves the client.
     let r = client.submit(echo, "y".repeat(5000)).get();
     assert!(

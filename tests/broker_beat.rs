@@ -8,9 +8,9 @@
 
 mod common;
 
-use common::server::{HostOpts, HostProc, Redis, Traces, append};
+use common::server::{HostOpts, HostProc, Redis, Traces, append, client};
 use common::wait_until;
-use forkpool::broker::{Broker, Client};
+use forkpool::broker::Client;
 use forkpool::{Missed, Overlap, Schedule, ScheduleError, ScheduleInfo, ScheduleState};
 use std::collections::BTreeSet;
 use std::os::unix::process::CommandExt;
@@ -42,14 +42,6 @@ fn host_main() {
 
 fn slot_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-fn client(url: &str) -> Client {
-    Broker::new(url)
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-        .client()
-        .unwrap()
 }
 
 /// Schedules `record` every `FP_EVERY_MS` under the name `FP_SCHEDULE`

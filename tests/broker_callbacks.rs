@@ -7,9 +7,8 @@
 
 mod common;
 
-use common::server::{HostOpts, HostProc, Redis};
+use common::server::{HostOpts, HostProc, Redis, client};
 use forkpool::JobError;
-use forkpool::broker::Broker;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -40,11 +39,7 @@ fn callbacks_fire_once_in_the_submitting_process_and_a_panic_is_logged() {
     common::logs::keep();
     let redis = Redis::start();
     let _host = HostProc::spawn(&HostOpts::new(&redis.url()));
-    let client = Broker::new(&redis.url())
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-        .client()
-        .unwrap();
+    let client = client(&redis.url());
     let (tx, rx) = mpsc::channel::<String>();
 
     let (ok, err) = (tx.clone(), tx.clone());

@@ -7,9 +7,9 @@
 
 mod common;
 
-use common::server::{HostOpts, HostProc, Redis, Traces, append};
+use common::server::{HostOpts, HostProc, Redis, Traces, append, broker};
 use common::{alive, wait_until};
-use forkpool::broker::{Broker, Revocation};
+use forkpool::broker::Revocation;
 use forkpool::{JobError, JobId, JobStatus, Progress, Stage};
 use std::time::{Duration, Instant};
 
@@ -50,12 +50,6 @@ fn host_main() {
     common::server::host_main();
 }
 
-fn broker(r: &Redis) -> Broker {
-    Broker::new(&r.url())
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-}
-
 fn one_worker(r: &Redis) -> HostOpts {
     let mut o = HostOpts::new(&r.url());
     o.workers = 1;
@@ -66,7 +60,7 @@ fn one_worker(r: &Redis) -> HostOpts {
 fn a_delayed_job_revoked_never_runs() {
     let redis = Redis::start();
     let _host = HostProc::spawn(&HostOpts::new(&redis.url()));
-    let client = broker(&redis).client().unwrap();
+    let client = broker(&redis.url()).client().unwrap();
     let traces = Traces::new();
     let later = client.job(mark).countdown(Duration::from_secs(2)).submit((
         traces.path("t"),
@@ -91,7 +85,7 @@ fn a_delayed_job_revoked_never_runs() {
     );
     assert_eq!(later.get(), Err(JobError::Revoked));
     // Another client reads the revoked job's end by id.
-    let other = broker(&redis).client().unwrap();
+    let other = broker(&redis.url()).client().unwrap();
     assert_eq!(other.status(by_id).unwrap(), JobStatus::Failed);
     assert_eq!(
         other.take_result::<String>(by_id).unwrap(),
@@ -107,7 +101,7 @@ fn a_delayed_job_revoked_never_runs() {
 #[test]
 fn a_waiting_job_revoked_never_runs() {
     let redis = Redis::start();
-    let client = broker(&redis).client().unwrap();
+    let client = broker(&redis.url()).client().unwrap();
     let traces = Traces::new();
     // No host yet: the jobs wait in their streams.
     let first = client.submit(mark, (traces.path("t"), "first".into(), 0));
@@ -143,7 +137,7 @@ fn a_waiting_job_revoked_never_runs() {
 fn a_running_job_revoked_with_terminate_is_killed_and_the_host_goes_on() {
     let redis = Redis::start();
     let host = HostProc::spawn(&one_worker(&redis));
-    let client = broker(&redis).client().unwrap();
+    let client = broker(&redis.url()).client().unwrap();
     let traces = Traces::new();
 
     // Left to finish without `terminate`: its own result stands.
@@ -164,7 +158,7 @@ fn a_running_job_revoked_with_terminate_is_killed_and_the_host_goes_on() {
         .lines("hard")
         .is_empty()));
     let pid: i32 = traces.lines("hard")[0].parse().unwrap();
-    let other = broker(&redis).client().unwrap();
+    let other = broker(&redis.url()).client().unwrap();
     let started = Instant::now();
     assert_eq!(
         other.revoke(id, true).unwrap(),
@@ -213,7 +207,7 @@ fn a_revoke_racing_the_start_is_honoured_exactly() {
     let mut o = HostOpts::new(&redis.url());
     o.name = "second".into();
     let _b = HostProc::spawn(&o);
-    let client = broker(&redis).client().unwrap();
+    let client = broker(&redis.url()).client().unwrap();
     let traces = Traces::new();
     // Warm up both hosts.
     assert_eq!(client.map(add, (0..8).map(|i| (i, i))).unwrap().len(), 8);
@@ -255,7 +249,7 @@ fn a_revoke_racing_the_start_is_honoured_exactly() {
 fn unknown_and_finished_ids_are_a_no_op() {
     let redis = Redis::start();
     let _host = HostProc::spawn(&HostOpts::new(&redis.url()));
-    let client = broker(&redis).client().unwrap();
+    let client = broker(&redis.url()).client().unwrap();
     let never = JobId::from_u64(1 << 40);
     assert_eq!(client.revoke(never, true).unwrap(), Revocation::NotFound);
     let id = client.job(add).detach((1, 1));
@@ -284,7 +278,7 @@ fn unknown_and_finished_ids_are_a_no_op() {
 fn progress_reported_on_a_host_reaches_the_client() {
     let redis = Redis::start();
     let _host = HostProc::spawn(&HostOpts::new(&redis.url()));
-    let client = broker(&redis).client().unwrap();
+    let client = broker(&redis.url()).client().unwrap();
     let traces = Traces::new();
     let go = traces.path("go");
     let h = client.submit(reporting, go.clone());
@@ -294,7 +288,7 @@ fn progress_reported_on_a_host_reaches_the_client() {
         "{:?}",
         h.progress()
     );
-    let other = broker(&redis).client().unwrap();
+    let other = broker(&redis.url()).client().unwrap();
     assert_eq!(other.progress(h.id()).unwrap(), want);
     append(&go, "go");
     assert!(h.wait_timeout(Duration::from_secs(20)));
@@ -317,7 +311,7 @@ fn inspect_shows_every_live_host_and_the_broker() {
     b.queues = vec!["default".into(), "slow".into()];
     let alpha = HostProc::spawn(&a);
     let mut beta = HostProc::spawn(&b);
-    let client = broker(&redis).client().unwrap();
+    let client = broker(&redis.url()).client().unwrap();
     let traces = Traces::new();
 
     let names = |seen: &forkpool::broker::BrokerInspection| {
@@ -424,7 +418,7 @@ fn a_job_revoked_while_its_host_is_dead_never_runs_again() {
     a.vt = Duration::from_secs(1);
     a.name = "doomed".into();
     let mut doomed = HostProc::spawn(&a);
-    let client = broker(&redis).client().unwrap();
+    let client = broker(&redis.url()).client().unwrap();
     let traces = Traces::new();
     let h = client.submit(sleepy, (traces.path("s"), 3000));
     assert!(wait_until(Duration::from_secs(20), || !traces

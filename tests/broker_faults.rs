@@ -8,9 +8,9 @@
 
 mod common;
 
-use common::server::{HostOpts, HostProc, Redis, Traces, append, my_host_pid, now_us};
+use common::server::{self, HostOpts, HostProc, Redis, Traces, append, my_host_pid, now_us};
 use common::{alive, descendants, wait_until};
-use forkpool::broker::{Broker, Client};
+use forkpool::broker::Client;
 use forkpool::{JobError, RateLimit};
 use std::time::{Duration, Instant};
 
@@ -65,10 +65,8 @@ fn opts(redis: &Redis, workers: usize) -> HostOpts {
 }
 
 fn client(redis: &Redis) -> Client {
-    Broker::new(&redis.url())
-        .unwrap()
+    server::broker(&redis.url())
         .visibility_timeout(VT)
-        .timeout(Duration::from_secs(2))
         .client()
         .unwrap()
 }

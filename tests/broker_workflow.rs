@@ -7,8 +7,7 @@
 
 mod common;
 
-use common::server::{HostOpts, HostProc, Redis, Traces, append, my_host_pid};
-use forkpool::broker::{Broker, Client};
+use common::server::{HostOpts, HostProc, Redis, Traces, append, client, my_host_pid};
 use forkpool::{JobError, JobStatus, Pool};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -76,14 +75,6 @@ fn stray(x: u32) -> u32 {
 #[test]
 fn host_main() {
     common::server::host_main();
-}
-
-fn client(url: &str) -> Client {
-    Broker::new(url)
-        .unwrap()
-        .timeout(Duration::from_secs(2))
-        .client()
-        .unwrap()
 }
 
 fn host(url: &str, name: &str) -> HostProc {

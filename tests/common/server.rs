@@ -277,6 +277,19 @@ impl Drop for HostProc {
     }
 }
 
+/// A broker on `url` whose calls give up after 2 s: the tests' Redis is
+/// on loopback, and a test must fail rather than hang.
+pub fn broker(url: &str) -> forkpool::broker::Broker {
+    forkpool::broker::Broker::new(url)
+        .unwrap()
+        .timeout(Duration::from_secs(2))
+}
+
+/// A client of [`broker`].
+pub fn client(url: &str) -> forkpool::broker::Client {
+    broker(url).client().unwrap()
+}
+
 /// The body of the `host_main` test: a worker host when the test binary
 /// was started by [`HostProc::spawn`], nothing otherwise.
 pub fn host_main() {
