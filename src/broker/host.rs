@@ -1193,10 +1193,7 @@ fn reclaimed_entries(v: Value) -> Vec<RawEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
+    use crate::broker::reply::bulk;
 
     #[test]
     fn replies_are_read_whatever_their_shape() {

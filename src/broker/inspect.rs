@@ -368,10 +368,7 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
+    use crate::broker::reply::bulk;
 
     #[test]
     fn the_pending_count_is_read_without_trust() {

@@ -8,6 +8,13 @@ use redis::Value;
 /// The entries of an `XREAD`/`XRANGE`-like reply, per stream.
 pub(crate) type Entries = Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>;
 
+/// A bulk string reply, as Redis sends it, for the tests of the reply
+/// readers in `host.rs`, `inspect.rs` and `revoke.rs`.
+#[cfg(test)]
+pub(crate) fn bulk(s: &str) -> Value {
+    Value::BulkString(s.as_bytes().to_vec())
+}
+
 /// A string, a status or an integer as bytes; `None` for anything else.
 pub(crate) fn bytes(v: Value) -> Option<Vec<u8>> {
     match v {

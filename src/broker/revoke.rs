@@ -443,10 +443,7 @@ impl Revocations {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
+    use crate::broker::reply::bulk;
 
     #[test]
     fn revokes_are_read_without_trust() {
