@@ -66,6 +66,13 @@ fn a_job_that_has_not_started_never_runs() {
     let running = pool.submit(hold, dir.clone());
     let reserved = pool.submit(mark, dir.join("reserved"));
     assert!(wait_until(LONG, || dir.join("started").exists()));
+    // Handed to the worker behind it: the supervisor takes the job in and
+    // dispatches it in a step or two, which a loaded machine may delay.
+    assert!(wait_until(LONG, || {
+        pool.inspect()
+            .queue("default")
+            .is_some_and(|d| d.reserved.iter().any(|w| w.id == Some(reserved.id())))
+    }));
     assert_eq!(
         pool.revoke(reserved.id(), false),
         Revoked::BeforeStart(Stage::Reserved)
