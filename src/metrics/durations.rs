@@ -4,10 +4,14 @@
 //! p90, p99, max, and counts under fixed bounds (what a Prometheus
 //! histogram exports).
 //!
-//! A histogram covers 1 µs to one hour with two significant digits: a few
-//! kilobytes whatever the number of samples, and every reading within 1%
-//! of the truth. A longer duration is recorded as one hour. The total is
-//! kept exactly, beside the histogram (one addition per record).
+//! A histogram covers 1 µs to one hour with two significant digits, every
+//! reading within 1% of the truth; a longer duration is recorded as one
+//! hour. It starts small and grows to the longest duration recorded so
+//! far: 3 KiB for sub-millisecond jobs, at most 26 KiB (an hour), whatever
+//! the number of samples. A pool makes several (per queue, per function),
+//! and it makes them just after forking its fork server, when every page
+//! they would zero is a copy-on-write fault. The total is kept exactly,
+//! beside the histogram (one addition per record).
 //!
 //! The bucket counts are read off the histogram when a summary is taken,
 //! not counted as samples arrive, so recording costs nothing more; a
@@ -55,7 +59,9 @@ pub(crate) struct Durations {
 impl Default for Durations {
     fn default() -> Self {
         Durations {
-            histogram: Histogram::new_with_bounds(1, MAX_US, 2).expect("valid bounds"),
+            // Auto-resizing: the counts cover values up to the largest
+            // recorded (at most MAX_US), not the whole range at once.
+            histogram: Histogram::new(2).expect("valid precision"),
             total_ns: 0,
         }
     }
@@ -204,6 +210,36 @@ mod tests {
         assert!(
             d.histogram.distinct_values() < before + 2_000,
             "memory stays bounded"
+        );
+    }
+
+    /// A histogram holds counts only up to the longest duration recorded
+    /// so far, and reads the same as one made for the whole range.
+    #[test]
+    fn counts_grow_with_the_longest_duration_only() {
+        let full = Histogram::<u64>::new_with_bounds(1, MAX_US, 2).unwrap();
+        let mut d = Durations::default();
+        for us in [3u64, 80, 450] {
+            d.record(us * 1000, 2);
+        }
+        let small = d.histogram.distinct_values();
+        assert!(
+            small * 8 <= full.distinct_values(),
+            "{small} counts for sub-ms jobs"
+        );
+        let mut whole = Durations {
+            histogram: full,
+            total_ns: 0,
+        };
+        for us in [3u64, 80, 450] {
+            whole.record(us * 1000, 2);
+        }
+        d.record(5_000_000_000_000, 1); // beyond an hour: an hour
+        whole.record(5_000_000_000_000, 1);
+        assert_eq!(d.summary(), whole.summary());
+        assert_eq!(
+            d.histogram.distinct_values(),
+            whole.histogram.distinct_values()
         );
     }
 
