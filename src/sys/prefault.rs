@@ -11,26 +11,26 @@
 //!
 //! The same stocks recycle the pool's own buffers: big batches' arguments,
 //! and the buffers the supervisor pulls a batch's answers into (the caller
-//! gives one back once it has decoded it; a later pull takes it). Those of
-//! [`RECYCLE_MIN`] bytes to [`MIN`] are only ever recycled, never made by
-//! the thread: a `map` of small items then reuses a handful of answer
-//! buffers whose pages are in place, instead of asking the allocator for
-//! new ones, which glibc serves from fresh pages whenever it has given its
-//! heap's top back (~200 of a fresh pool's first-map page faults).
+//! gives one back once it has decoded it; a later pull takes it, through
+//! [`Spares::recycled_or_new`], which never asks the thread for buffers). A
+//! `map` of small items then reuses a handful of answer buffers whose pages
+//! are in place, instead of asking the allocator for new ones, which glibc
+//! serves from fresh pages whenever it has given its heap's top back (~200
+//! of a fresh pool's first-map page faults).
 //!
 //! What it promises:
 //! - Lengths under [`RECYCLE_MIN`] or over [`MAX`] never touch it; those
-//!   under [`MIN`] are served only from buffers given back, and never start
-//!   the thread.
+//!   under [`MIN`] are served only from buffers given back (the thread
+//!   never makes them, and never starts for them).
 //! - It stocks the size classes asked for lately (at most four classes, a
 //!   class once asked for twice): a buffer's capacity exceeds the length it
 //!   was taken for by at most 1/16.
 //! - It holds at most four buffers of a class and [`BUDGET`] bytes in all;
 //!   a stock nobody took from for [`IDLE`] is freed by the thread (without
 //!   the thread, the few medium buffers kept go with the `Prefault`).
-//! - The thread starts on the first request of [`MIN`] bytes or more and is
-//!   joined when the `Prefault` drops. It never holds the lock while it
-//!   faults.
+//! - The thread starts on the first [`Spares::take`] of [`MIN`] bytes or
+//!   more and is joined when the `Prefault` drops. It never holds the lock
+//!   while it faults.
 
 use std::mem;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -178,23 +178,27 @@ impl Spares {
         if !(RECYCLE_MIN..=MAX).contains(&len) {
             return None;
         }
-        self.take_in_range(len)
+        self.take_in_range(len, true)
     }
 
-    /// A buffer with room for `len` bytes: one from the stock if it has
-    /// one, else a new one with the capacity of `len`'s size class, so that
-    /// given back it serves that class again.
+    /// A buffer with room for `len` bytes: one given back earlier, if the
+    /// stock of `len`'s class holds one, else a new one of that class's
+    /// capacity, so that given back it serves the class again. It never
+    /// asks the thread to make buffers (nor starts it): for buffers the pool
+    /// reuses, whose pages come back warm.
     #[inline]
-    pub(crate) fn take_or_new(&self, len: usize) -> Vec<u8> {
+    pub(crate) fn recycled_or_new(&self, len: usize) -> Vec<u8> {
         if !(RECYCLE_MIN..=MAX).contains(&len) {
             return Vec::with_capacity(len);
         }
-        self.take_in_range(len)
+        self.take_in_range(len, false)
             .unwrap_or_else(|| Vec::with_capacity(class(len)))
     }
 
+    /// `take`, and with `fill` the thread's work: start it, or wake it,
+    /// if a stock is short.
     #[cold]
-    fn take_in_range(&self, len: usize) -> Option<Vec<u8>> {
+    fn take_in_range(&self, len: usize, fill: bool) -> Option<Vec<u8>> {
         let class = class(len);
         let mut st = self.inner.lock();
         if st.stop {
@@ -227,7 +231,7 @@ impl Spares {
         stock.used_at = now;
         let got = stock.spares.pop();
         st.hits += u64::from(got.is_some());
-        let fill = !st.stop && st.short_class().is_some();
+        let fill = fill && !st.stop && st.short_class().is_some();
         let start = fill && !mem::replace(&mut st.started, true);
         drop(st);
         drop(evicted);
@@ -449,26 +453,30 @@ mod tests {
         p.give(Vec::with_capacity(RECYCLE_MIN - 1));
         assert!(p.inner.thread.lock().unwrap().is_none());
         assert_eq!(p.inner.lock().takes, 0);
-        assert_eq!(p.take_or_new(100).capacity(), 100);
+        assert_eq!(p.recycled_or_new(100).capacity(), 100);
     }
 
-    /// Medium lengths (`RECYCLE_MIN` to `MIN`) are served only from
-    /// buffers given back: the thread never starts for them, and a buffer
-    /// `take_or_new` made is of its length's class, so it comes back for
-    /// that class.
+    /// `recycled_or_new` serves only buffers given back, for medium and
+    /// big lengths alike: the thread never starts for it, and a buffer it
+    /// made is of its length's class, so it comes back for that class.
     #[test]
-    fn medium_buffers_are_recycled_without_the_thread() {
+    fn recycled_buffers_come_back_without_the_thread() {
+        for len in [200_000, 3 << 20] {
+            recycled_without_the_thread(len);
+        }
+    }
+
+    fn recycled_without_the_thread(len: usize) {
         let owner = Prefault::new();
         let p = owner.spares();
-        let len = 200_000;
-        let first = p.take_or_new(len);
+        let first = p.recycled_or_new(len);
         assert_eq!(first.capacity(), class(len), "made at its class");
-        let second = p.take_or_new(len);
+        let second = p.recycled_or_new(len);
         let at = second.as_ptr();
         p.give(first);
         p.give(second);
         assert_eq!(p.stocked(), 2, "kept: the class was asked for twice");
-        let (a, b) = (p.take_or_new(len), p.take_or_new(len));
+        let (a, b) = (p.recycled_or_new(len), p.recycled_or_new(len));
         assert!(
             a.as_ptr() == at || b.as_ptr() == at,
             "given back, served again"

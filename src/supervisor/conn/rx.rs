@@ -155,7 +155,7 @@ impl Conn {
                     .min(ANSWERS_HINT_CAP),
             );
             if out.capacity() < want {
-                *out = ctx.spares.take_or_new(want);
+                *out = ctx.spares.recycled_or_new(want);
             }
         }
         out.reserve(n);
