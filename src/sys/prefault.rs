@@ -9,28 +9,15 @@
 //! faulted in, made by a thread of its own beside the caller (on a core the
 //! workers leave idle), so decoding such a string is a single copy.
 //!
-//! The same stocks recycle the pool's own buffers: big batches' arguments,
-//! and the buffers the supervisor pulls a batch's answers into (the caller
-//! gives one back once it has decoded it; a later pull takes it, through
-//! [`Spares::recycled_or_new`], which never asks the thread for buffers). A
-//! `map` of small items then reuses a handful of answer buffers whose pages
-//! are in place, instead of asking the allocator for new ones, which glibc
-//! serves from fresh pages whenever it has given its heap's top back (~200
-//! of a fresh pool's first-map page faults).
-//!
 //! What it promises:
-//! - Lengths under [`RECYCLE_MIN`] or over [`MAX`] never touch it; those
-//!   under [`MIN`] are served only from buffers given back (the thread
-//!   never makes them, and never starts for them).
+//! - Strings shorter than [`MIN`] or longer than [`MAX`] never touch it.
 //! - It stocks the size classes asked for lately (at most four classes, a
 //!   class once asked for twice): a buffer's capacity exceeds the length it
 //!   was taken for by at most 1/16.
 //! - It holds at most four buffers of a class and [`BUDGET`] bytes in all;
-//!   a stock nobody took from for [`IDLE`] is freed by the thread (without
-//!   the thread, the few medium buffers kept go with the `Prefault`).
-//! - The thread starts on the first [`Spares::take`] of [`MIN`] bytes or
-//!   more and is joined when the `Prefault` drops. It never holds the lock
-//!   while it faults.
+//!   a stock nobody took from for [`IDLE`] is freed.
+//! - The thread starts on the first request in range and is joined when the
+//!   `Prefault` drops. It never holds the lock while it faults.
 
 use std::mem;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -42,9 +29,6 @@ use crate::sys::hugepage;
 /// Shorter strings come from memory the allocator recycles, or fault too
 /// little to be worth a hand-off.
 pub(crate) const MIN: usize = 256 << 10;
-
-/// Shorter buffers are not worth a lock: the allocator recycles them well.
-pub(crate) const RECYCLE_MIN: usize = 64 << 10;
 
 /// Longer strings are decoded into memory of their own: a stock of them
 /// would hold too much.
@@ -126,7 +110,7 @@ impl State {
         let held = self.held();
         self.stocks
             .iter()
-            .filter(|s| s.class >= MIN && s.asked >= 2 && s.spares.len() < depth(s.class))
+            .filter(|s| s.asked >= 2 && s.spares.len() < depth(s.class))
             .filter(|s| held + s.class <= BUDGET)
             .max_by_key(|s| s.used_at)
             .map(|s| s.class)
@@ -171,34 +155,17 @@ impl Drop for Prefault {
 impl Spares {
     /// An empty buffer with room for `len` bytes, already faulted in, if the
     /// stock has one of `len`'s size class. Asking steers the stock towards
-    /// `len`'s class either way (under [`MIN`], towards keeping the buffers
-    /// given back).
+    /// `len`'s class either way.
     #[inline]
     pub(crate) fn take(&self, len: usize) -> Option<Vec<u8>> {
-        if !(RECYCLE_MIN..=MAX).contains(&len) {
+        if !(MIN..=MAX).contains(&len) {
             return None;
         }
-        self.take_in_range(len, true)
+        self.take_in_range(len)
     }
 
-    /// A buffer with room for `len` bytes: one given back earlier, if the
-    /// stock of `len`'s class holds one, else a new one of that class's
-    /// capacity, so that given back it serves the class again. It never
-    /// asks the thread to make buffers (nor starts it): for buffers the pool
-    /// reuses, whose pages come back warm.
-    #[inline]
-    pub(crate) fn recycled_or_new(&self, len: usize) -> Vec<u8> {
-        if !(RECYCLE_MIN..=MAX).contains(&len) {
-            return Vec::with_capacity(len);
-        }
-        self.take_in_range(len, false)
-            .unwrap_or_else(|| Vec::with_capacity(class(len)))
-    }
-
-    /// `take`, and with `fill` the thread's work: start it, or wake it,
-    /// if a stock is short.
     #[cold]
-    fn take_in_range(&self, len: usize, fill: bool) -> Option<Vec<u8>> {
+    fn take_in_range(&self, len: usize) -> Option<Vec<u8>> {
         let class = class(len);
         let mut st = self.inner.lock();
         if st.stop {
@@ -231,7 +198,7 @@ impl Spares {
         stock.used_at = now;
         let got = stock.spares.pop();
         st.hits += u64::from(got.is_some());
-        let fill = fill && !st.stop && st.short_class().is_some();
+        let fill = !st.stop && st.short_class().is_some();
         let start = fill && !mem::replace(&mut st.started, true);
         drop(st);
         drop(evicted);
@@ -263,14 +230,14 @@ impl Spares {
         got
     }
 
-    /// Gives back a buffer that is no longer needed, to serve a later
+    /// Gives back a big buffer that is no longer needed, to serve a later
     /// [`take`](Self::take) of its size class: kept if that class is
     /// stocked (asked for twice) and short and the budget has room, freed
     /// otherwise. Kept buffers are freed with the rest after `IDLE`
-    /// without a take, if the thread runs (else with the pool).
+    /// without a take.
     #[inline]
     pub(crate) fn give(&self, buf: Vec<u8>) {
-        if (RECYCLE_MIN..=MAX).contains(&buf.capacity()) {
+        if (MIN..=MAX).contains(&buf.capacity()) {
             self.give_in_range(buf);
         }
     }
@@ -291,15 +258,10 @@ impl Spares {
         {
             buf.clear();
             stock.spares.push(buf);
-            let started = st.started;
             drop(st);
             // The filling thread may be asleep with nothing held: it must
-            // start the idle clock for this buffer. (Without the thread,
-            // which only big classes start, the buffer waits for the next
-            // take or the pool's end.)
-            if started {
-                self.inner.wake.notify_one();
-            }
+            // start the idle clock for this buffer.
+            self.inner.wake.notify_one();
             return;
         }
         drop(st);
@@ -448,45 +410,10 @@ mod tests {
     fn out_of_range_lengths_never_start_the_thread() {
         let owner = Prefault::new();
         let p = owner.spares();
-        assert!(p.take(RECYCLE_MIN - 1).is_none());
+        assert!(p.take(MIN - 1).is_none());
         assert!(p.take(MAX + 1).is_none());
-        p.give(Vec::with_capacity(RECYCLE_MIN - 1));
         assert!(p.inner.thread.lock().unwrap().is_none());
         assert_eq!(p.inner.lock().takes, 0);
-        assert_eq!(p.recycled_or_new(100).capacity(), 100);
-    }
-
-    /// `recycled_or_new` serves only buffers given back, for medium and
-    /// big lengths alike: the thread never starts for it, and a buffer it
-    /// made is of its length's class, so it comes back for that class.
-    #[test]
-    fn recycled_buffers_come_back_without_the_thread() {
-        for len in [200_000, 3 << 20] {
-            recycled_without_the_thread(len);
-        }
-    }
-
-    fn recycled_without_the_thread(len: usize) {
-        let owner = Prefault::new();
-        let p = owner.spares();
-        let first = p.recycled_or_new(len);
-        assert_eq!(first.capacity(), class(len), "made at its class");
-        let second = p.recycled_or_new(len);
-        let at = second.as_ptr();
-        p.give(first);
-        p.give(second);
-        assert_eq!(p.stocked(), 2, "kept: the class was asked for twice");
-        let (a, b) = (p.recycled_or_new(len), p.recycled_or_new(len));
-        assert!(
-            a.as_ptr() == at || b.as_ptr() == at,
-            "given back, served again"
-        );
-        assert_eq!(p.hits(), 2);
-        assert!(
-            p.inner.thread.lock().unwrap().is_none(),
-            "no thread for them"
-        );
-        assert!(p.inner.lock().stocks.iter().all(|s| s.spares.is_empty()));
     }
 
     #[test]

@@ -145,18 +145,14 @@ impl Conn {
             // A batch's first answers: room for all of them at the last
             // answers' size, so the buffer is not grown (and its pages
             // touched) again and again. Only a hint, from bytes received.
-            // Taken from the stocks when they hold a buffer of that size
-            // (one the caller gave back after decoding: its pages are in
-            // place).
             let front = self.book.inflight.front().expect("checked by pulls_direct");
             let left = (front.batch.count() - self.book.out_count) as usize;
-            let want = n.max(
-                left.saturating_mul(self.book.answer_bytes)
-                    .min(ANSWERS_HINT_CAP),
+            out.reserve(
+                n.max(
+                    left.saturating_mul(self.book.answer_bytes)
+                        .min(ANSWERS_HINT_CAP),
+                ),
             );
-            if out.capacity() < want {
-                *out = ctx.spares.recycled_or_new(want);
-            }
         }
         out.reserve(n);
         self.rx.copy_into(0, &mut out.spare_capacity_mut()[..n]);
