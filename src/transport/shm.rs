@@ -227,5 +227,23 @@ mod tests {
         r.page().worker.current.start(7);
         let other = Region::map(std::os::fd::AsRawFd::as_raw_fd(&fd), 64 * 1024).unwrap();
         assert_eq!(other.page().worker.current.load().seq(), 7);
+        let size = 64 * 1024;
+        let to_sup = r.ring_data(false);
+        // SAFETY: every offset is below 2 * size, inside each ring's views.
+        unsafe {
+            // The second ring is mirrored too, to its last byte, and is not
+            // the first.
+            *to_sup.add(5) = 9;
+            *to_sup.add(2 * size - 1) = 3;
+            assert_eq!(*to_sup.add(size + 5), 9);
+            assert_eq!(*to_sup.add(size - 1), 3);
+            assert_eq!(*data.add(5), 0);
+            assert_eq!(*data.add(size + 5), 0);
+            // The other process's mapping sees the same bytes in each view.
+            let (a, b) = (other.ring_data(true), other.ring_data(false));
+            assert_eq!((*a.add(10), *a.add(size + 10)), (42, 42));
+            assert_eq!((*b.add(5), *b.add(size + 5)), (9, 9));
+            assert_eq!((*b.add(size - 1), *b.add(2 * size - 1)), (3, 3));
+        }
     }
 }
